@@ -1,0 +1,30 @@
+# The two commands of the README's quick start, each self-contained on a fresh machine:
+#   make run    set up .venv and run the whole workflow on the embedded default
+#   make test   set up .venv and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+CORES ?= 2
+BIN := $(VENV)/bin
+
+.PHONY: run test test-fast env clean
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+run: env
+	$(BIN)/snakemake --cores $(CORES) all
+
+test: env
+	$(BIN)/python -m pytest
+
+test-fast: env
+	$(BIN)/python -m pytest -m "not slow"
+
+clean:
+	rm -rf results resources logs benchmarks .snakemake report.html

@@ -1,0 +1,168 @@
+"""Saving and loading AstroPT checkpoints, atomically and without running pickled code.
+
+Checkpoint format (a ``torch.save`` dict, compatible with AstroPT v1 files):
+
+- ``model``: the GPT state dict (keys may carry ``_orig_mod.`` / ``module.``
+  prefixes from torch.compile / DDP; loading strips them);
+- ``model_args``: :meth:`astropt.model.GPTConfig.to_dict` (v1: n_layer, n_head,
+  n_embd, n_chan, block_size, dropout, patch_size, perhaps extra keys);
+- ``optimizer``: the optimizer state dict;
+- ``iter_num``: the number of optimizer steps taken;
+- ``best_val_loss``: best validation loss so far (float; v1 may store a tensor);
+- ``config``: the training config as a plain dict;
+- optional project keys the trainer adds, e.g. ``rng`` (RNG states as tensors)
+  and ``metrics``.
+
+Every value must be loadable with ``torch.load(weights_only=True)``: tensors,
+Python primitives, and dicts / lists / tuples of them. This keeps a checkpoint
+from being able to run code when it is loaded.
+
+Example::
+
+    from astropt.checkpoint import save_checkpoint, load_model
+
+    save_checkpoint("results/train/89M/ckpt.pt",
+                    {"model": model.state_dict(), "model_args": model.config.to_dict(), ...})
+    model = load_model("results/train/89M/ckpt.pt")  # GPT in eval mode
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from astropt.model import GPT, GPTConfig
+
+__all__ = ["save_checkpoint", "load_checkpoint", "clean_state_dict", "load_model"]
+
+_PREFIXES = ("_orig_mod.", "module.")
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically.
+
+    The dict goes to a temporary file in the same directory, which is flushed,
+    fsynced and then renamed over ``path``; a crash at any moment leaves either
+    the old file or the complete new one, never a partial file.
+
+    Args:
+        path: Destination file; parent directories are created.
+        state: The checkpoint dict (see the module docstring for its keys).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    # make the rename itself durable (best effort; not possible on every platform)
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint dict with ``torch.load(weights_only=True)``.
+
+    Args:
+        path: The checkpoint file.
+        map_location: Where to put the tensors (``torch.load``'s argument).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: The file is not a readable checkpoint (corrupt, or it holds
+            objects other than tensors and plain Python data).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint file not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
+        raise ValueError(
+            f"{path} is not a readable AstroPT checkpoint (loaded with weights_only=True, "
+            f"so only tensors and plain Python data are allowed): {e}"
+        ) from e
+    if not isinstance(ckpt, dict):
+        raise ValueError(
+            f"{path} is not a readable AstroPT checkpoint: expected a dict, "
+            f"got {type(ckpt).__name__}"
+        )
+    return ckpt
+
+
+def clean_state_dict(sd: dict[str, Any]) -> dict[str, Any]:
+    """Strip torch.compile (``_orig_mod.``) and DDP (``module.``) prefixes from keys.
+
+    Prefixes are removed from the start of each key repeatedly, in any order
+    (e.g. ``module._orig_mod.lm_head.0.weight`` -> ``lm_head.0.weight``).
+    """
+    out = {}
+    for key, value in sd.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key = key[len(prefix):]
+                    stripped = True
+        out[key] = value
+    return out
+
+
+def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> GPT:
+    """Build a :class:`~astropt.model.GPT` from a checkpoint of this project or AstroPT v1.
+
+    Only ``model_args`` and ``model`` are used; optimizer state, step count and
+    config are ignored.
+
+    Args:
+        path: The checkpoint file.
+        map_location: Where to put the weights.
+
+    Returns:
+        The model with the checkpoint's weights, in eval mode.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: The file is unreadable, lacks ``model_args`` / ``model``, or
+            its weights do not fit the model its ``model_args`` describe.
+    """
+    ckpt = load_checkpoint(path, map_location=map_location)
+    for key in ("model_args", "model"):
+        if key not in ckpt:
+            raise ValueError(
+                f"{path} has no '{key}' entry, so it is not an AstroPT model checkpoint "
+                f"(keys found: {sorted(ckpt)})"
+            )
+    if not isinstance(ckpt["model_args"], dict):
+        raise ValueError(f"{path}: 'model_args' must be a dict, got {type(ckpt['model_args'])}")
+    config = GPTConfig.from_dict(ckpt["model_args"])
+    # build without memory or random init, then adopt the loaded tensors as the
+    # parameters (they already sit where map_location put them)
+    with torch.device("meta"):
+        model = GPT(config)
+    try:
+        model.load_state_dict(clean_state_dict(ckpt["model"]), strict=True, assign=True)
+    except RuntimeError as e:
+        raise ValueError(
+            f"{path}: weights don't match the model its model_args describe ({config}): {e}"
+        ) from e
+    return model.eval()

@@ -1,0 +1,368 @@
+"""The workflow configuration: one dict, validated once, handed out as typed pieces.
+
+The Snakefile calls :func:`load_config` on Snakemake's ``config`` dict before any job
+runs. Validation is two-staged:
+
+1. JSON schema (``astropt/config.schema.yaml``): types, ranges, unknown and missing keys.
+   Keys left out take the schema's defaults.
+2. Cross-key checks the schema cannot express: size names known, custom sizes named
+   after their parameter count, patch size dividing the image, GPUs dividing the
+   gradient accumulation.
+
+Every error names the config key at fault (``train.steps``, ``sizes[2]`` ...) and is
+raised as :class:`ConfigError`, so a bad config stops the workflow before any job.
+
+Example::
+
+    cfg = load_config(yaml.safe_load(open("config/config.yaml")))
+    spec = cfg.size_spec("2M")          # SizeSpec(name, model=GPTConfig, lr)
+    cfg.train.steps, cfg.resources("train", "2M").gpus
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from astropt.model import PRESET_LR, PRESETS, GPTConfig
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+SPLITS = ("train", "validation", "test")
+# Custom size names must match their parameter count to within this factor.
+NAME_TOLERANCE = 0.25
+# Rules whose resources are set per model size.
+PER_SIZE_RULES = ("train", "embed")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key."""
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    """The JSON schema of the config (parsed once)."""
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+# --------------------------------------------------------------------------- typed pieces
+
+
+@dataclass(frozen=True)
+class SizeSpec:
+    """One model size: its name, architecture and peak learning rate."""
+
+    name: str
+    model: GPTConfig
+    lr: float
+
+
+@dataclass
+class TrainConfig:
+    """Everything the trainer needs besides the model (see the schema for each key)."""
+
+    steps: int = 600
+    micro_batch: int = 32
+    grad_accum: int = 1
+    warmup_steps: int = 30
+    decay_steps: int | None = None
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    eval_interval: int = 100
+    eval_galaxies: int | None = 1024
+    log_interval: int = 50
+    checkpoint_interval: int = 200
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    compile: bool = False
+    # Filled from the top level of the config, not from `train:`.
+    seed: int = 0
+    norm: Literal["patch", "image"] = "image"
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+
+    @property
+    def last_decay_step(self) -> int:
+        return self.decay_steps if self.decay_steps is not None else self.steps
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Cluster resources of one job."""
+
+    gpus: int = 0
+    cpus: int = 1
+    mem_mb: int = 4000
+    runtime: int = 60
+
+
+@dataclass
+class Config:
+    """The validated workflow configuration (defaults filled in)."""
+
+    raw: dict = field(repr=False)
+
+    @property
+    def seed(self) -> int:
+        return self.raw["seed"]
+
+    @property
+    def sizes(self) -> list[str]:
+        return list(self.raw["sizes"])
+
+    @property
+    def data(self) -> dict:
+        return self.raw["data"]
+
+    @property
+    def tokens(self) -> dict:
+        return self.raw["tokens"]
+
+    @property
+    def embed(self) -> dict:
+        return self.raw["embed"]
+
+    @property
+    def probe(self) -> dict:
+        return self.raw["probe"]
+
+    @property
+    def umap(self) -> dict:
+        return self.raw["umap"]
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens per galaxy: (image_size / patch_size) squared."""
+        return (self.data["image_size"] // self.tokens["patch_size"]) ** 2
+
+    @property
+    def umap_sizes(self) -> list[str]:
+        return self.umap["sizes"] if self.umap["sizes"] is not None else self.sizes
+
+    def size_spec(self, name: str) -> SizeSpec:
+        """Architecture and LR of a size, adapted to this config's patches and image size."""
+        custom = self.raw["custom_sizes"]
+        if name in custom:
+            c = custom[name]
+            arch, lr = (c["n_layer"], c["n_head"], c["n_embd"]), c["lr"]
+        elif name in PRESETS:
+            p = PRESETS[name]
+            arch, lr = (p.n_layer, p.n_head, p.n_embd), PRESET_LR[name]
+        else:
+            raise ConfigError(f"config key 'sizes': unknown size {name!r}; {_known_sizes(custom)}")
+        model = GPTConfig(
+            n_layer=arch[0],
+            n_head=arch[1],
+            n_embd=arch[2],
+            n_chan=3,
+            patch_size=self.tokens["patch_size"],
+            block_size=self.n_tokens,
+        )
+        return SizeSpec(name=name, model=model, lr=float(lr))
+
+    def train_config(self, name: str) -> TrainConfig:
+        """The trainer's settings for one size (threads from that size's resources)."""
+        return TrainConfig.from_dict(
+            {
+                **self.raw["train"],
+                "seed": self.seed,
+                "norm": self.tokens["norm"],
+                "threads": self.resources("train", name).cpus,
+            }
+        )
+
+    def resources(self, rule: str, size: str | None = None) -> Resources:
+        """Resources of one job: per size for train and embed, `resources.default` otherwise."""
+        res = self.raw["resources"]
+        if rule not in PER_SIZE_RULES:
+            return Resources(**res["default"])
+        merged = {**res[rule]["default"], **res[rule]["sizes"].get(size, {})}
+        return Resources(**merged)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(config: dict | str | Path) -> Config:
+    """Validate a config (a dict or a YAML path), fill defaults, check cross-key rules.
+
+    Raises:
+        ConfigError: naming every offending key.
+    """
+    if isinstance(config, (str, Path)):
+        with open(config) as f:
+            config = yaml.safe_load(f) or {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"config must be a mapping of keys to values, got {type(config).__name__}")
+    raw = copy.deepcopy(config)
+    _validate(raw)
+    _fill_defaults(raw, schema(), schema())
+    _validate(raw)
+    cfg = Config(raw=raw)
+    _check_semantics(cfg)
+    return cfg
+
+
+def _key_path(path) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _validate(raw: dict) -> None:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
+    if not errors:
+        return
+    lines = []
+    for e in errors:
+        key = _key_path(e.absolute_path)
+        if e.validator == "required":
+            missing = re.findall(r"'([^']+)' is a required property", e.message)
+            name = f"{key}.{missing[0]}" if missing and key != "(top level)" else (missing[0] if missing else key)
+            lines.append(f"config key '{name}' is missing: {e.message}")
+        elif e.validator == "additionalProperties":
+            lines.append(f"config key '{key}': unknown key(s): {e.message}")
+        else:
+            lines.append(f"config key '{key}': {e.message}")
+    raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+
+
+def _resolve(node: dict, root: dict) -> dict:
+    if "$ref" in node:
+        target = root
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _resolve(merged, root) if "$ref" in target else merged
+    return node
+
+
+def _fill_defaults(instance: Any, node: dict, root: dict) -> Any:
+    node = _resolve(node, root)
+    if not isinstance(instance, dict):
+        return instance
+    props = node.get("properties", {})
+    for key, sub in props.items():
+        sub_r = _resolve(sub, root)
+        if key not in instance and "default" in sub_r:
+            instance[key] = copy.deepcopy(sub_r["default"])
+        if key in instance:
+            _fill_defaults(instance[key], sub_r, root)
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key in instance:
+            if key not in props:
+                _fill_defaults(instance[key], extra, root)
+    return instance
+
+
+def _known_sizes(custom: dict) -> str:
+    return f"known: paper presets {', '.join(PRESETS)}" + (
+        f"; custom_sizes {', '.join(custom)}" if custom else "; add it under custom_sizes"
+    )
+
+
+def parse_size_name(name: str) -> float | None:
+    """Parameter count a size name states (``"144K"`` -> 144e3, ``"2.1B"`` -> 2.1e9), else None."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMB])", name)
+    if not m:
+        return None
+    return float(m.group(1)) * {"K": 1e3, "M": 1e6, "B": 1e9}[m.group(2)]
+
+
+def _check_semantics(cfg: Config) -> None:
+    raw, problems = cfg.raw, []
+    custom = raw["custom_sizes"]
+    image, patch = raw["data"]["image_size"], raw["tokens"]["patch_size"]
+    if image % patch:
+        problems.append(
+            f"config key 'tokens.patch_size': {patch} does not divide data.image_size {image}"
+        )
+    for i, name in enumerate(raw["sizes"]):
+        if name not in custom and name not in PRESETS:
+            problems.append(f"config key 'sizes[{i}]': unknown size {name!r}; {_known_sizes(custom)}")
+    # Custom sizes in use are checked against their names (the count depends on the patch
+    # size, so a size defined for another config -- e.g. the default's under paper.yaml --
+    # is only checked when used).
+    for name, c in custom.items():
+        if name not in raw["sizes"]:
+            continue
+        if c["n_embd"] % c["n_head"]:
+            problems.append(
+                f"config key 'custom_sizes.{name}': n_embd {c['n_embd']} is not divisible "
+                f"by n_head {c['n_head']}"
+            )
+            continue
+        stated = parse_size_name(name)
+        if stated is None:
+            problems.append(
+                f"config key 'custom_sizes.{name}': name it by parameter count, e.g. '144K' or '2M'"
+            )
+            continue
+        if not problems:
+            from astropt.model import GPT
+            import torch
+
+            with torch.device("meta"):
+                n = GPT(cfg.size_spec(name).model).get_num_params()
+            if abs(n - stated) > NAME_TOLERANCE * stated:
+                problems.append(
+                    f"config key 'custom_sizes.{name}': the model has {n:,} parameters; "
+                    f"rename it (e.g. {_format_count(n)!r}) or change its shape"
+                )
+    embed_tokens = raw["embed"]["n_tokens"]
+    if embed_tokens > cfg.n_tokens:
+        problems.append(
+            f"config key 'embed.n_tokens': {embed_tokens} exceeds the {cfg.n_tokens} tokens per galaxy"
+        )
+    for key in ("umap.sizes",):
+        for s in raw["umap"]["sizes"] or []:
+            if s not in raw["sizes"]:
+                problems.append(f"config key '{key}': {s!r} is not one of sizes {raw['sizes']}")
+    for rule in PER_SIZE_RULES:
+        for s in raw["resources"][rule]["sizes"]:
+            if s not in custom and s not in PRESETS:
+                problems.append(f"config key 'resources.{rule}.sizes.{s}': unknown size {s!r}")
+    for s in raw["sizes"]:
+        if s in custom or s in PRESETS:
+            gpus = cfg.resources("train", s).gpus
+            if gpus > 1 and raw["train"]["grad_accum"] % gpus:
+                problems.append(
+                    f"config key 'train.grad_accum': {raw['train']['grad_accum']} is not divisible "
+                    f"by the {gpus} GPUs of size {s} (resources.train)"
+                )
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _format_count(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            v = n / scale
+            return f"{v:.0f}{unit}" if v >= 10 else f"{v:.1f}{unit}".replace(".0", "")
+    return str(n)

@@ -1,0 +1,430 @@
+"""Figures of the AstroPT scaling study: loss scaling, downstream probes, UMAP.
+
+Each ``plot_*`` function writes one PNG (parent folders created) and returns
+nothing. Figures are built as ``matplotlib.figure.Figure`` objects rendered by the
+Agg canvas: no display, no pyplot global state, nothing left open.
+
+- :func:`plot_scaling`: final validation loss vs parameters with the saturating
+  and plain power-law fits (the paper's scaling figure).
+- :func:`plot_downstream`: each model's probe score relative to the smallest
+  model, with Spearman's rho between size and score (the paper's downstream figure).
+- :func:`plot_umap`: hexbin panels of a 2-D UMAP of embeddings, coloured by the
+  median of each property (the paper's UMAP figure).
+- :func:`plot_loss_curves`: train / validation loss against tokens seen, per size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import textwrap
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from scipy import stats
+
+from astropt.scaling import predict
+
+DPI = 150
+
+
+def _save(fig: Figure, out: str | os.PathLike) -> None:
+    out = os.fspath(out)
+    parent = os.path.dirname(out)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    fig.savefig(out, dpi=DPI, bbox_inches="tight")
+    fig.clear()
+
+
+def _require(df: pd.DataFrame, columns: list[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} lacks columns {missing}; it has {list(df.columns)}")
+
+
+def _human(n: float) -> str:
+    """A parameter count as a short string: 1.1M, 42k, 2.1B."""
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def _fmt_err(value: float | None, err: float | None) -> str:
+    """``value ± err`` with the error to 2 significant figures and the value to match."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    if err is None or not math.isfinite(err) or err <= 0:
+        return f"{value:.3g}"
+    decimals = max(0, 1 - math.floor(math.log10(err)))
+    if decimals > 8:
+        return f"{value:.3g} ± {err:.2g}"
+    return f"{value:.{decimals}f} ± {err:.{decimals}f}"
+
+
+def _plain_log_axis(axis) -> None:
+    """Label a log axis with plain numbers; label minor ticks too on narrow ranges."""
+    lo, hi = axis.get_view_interval()
+    plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+    axis.set_major_formatter(plain)
+    axis.set_minor_locator(LogLocator(base=10, subs=np.arange(2, 10) * 1.0))
+    if hi / lo < 3:  # well under a decade: every minor tick gets a label
+        axis.set_minor_formatter(plain)
+    elif hi / lo < 30:  # about a decade: label 2x, 3x and 5x only
+
+        def sparse(v: float, _: int) -> str:
+            mantissa = v / 10 ** math.floor(math.log10(v) + 1e-9)
+            return f"{v:.3g}" if round(mantissa) in (2, 3, 5) else ""
+
+        axis.set_minor_formatter(FuncFormatter(sparse))
+    else:
+        axis.set_minor_formatter(NullFormatter())
+
+
+def plot_scaling(table: pd.DataFrame, fit: dict | None, out: str | os.PathLike) -> None:
+    """Plot final validation loss against parameter count with the fitted laws.
+
+    Args:
+        table: One row per run, columns ``size`` (name such as ``"2M"``),
+            ``params`` and ``val_loss``; several runs (seeds) per size are fine.
+        fit: Result of :func:`astropt.scaling.fit_saturating_power_law`; ``None``
+            fits ``table`` here.
+        out: PNG path.
+    """
+    _require(table, ["size", "params", "val_loss"], "scaling table")
+    if fit is None:
+        from astropt.scaling import fit_saturating_power_law
+
+        fit = fit_saturating_power_law(table["params"], table["val_loss"])
+    N = table["params"].to_numpy(dtype=float)
+    L = table["val_loss"].to_numpy(dtype=float)
+
+    fig = Figure(figsize=(7, 4.8))
+    ax = fig.add_subplot()
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.scatter(N, L, s=36, color="black", zorder=4, label="runs (final val. loss)")
+    for size, grp in table.groupby("size", sort=False):
+        ax.annotate(
+            str(size),
+            (grp["params"].mean(), grp["val_loss"].mean()),
+            xytext=(6, 6),
+            textcoords="offset points",
+            fontsize=9,
+            zorder=5,
+        )
+
+    grid = np.logspace(np.log10(N.min()) - 0.3, np.log10(N.max()) + 0.3, 200)
+    sat, pl = fit.get("saturating", {}), fit.get("power_law", {})
+    if sat.get("alpha") is not None and sat.get("L_inf") is not None:
+        label = (
+            f"$L_\\infty + (N_c/N)^\\alpha$: α = {_fmt_err(sat['alpha'], sat.get('alpha_err'))}, "
+            f"$L_\\infty$ = {_fmt_err(sat['L_inf'], sat.get('L_inf_err'))}"
+        )
+        if sat.get("degenerate"):
+            reason = textwrap.fill(f"DEGENERATE: {sat.get('reason', '')}", 60)
+            label += "\n" + reason
+        ax.plot(grid, predict(fit, grid), color="C0", lw=2, label=label)
+        ax.axhline(sat["L_inf"], color="C0", ls="--", lw=1, label="$L_\\infty$ (irreducible loss)")
+    elif sat.get("reason"):
+        ax.plot([], [], " ", label=f"saturating fit: {sat['reason']}")
+    if pl.get("alpha") is not None and pl.get("log10_N_c") is not None:
+        ax.plot(
+            grid,
+            predict(fit, grid, law="power_law"),
+            color="C1",
+            lw=1.5,
+            ls="-.",
+            label=f"$(N_c/N)^\\alpha$: α = {_fmt_err(pl['alpha'], pl.get('alpha_err'))}",
+        )
+
+    # Keep the view on the data (L_inf may sit far below the losses).
+    lo, hi = L.min(), L.max()
+    span = max(hi / lo, 1.02)
+    ax.set_ylim(lo / span**0.25, hi * span**0.25)
+    if sat.get("L_inf") is not None and sat["L_inf"] > 0:
+        ax.set_ylim(min(ax.get_ylim()[0], sat["L_inf"] * 0.98), None)
+    _plain_log_axis(ax.yaxis)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _human(v)))
+    ax.set_xlabel("parameters N (excluding position embedding)")
+    ax.set_ylabel("final validation loss")
+    ax.set_title("Validation loss vs model size")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, which="minor", alpha=0.1)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=1, frameon=False)
+    _save(fig, out)
+
+
+def downstream_table(probes: pd.DataFrame, metric: str = "median_abs_error") -> pd.DataFrame:
+    """Probe scores relative to the smallest model, with Spearman rho per property.
+
+    Several rows for one (property, size) pair (e.g. seeds) are averaged.
+
+    Args:
+        probes: Columns ``size``, ``params``, ``property`` and ``metric``.
+        metric: The score column.
+
+    Returns:
+        Columns ``property, size, params, value, relative, spearman_rho`` sorted by
+        property then params: ``relative`` is ``value`` over the value of the
+        smallest model for that property; ``spearman_rho`` is Spearman's rank
+        correlation between params and value for that property (NaN if undefined).
+    """
+    _require(probes, ["size", "params", "property", metric], "probe table")
+    agg = (
+        probes.groupby(["property", "size", "params"], sort=False)[metric]
+        .mean()
+        .reset_index()
+        .rename(columns={metric: "value"})
+    )
+    parts = []
+    for _, grp in agg.groupby("property", sort=False):  # input order of properties
+        grp = grp.sort_values("params", kind="stable")
+        base = grp["value"].iloc[0]
+        grp["relative"] = grp["value"] / base if base and np.isfinite(base) else np.nan
+        ok = np.isfinite(grp["value"].to_numpy(dtype=float))
+        rho = np.nan
+        if ok.sum() >= 2:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # constant input -> NaN with a warning
+                rho = stats.spearmanr(grp["params"][ok], grp["value"][ok]).statistic
+        grp["spearman_rho"] = float(rho)
+        parts.append(grp)
+    columns = ["property", "size", "params", "value", "relative", "spearman_rho"]
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(parts, ignore_index=True)[columns]
+
+
+def plot_downstream(
+    probes: pd.DataFrame,
+    out: str | os.PathLike,
+    metric: str = "median_abs_error",
+    lower_is_better: bool = True,
+) -> None:
+    """Plot each property's probe score relative to the smallest model against size.
+
+    Args:
+        probes: Columns ``size``, ``params``, ``property`` and ``metric``.
+        out: PNG path.
+        metric: The score column.
+        lower_is_better: Direction of the metric, shown on the axis label.
+    """
+    table = downstream_table(probes, metric)
+    props = list(dict.fromkeys(table["property"]))
+    cmap_name = "tab10" if len(props) <= 10 else "tab20"
+    from matplotlib import colormaps
+
+    cmap = colormaps[cmap_name]
+    fig = Figure(figsize=(8.5, 4.8))
+    ax = fig.add_subplot()
+    ax.set_xscale("log")
+    ax.axhline(1.0, color="grey", lw=1, ls="--", zorder=1)
+    markers = "osD^v<>ph*"
+    for i, prop in enumerate(props):
+        grp = table[table["property"] == prop]
+        rho = grp["spearman_rho"].iloc[0]
+        rho_txt = f"{rho:+.2f}" if np.isfinite(rho) else "n/a"
+        ax.plot(
+            grp["params"],
+            grp["relative"],
+            marker=markers[i % len(markers)],
+            ms=5,
+            lw=1.5,
+            color=cmap(i % cmap.N),
+            label=f"{prop} (ρ = {rho_txt})",
+        )
+    sizes = table.drop_duplicates("params").sort_values("params")
+    ax.set_xticks(sizes["params"].to_numpy(dtype=float))
+    ax.set_xticklabels(
+        [
+            str(s) if str(s) == _human(p) else f"{s}\n({_human(p)})"
+            for s, p in zip(sizes["size"], sizes["params"])
+        ]
+    )
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if len(sizes) > 1:
+        lo, hi = sizes["params"].min(), sizes["params"].max()
+        pad = (hi / lo) ** 0.06
+        ax.set_xlim(lo / pad, hi * pad)
+    direction = "lower is better" if lower_is_better else "higher is better"
+    ax.set_xlabel("model size (parameters)")
+    nice = metric.replace("_", " ")
+    ax.set_ylabel(f"{nice} relative to smallest model\n({direction})")
+    ax.set_title(f"Linear probes: {nice} relative to the smallest model")
+    ax.grid(True, alpha=0.3)
+    ax.legend(
+        title="property (Spearman ρ, size vs score)",
+        fontsize=8,
+        title_fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0,
+    )
+    _save(fig, out)
+
+
+def umap_embedding(
+    X: np.ndarray,
+    seed: int | None = 0,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+) -> np.ndarray:
+    """Project embeddings to 2-D with UMAP after standardising each feature.
+
+    ``umap`` is imported here: its import and first fit compile with numba
+    (tens of seconds).
+
+    Args:
+        X: Embeddings, shape (n, d), finite.
+        seed: UMAP ``random_state``; with a seed UMAP runs single-threaded and is
+            reproducible. ``None`` runs parallel and non-deterministic.
+        n_neighbors: UMAP neighbourhood size (capped at n - 1).
+        min_dist: UMAP minimum distance between embedded points.
+
+    Returns:
+        Coordinates, shape (n, 2).
+
+    Raises:
+        ValueError: If ``X`` is not 2-D, has fewer than 3 rows, or is not finite.
+    """
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim != 2 or len(X) < 3:
+        raise ValueError(f"X must be 2-D with at least 3 rows, got shape {X.shape}")
+    if not np.isfinite(X).all():
+        bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+        raise ValueError(f"X has non-finite values in {len(bad)} rows, e.g. {bad[:5].tolist()}")
+    std = X.std(axis=0)
+    Z = (X - X.mean(axis=0)) / np.where(std > 0, std, 1.0)
+
+    import umap  # slow import (numba)
+
+    reducer = umap.UMAP(
+        n_components=2,
+        n_neighbors=min(n_neighbors, len(X) - 1),
+        min_dist=min_dist,
+        random_state=seed,
+        n_jobs=1 if seed is not None else -1,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # spectral-init / n_jobs chatter on small inputs
+        return np.asarray(reducer.fit_transform(Z), dtype=np.float64)
+
+
+def plot_umap(
+    coords: np.ndarray,
+    values: pd.DataFrame,
+    out: str | os.PathLike,
+    title: str = "",
+    gridsize: int = 40,
+) -> None:
+    """Hexbin panels of a 2-D embedding, one per property, coloured by its median.
+
+    Args:
+        coords: Embedded coordinates, shape (n, 2).
+        values: One column per property, n rows aligned with ``coords``; NaNs are
+            dropped from that property's panel only.
+        out: PNG path.
+        title: Figure title.
+        gridsize: Hexagons across the x direction.
+
+    Raises:
+        ValueError: If ``coords`` is not (n, 2) or ``values`` has another length.
+    """
+    coords = np.asarray(coords, dtype=float)
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise ValueError(f"coords must have shape (n, 2), got {coords.shape}")
+    if len(values) != len(coords):
+        raise ValueError(f"values has {len(values)} rows but coords has {len(coords)}")
+    names = list(values.columns)
+    if not names:
+        raise ValueError("values has no property columns to plot")
+    ncols = min(4, len(names))
+    nrows = math.ceil(len(names) / ncols)
+    fig = Figure(figsize=(3.6 * ncols, 3.2 * nrows + (0.4 if title else 0)), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    pad = 0.03 * (coords.max(axis=0) - coords.min(axis=0))
+    extent = (
+        coords[:, 0].min() - pad[0],
+        coords[:, 0].max() + pad[0],
+        coords[:, 1].min() - pad[1],
+        coords[:, 1].max() + pad[1],
+    )
+    for ax, name in zip(axes, names):
+        c = pd.to_numeric(values[name], errors="coerce").to_numpy(dtype=float)
+        ok = np.isfinite(c)
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlim(extent[0], extent[1])
+        ax.set_ylim(extent[2], extent[3])
+        if not ok.any():
+            ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)
+            continue
+        vmin, vmax = np.percentile(c[ok], [2, 98])
+        if vmin == vmax:
+            vmin, vmax = vmin - 0.5, vmax + 0.5
+        # Grey underlay: every galaxy, so the manifold shows even where this property is NaN.
+        ax.hexbin(*coords.T, gridsize=gridsize, extent=extent, cmap=ListedColormap(["0.88"]),
+                  mincnt=1, linewidths=0.1)
+        hb = ax.hexbin(
+            coords[ok, 0], coords[ok, 1], C=c[ok], gridsize=gridsize, extent=extent,
+            reduce_C_function=np.median, cmap="viridis", vmin=vmin, vmax=vmax, linewidths=0.1,
+        )
+        cbar = fig.colorbar(hb, ax=ax, shrink=0.9, pad=0.02)
+        cbar.ax.tick_params(labelsize=8)
+        if (~ok).any():
+            ax.text(0.02, 0.02, f"{(~ok).sum()} NaN dropped", fontsize=7, color="0.4",
+                    transform=ax.transAxes)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    for ax in axes[::ncols]:
+        ax.set_ylabel("UMAP 2", fontsize=8)
+    for ax in axes[(nrows - 1) * ncols:]:
+        ax.set_xlabel("UMAP 1", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    _save(fig, out)
+
+
+def plot_loss_curves(metrics: Mapping[str, pd.DataFrame], out: str | os.PathLike) -> None:
+    """Plot training and validation loss against tokens seen, one colour per size.
+
+    Args:
+        metrics: Size name -> metrics table (columns ``tokens_seen``,
+            ``train_loss``, ``val_loss``; ``val_loss`` NaN where not evaluated),
+            in the order to draw (smallest model first reads best).
+        out: PNG path.
+    """
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    n = max(len(metrics), 1)
+    fig = Figure(figsize=(11, 4.3), layout="constrained")
+    ax_tr, ax_va = fig.subplots(1, 2, sharex=True, sharey=True)
+    for i, (size, df) in enumerate(metrics.items()):
+        _require(df, ["tokens_seen", "train_loss", "val_loss"], f"metrics of size {size!r}")
+        color = cmap(i / max(n - 1, 1) * 0.9)
+        tr = df[np.isfinite(df["train_loss"]) & (df["tokens_seen"] > 0)]
+        va = df[np.isfinite(df["val_loss"]) & (df["tokens_seen"] > 0)]
+        ax_tr.plot(tr["tokens_seen"], tr["train_loss"], color=color, lw=1, alpha=0.85, label=size)
+        ax_va.plot(va["tokens_seen"], va["val_loss"], color=color, lw=1.5, marker="o", ms=3,
+                   label=size)
+    for ax, what in ((ax_tr, "training"), (ax_va, "validation")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens seen")
+        ax.set_title(f"{what} loss")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.grid(True, which="minor", alpha=0.1)
+        _plain_log_axis(ax.yaxis)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _human(v)))
+    ax_tr.set_ylabel("Huber loss")
+    ax_va.legend(title="model size", fontsize=8)
+    _save(fig, out)

@@ -1,0 +1,170 @@
+"""The workflow's stages as functions of file paths: what each Snakemake script calls.
+
+Each function reads its inputs, calls the library module that does the work, and writes
+its outputs (atomically where a half-written file could be mistaken for a result). The
+scripts under ``workflow/scripts/`` only unpack ``snakemake.input/params/output``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from astropt.embed import read_embeddings
+
+
+def script_log(snakemake):
+    """In a workflow script: send stdout/stderr to the rule's log; return a print-and-flush."""
+    import sys
+
+    if snakemake.log:
+        sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)
+
+    def log(*args) -> None:
+        print(*args, flush=True)
+
+    return log
+
+
+def download(data: dict, out_metadata: str | Path, seed: int, log=print) -> pd.DataFrame:
+    """Fetch or make the galaxies: images plus ``metadata.parquet`` (id, split, properties)."""
+    source = data["source"]
+    out_dir = Path(out_metadata).parent
+    if source == "synthetic":
+        from astropt.synthetic import SyntheticConfig, generate
+
+        cfg = SyntheticConfig(**data["synthetic"], image_size=data["image_size"], seed=seed)
+        return generate(out_dir, cfg, log=log)
+    raise NotImplementedError(
+        f"config key 'data.source': {source!r} is not available yet in this version; "
+        "only 'synthetic' runs (HuggingFace and folder sources are on the roadmap, see README)"
+    )
+
+
+def tokenise(
+    metadata: str | Path,
+    split: str,
+    out_dir: str | Path,
+    tokens: dict,
+    image_size: int,
+    log=print,
+) -> dict:
+    """Spiral-tokenise one split of the catalogue into ``out_dir``."""
+    from astropt.tokenise import tokenise_split
+
+    meta = pd.read_parquet(metadata, columns=["id", "split", "image_path"])
+    rows = meta[meta["split"] == split]
+    if rows.empty:
+        raise ValueError(f"{metadata}: no galaxies in split {split!r} (splits present: {sorted(meta['split'].unique())})")
+    return tokenise_split(
+        rows,
+        image_root=Path(metadata).parent,
+        out_dir=Path(out_dir),
+        patch_size=tokens["patch_size"],
+        image_size=image_size,
+        workers=tokens["workers"],
+        max_reject_fraction=tokens["max_reject_fraction"],
+        log=log,
+    )
+
+
+def probe(embeddings: str | Path, metadata: str | Path, out_csv: str | Path, probe_cfg: dict, log=print) -> pd.DataFrame:
+    """Linear probes (the paper's protocol) of every property; one CSV row per property."""
+    from astropt.probe import probe_properties
+
+    ids, X = read_embeddings(embeddings)
+    meta = pd.read_parquet(metadata)
+    log(f"probing {len(ids):,} galaxies x {X.shape[1]} dims from {embeddings}")
+    table = probe_properties(ids, X, meta, properties=probe_cfg["properties"], mad_clip=probe_cfg["mad_clip"])
+    for row in table.itertuples():
+        log(f"  {row.property:<28} n={row.n:<6} median|err|={row.median_abs_error:.4f}  R2={row.r2:.3f}")
+    table.to_csv(out_csv, index=False)
+    return table
+
+
+def load_sidecars(paths) -> pd.DataFrame:
+    """One row per trained size from the ``ckpt.json`` sidecars, sorted by parameters."""
+    rows = []
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        rows.append(
+            {
+                "size": d["size"],
+                "params": d["params"],
+                "val_loss": d["final_val_loss"],
+                "best_val_loss": d["best_val_loss"],
+                "flops": d["flops"],
+                "tokens_seen": d["tokens_seen"],
+                "elapsed_s": d["elapsed_s"],
+            }
+        )
+    return pd.DataFrame(rows).sort_values("params", ignore_index=True)
+
+
+def scaling(sidecars, out_fit: str | Path, out_table: str | Path, log=print) -> dict:
+    """Fit the saturating power law to final validation loss vs parameters."""
+    from astropt.scaling import fit_saturating_power_law, to_jsonable
+
+    table = load_sidecars(sidecars)
+    table.to_csv(out_table, index=False)
+    for row in table.itertuples():
+        log(f"  {row.size:>6}: {row.params:>12,} parameters, final val loss {row.val_loss:.5f}")
+    if len(table) < 2:
+        fit = {"n_points": len(table), "error": "a scaling fit needs at least two sizes", "data": {
+            "N": table["params"].tolist(), "L": table["val_loss"].tolist()}}
+        log("only one size: no fit")
+    else:
+        fit = fit_saturating_power_law(table["params"].to_numpy(float), table["val_loss"].to_numpy(float))
+        log(json.dumps(to_jsonable(fit), indent=2))
+    fit["sizes"] = table["size"].tolist()
+    Path(out_fit).write_text(json.dumps(to_jsonable(fit), indent=2) + "\n")
+    return fit
+
+
+def figure_scaling(fit_path, table_path, out, log=print) -> None:
+    from astropt.figures import plot_scaling
+
+    fit = json.loads(Path(fit_path).read_text())
+    plot_scaling(pd.read_csv(table_path), fit, out)
+    log(f"wrote {out}")
+
+
+def figure_downstream(probe_paths, sidecars, out_figure, out_table, metric="median_abs_error", log=print) -> pd.DataFrame:
+    """The paper's downstream figure: each property's score relative to the smallest model."""
+    from astropt.figures import downstream_table, plot_downstream
+
+    sizes = load_sidecars(sidecars).set_index("size")["params"]
+    frames = []
+    for p in probe_paths:
+        size = Path(p).stem
+        df = pd.read_csv(p)
+        df["size"], df["params"] = size, int(sizes[size])
+        frames.append(df)
+    probes = pd.concat(frames, ignore_index=True)
+    plot_downstream(probes, out_figure, metric=metric, lower_is_better=True)
+    summary = downstream_table(probes, metric)
+    summary.to_csv(out_table, index=False)
+    log(f"wrote {out_figure} and {out_table}")
+    return summary
+
+
+def figure_umap(embeddings, probe_csv, metadata, out, umap_cfg: dict, seed: int, title: str = "", log=print) -> None:
+    """UMAP of one size's embeddings as hexbin panels coloured by property."""
+    from astropt.figures import plot_umap, umap_embedding
+
+    ids, X = read_embeddings(embeddings)
+    props = umap_cfg["properties"] or pd.read_csv(probe_csv)["property"].tolist()
+    meta = pd.read_parquet(metadata).set_index("id")
+    missing = [p for p in props if p not in meta.columns]
+    if missing:
+        raise ValueError(f"config key 'umap.properties': {missing} not in {metadata}")
+    if len(ids) > umap_cfg["max_points"]:
+        keep = np.sort(np.random.default_rng(seed).choice(len(ids), umap_cfg["max_points"], replace=False))
+        ids, X = ids[keep], X[keep]
+    log(f"UMAP of {len(ids):,} embeddings ({X.shape[1]} dims), n_neighbors={umap_cfg['n_neighbors']}")
+    coords = umap_embedding(X, seed=seed, n_neighbors=umap_cfg["n_neighbors"])
+    plot_umap(coords, meta.loc[list(ids), props].reset_index(drop=True), out, title=title)
+    log(f"wrote {out}")

@@ -1,0 +1,430 @@
+"""Train one AstroPT model size: single process (CPU or one GPU) or DDP under torchrun.
+
+Follows AstroPT v1's ``train.py`` (itself nanoGPT's): AdamW (betas 0.9/0.95, weight decay
+on 2-D weights only), linear warm-up then cosine decay to LR/10, gradient clipping,
+gradient accumulation, bf16 autocast on GPU, optional ``torch.compile``. The model sees
+spiral-ordered patches: X = tokens[:-1], Y = tokens[1:], Huber loss.
+
+Data: the uint8 token arrays written by the ``tokenise`` rule are memory-mapped, a batch
+of raw patches is copied to the device and normalised there. The order of galaxies is a
+fixed function of (seed, epoch), so step ``s`` always sees the same galaxies: resuming
+needs only the step count, and each DDP rank takes a disjoint slice of every step.
+
+Files in ``out_dir``:
+    last.pt      resumable state (model, optimiser, step, metrics so far, RNG), written
+                 atomically every ``checkpoint_interval`` steps; a rerun resumes from it.
+    ckpt.pt      the final model (v1 checkpoint layout, no optimiser), written at the end.
+    ckpt.json    a readable sidecar: size, parameters, steps, final losses, config.
+    metrics.csv  step, tokens_seen, flops, train_loss, val_loss, lr, elapsed_s, tokens_per_s.
+
+Run::
+
+    python -m astropt.train --spec spec.json --train-tokens results/tokens/train \\
+        --val-tokens results/tokens/validation --out-dir results/models/2M
+    torchrun --standalone --nproc_per_node=8 -m astropt.train ...   # DDP, one rank per GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from astropt.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
+from astropt.config import SizeSpec, TrainConfig
+from astropt.model import GPT, GPTConfig
+from astropt.tokenise import load_tokens, normalise
+
+METRIC_COLUMNS = [
+    "step",
+    "tokens_seen",
+    "flops",
+    "train_loss",
+    "val_loss",
+    "lr",
+    "elapsed_s",
+    "tokens_per_s",
+]
+# Settings that do not change what is learned: a resumed run may differ in these.
+OPERATIONAL_KEYS = {"eval_interval", "log_interval", "checkpoint_interval", "device", "compile", "threads"}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def lr_at(step: int, peak_lr: float, cfg: TrainConfig) -> float:
+    """Learning rate at optimiser step ``step`` (0-based): linear warm-up, cosine to min."""
+    min_lr = peak_lr * cfg.min_lr_ratio
+    if step < cfg.warmup_steps:
+        return peak_lr * (step + 1) / (cfg.warmup_steps + 1)
+    end = cfg.last_decay_step
+    if step >= end:
+        return min_lr
+    ratio = (step - cfg.warmup_steps) / max(1, end - cfg.warmup_steps)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (peak_lr - min_lr)
+
+
+def sample_indices(position: int, count: int, n: int, seed: int) -> np.ndarray:
+    """Galaxy indices for sample positions ``position .. position+count-1`` of the stream.
+
+    The stream is epoch after epoch of a seeded permutation of ``range(n)``.
+    """
+    pos = np.arange(position, position + count)
+    epochs, offsets = pos // n, pos % n
+    out = np.empty(count, dtype=np.int64)
+    for epoch in np.unique(epochs):
+        perm = _permutation(n, seed, int(epoch))
+        sel = epochs == epoch
+        out[sel] = perm[offsets[sel]]
+    return out
+
+
+_PERM_CACHE: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    key = (n, seed, epoch)
+    if key not in _PERM_CACHE:
+        _PERM_CACHE.clear()  # one epoch at a time is enough
+        _PERM_CACHE[key] = np.random.default_rng([seed, epoch]).permutation(n)
+    return _PERM_CACHE[key]
+
+
+def run_fingerprint(spec: SizeSpec, cfg: TrainConfig) -> str:
+    """Hash of everything that decides what is learned (not logging or device)."""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in OPERATIONAL_KEYS}
+    payload = json.dumps({"model": spec.model.to_dict(), "lr": spec.lr, "train": d}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+@dataclass
+class Dist:
+    """The process's place in a (possibly one-process) DDP group."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(device_pref: str) -> tuple[Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
+    if device_pref == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible to this job")
+    if world == 1:
+        return Dist(), torch.device("cuda" if use_cuda else "cpu")
+    dist = Dist(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), world)
+    torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(dist.local_rank)
+        return dist, torch.device("cuda", dist.local_rank)
+    return dist, torch.device("cpu")
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train(
+    spec: SizeSpec,
+    cfg: TrainConfig,
+    train_tokens: Path,
+    val_tokens: Path,
+    out_dir: Path,
+    log=print,
+) -> pd.DataFrame:
+    """Train one size and write ``ckpt.pt``, ``ckpt.json`` and ``metrics.csv`` in ``out_dir``.
+
+    Resumes from ``out_dir/last.pt`` when it holds the same run (same fingerprint);
+    a ``last.pt`` from a different configuration is kept as ``last.pt.old`` and training
+    starts afresh.
+
+    Returns:
+        The metrics table (also written to ``metrics.csv``).
+    """
+    out_dir = Path(out_dir)
+    dist, device = _setup_distributed(cfg.device)
+    say = log if dist.main else (lambda *a, **k: None)
+    try:
+        return _train(spec, cfg, Path(train_tokens), Path(val_tokens), out_dir, dist, device, say)
+    finally:
+        if dist.world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say) -> pd.DataFrame:
+    torch.set_num_threads(max(1, cfg.threads))
+    train_split, val_split = load_tokens(train_tokens), load_tokens(val_tokens)
+    n_tok, dim = train_split.tokens.shape[1:]
+    if (n_tok, dim) != (spec.model.block_size, spec.model.input_dim):
+        raise ValueError(
+            f"tokens in {train_tokens} are {n_tok} x {dim} per galaxy but size {spec.name} expects "
+            f"{spec.model.block_size} x {spec.model.input_dim} (patch_size {spec.model.patch_size}, "
+            f"{spec.model.n_chan} bands): re-run the tokenise rule with this config"
+        )
+    if cfg.grad_accum % dist.world:
+        raise ValueError(
+            f"train.grad_accum ({cfg.grad_accum}) must be divisible by the number of ranks ({dist.world})"
+        )
+    accum = cfg.grad_accum // dist.world  # micro-batches per rank per step
+    global_batch = cfg.micro_batch * cfg.grad_accum
+    seq = spec.model.block_size - 1  # positions trained per galaxy
+    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        if use_bf16
+        else contextlib.nullcontext()
+    )
+
+    torch.manual_seed(cfg.seed)
+    model = GPT(spec.model).to(device)
+    optimizer = model.configure_optimizer(cfg.weight_decay, spec.lr, cfg.betas, device.type)
+    n_params = model.get_num_params()
+    flops_per_token = model.flops_per_token(seq)
+    fingerprint = run_fingerprint(spec, cfg)
+
+    # ---------------------------------------------------------------- resume
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last = out_dir / "last.pt"
+    step, rows, elapsed_before, best_val = 0, [], 0.0, float("inf")
+    if last.exists():
+        state = load_checkpoint(last, map_location="cpu")
+        if state.get("fingerprint") == fingerprint:
+            model.load_state_dict(clean_state_dict(state["model"]))
+            optimizer.load_state_dict(state["optimizer"])
+            step = int(state["iter_num"])
+            rows = list(state["metrics"])
+            elapsed_before = float(state["elapsed_s"])
+            best_val = float(state["best_val_loss"])
+            torch.set_rng_state(state["rng"]["torch"])
+            say(f"resuming {spec.name} from {last} at step {step}/{cfg.steps}")
+        else:
+            if dist.main:
+                os.replace(last, out_dir / "last.pt.old")
+            say(f"{last} belongs to a different configuration: kept as last.pt.old, starting afresh")
+
+    raw_model = model
+    if cfg.compile:
+        model = torch.compile(model)
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+
+    say(
+        f"training {spec.name}: {n_params:,} parameters, {spec.model.n_layer} layers x "
+        f"{spec.model.n_embd} wide, {len(train_split.ids):,} training galaxies, "
+        f"{seq} positions each, global batch {global_batch} galaxies "
+        f"({global_batch * seq:,} tokens) = {cfg.micro_batch} x {accum} x {dist.world} rank(s), "
+        f"peak lr {spec.lr:g}, {cfg.steps} steps, device {device}, "
+        f"{'bf16 autocast' if use_bf16 else 'float32'}, norm '{cfg.norm}'"
+    )
+
+    def batch(indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        raw = torch.from_numpy(train_split.tokens[np.sort(indices)])
+        if device.type == "cuda":
+            raw = raw.pin_memory().to(device, non_blocking=True)
+        x = normalise(raw, cfg.norm)
+        return x[:, :-1], x[:, 1:]
+
+    n_eval = len(val_split.ids) if cfg.eval_galaxies is None else min(cfg.eval_galaxies, len(val_split.ids))
+
+    @torch.no_grad()
+    def evaluate() -> float:
+        raw_model.eval()
+        total, count = torch.zeros((), device=device), 0
+        # Every rank evaluates the same galaxies; cheap next to training, keeps ranks in step.
+        for start in range(0, n_eval, cfg.micro_batch):
+            stop = min(start + cfg.micro_batch, n_eval)
+            raw = torch.from_numpy(np.array(val_split.tokens[start:stop])).to(device)
+            x = normalise(raw, cfg.norm)
+            with autocast:
+                _, loss = raw_model(x[:, :-1], x[:, 1:])
+            total += loss.float() * (stop - start)
+            count += stop - start
+        raw_model.train()
+        return float(total / count)
+
+    def save_state(path: Path) -> None:
+        save_checkpoint(
+            path,
+            {
+                "model": raw_model.state_dict(),
+                "model_args": spec.model.to_dict(),
+                "optimizer": optimizer.state_dict(),
+                "iter_num": step,
+                "best_val_loss": best_val,
+                "config": {"size": spec.name, "lr": spec.lr, **cfg.to_dict()},
+                "fingerprint": fingerprint,
+                "metrics": rows,
+                "elapsed_s": elapsed,
+                "rng": {"torch": torch.get_rng_state()},
+            },
+        )
+
+    # ---------------------------------------------------------------- loop
+    model.train()
+    t_start = time.perf_counter()
+    elapsed = elapsed_before
+    window_loss = torch.zeros((), device=device)
+    window_steps, window_t0, window_step0 = 0, time.perf_counter(), step
+    while step < cfg.steps:
+        lr = lr_at(step, spec.lr, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for k in range(accum):
+            # Global micro-batch m of this step; rank r takes m = k * world + r.
+            m = k * dist.world + dist.rank
+            idx = sample_indices((step * cfg.grad_accum + m) * cfg.micro_batch, cfg.micro_batch,
+                                 len(train_split.ids), cfg.seed)
+            x, y = batch(idx)
+            sync = k == accum - 1 or dist.world == 1
+            ctx = model.no_sync() if (dist.world > 1 and not sync) else contextlib.nullcontext()
+            with ctx, autocast:
+                _, loss = model(x, y)
+            (loss / accum).backward()
+            window_loss += loss.detach() / accum
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        window_steps += 1
+
+        last_step = step == cfg.steps
+        do_eval = step % cfg.eval_interval == 0 or last_step
+        do_ckpt = step % cfg.checkpoint_interval == 0 or last_step
+        # Check the loss before every checkpoint so a saved state is never non-finite.
+        if step % cfg.log_interval == 0 or do_eval or do_ckpt:
+            # The only host synchronisation: once per log interval.
+            if dist.world > 1:
+                torch.distributed.all_reduce(window_loss, op=torch.distributed.ReduceOp.AVG)
+            train_loss = float(window_loss) / window_steps
+            if not math.isfinite(train_loss):
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({train_loss}) at step {step} of size {spec.name}; "
+                    f"the last good checkpoint ({last}) is kept. Try a lower learning rate."
+                )
+            val_loss = evaluate() if do_eval else float("nan")
+            if do_eval:
+                best_val = min(best_val, val_loss)
+            now = time.perf_counter()
+            elapsed = elapsed_before + (now - t_start)
+            tok_s = (step - window_step0) * global_batch * seq / max(now - window_t0, 1e-9)
+            rows.append(
+                {
+                    "step": step,
+                    "tokens_seen": step * global_batch * seq,
+                    "flops": float(step * global_batch * seq * flops_per_token),
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "lr": lr,
+                    "elapsed_s": elapsed,
+                    "tokens_per_s": tok_s,
+                }
+            )
+            eta = (cfg.steps - step) * (now - window_t0) / max(step - window_step0, 1)
+            say(
+                f"[{spec.name}] step {step}/{cfg.steps} | train loss {train_loss:.4f}"
+                + (f" | val loss {val_loss:.4f}" if do_eval else "")
+                + f" | lr {lr:.2e} | {tok_s / 1e3:.1f}k tokens/s | elapsed {_format_eta(elapsed)}"
+                + f" | ETA {_format_eta(eta)}"
+            )
+            window_loss.zero_()
+            window_steps, window_t0, window_step0 = 0, now, step
+        if dist.main and do_ckpt:
+            elapsed = elapsed_before + (time.perf_counter() - t_start)
+            save_state(last)
+
+    # ---------------------------------------------------------------- outputs
+    metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    if dist.main:
+        final_val = float(metrics["val_loss"].dropna().iloc[-1]) if metrics["val_loss"].notna().any() else float("nan")
+        save_checkpoint(
+            out_dir / "ckpt.pt",
+            {
+                "model": raw_model.state_dict(),
+                "model_args": spec.model.to_dict(),
+                "iter_num": step,
+                "best_val_loss": best_val,
+                "config": {"size": spec.name, "lr": spec.lr, **cfg.to_dict()},
+            },
+        )
+        sidecar = {
+            "size": spec.name,
+            "params": n_params,
+            "steps": step,
+            "tokens_seen": int(step * global_batch * seq),
+            "flops": float(step * global_batch * seq * flops_per_token),
+            "final_val_loss": final_val,
+            "best_val_loss": best_val,
+            "elapsed_s": float(metrics["elapsed_s"].iloc[-1]) if len(metrics) else 0.0,
+            "model_args": spec.model.to_dict(),
+            "lr": spec.lr,
+            "train": cfg.to_dict(),
+        }
+        (out_dir / "ckpt.json").write_text(json.dumps(sidecar, indent=2) + "\n")
+        tmp = out_dir / "metrics.csv.tmp"
+        metrics.to_csv(tmp, index=False)
+        os.replace(tmp, out_dir / "metrics.csv")
+        say(f"[{spec.name}] done: final val loss {final_val:.5f}, {n_params:,} parameters, "
+            f"{_format_eta(sidecar['elapsed_s'])} of training")
+    return metrics
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def spec_from_json(d: dict) -> tuple[SizeSpec, TrainConfig]:
+    """Inverse of :func:`spec_to_json`."""
+    return (
+        SizeSpec(name=d["size"], model=GPTConfig.from_dict(d["model"]), lr=float(d["lr"])),
+        TrainConfig.from_dict(d["train"]),
+    )
+
+
+def spec_to_json(spec: SizeSpec, cfg: TrainConfig) -> dict:
+    """What the ``train`` rule passes to this module: the size and its training settings."""
+    return {"size": spec.name, "model": spec.model.to_dict(), "lr": spec.lr, "train": cfg.to_dict()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--spec", required=True, help="JSON (a string or a file path) from spec_to_json")
+    p.add_argument("--train-tokens", required=True, type=Path)
+    p.add_argument("--val-tokens", required=True, type=Path)
+    p.add_argument("--out-dir", required=True, type=Path)
+    args = p.parse_args(argv)
+    text = args.spec if args.spec.lstrip().startswith("{") else Path(args.spec).read_text()
+    spec, cfg = spec_from_json(json.loads(text))
+    train(spec, cfg, args.train_tokens, args.val_tokens, args.out_dir,
+          log=lambda *a: print(*a, flush=True))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Config validation: bad configs stop with a message naming the key.
+
+Run: python -m pytest tests/test_config.py -q
+"""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from astropt.config import ConfigError, load_config, parse_size_name
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def default() -> dict:
+    return yaml.safe_load((ROOT / "config/config.yaml").read_text())
+
+
+def test_default_config_is_valid_and_complete(default):
+    cfg = load_config(default)
+    assert cfg.sizes == ["42K", "144K", "416K", "2M"]
+    assert cfg.n_tokens == 64
+    spec = cfg.size_spec("2M")
+    assert spec.model.input_dim == 8 * 8 * 3 and spec.model.block_size == 64
+    assert cfg.train_config("2M").norm == "image"
+
+
+def test_paper_config_merged_over_default_is_valid(default):
+    paper = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
+    merged = _deep_merge(default, paper)  # what Snakemake does with --configfile
+    cfg = load_config(merged)
+    spec = cfg.size_spec("309M")
+    assert (spec.model.n_layer, spec.model.n_embd, spec.model.block_size) == (24, 1024, 1024)
+    assert spec.model.input_dim == 768 and spec.lr == 3e-4
+    assert cfg.resources("train", "309M").gpus == 8
+    assert cfg.resources("train", "1M").gpus == 1
+
+
+def test_defaults_are_filled(default):
+    minimal = {"sizes": ["1M"], "data": {"source": "synthetic"}, "tokens": {"patch_size": 8}}
+    cfg = load_config(minimal)
+    assert cfg.train_config("1M").steps == 600
+    assert cfg.raw["data"]["synthetic"]["n_train"] == 10000
+    assert cfg.resources("train", "1M").mem_mb == 4000
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda c: c["train"].__setitem__("steps", "many"), "train.steps"),
+        (lambda c: c["train"].__setitem__("stpes", 10), "train"),
+        (lambda c: c.pop("sizes"), "sizes"),
+        (lambda c: c["data"].pop("source"), "data.source"),
+        (lambda c: c["tokens"].__setitem__("norm", "pixel"), "tokens.norm"),
+        (lambda c: c.__setitem__("sizes", ["42K", "3M"]), "sizes[1]"),
+        (lambda c: (c["custom_sizes"].__setitem__("7M", {"n_layer": 2, "n_head": 2, "n_embd": 32, "lr": 1e-3}), c["sizes"].append("7M")), "custom_sizes.7M"),
+        (lambda c: c["custom_sizes"]["42K"].__setitem__("n_head", 3), "custom_sizes.42K"),
+        (lambda c: c["tokens"].__setitem__("patch_size", 7), "tokens.patch_size"),
+        (lambda c: c["embed"].__setitem__("n_tokens", 65), "embed.n_tokens"),
+        (lambda c: c["umap"].__setitem__("sizes", ["5M"]), "umap.sizes"),
+        (lambda c: c["resources"]["train"]["sizes"].__setitem__("2M", {"gpus": 3}), "train.grad_accum"),
+    ],
+)
+def test_bad_config_names_the_key(default, edit, key):
+    bad = copy.deepcopy(default)
+    edit(bad)
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert f"'{key}" in str(err.value), str(err.value)
+
+
+def test_size_names():
+    assert parse_size_name("144K") == 144e3
+    assert parse_size_name("2.1B") == 2.1e9
+    assert parse_size_name("tiny") is None
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

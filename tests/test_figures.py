@@ -1,0 +1,156 @@
+"""Tests of the figures (astropt.figures): each plot writes a PNG; the downstream table.
+
+Run: python -m pytest tests/test_figures.py -q   (add -m "not slow" to skip UMAP)
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from astropt.figures import (
+    downstream_table,
+    plot_downstream,
+    plot_loss_curves,
+    plot_scaling,
+    plot_umap,
+    umap_embedding,
+)
+from astropt.scaling import fit_saturating_power_law
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(path):
+    return path.exists() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.fixture
+def scaling_table():
+    return pd.DataFrame(
+        {
+            "size": ["0.04M", "0.14M", "0.42M", "2M"],
+            "params": [42_000, 144_000, 416_000, 2_030_000],
+            "val_loss": [0.1866, 0.1823, 0.1816, 0.1790],
+        }
+    )
+
+
+@pytest.fixture
+def probes():
+    rows = []
+    sizes = [("1M", 1_100_000), ("5M", 5_400_000), ("21M", 20_980_000), ("89M", 89_090_000)]
+    for i, (size, n) in enumerate(sizes):
+        scores = {"redshift": 0.5 - 0.05 * i, "smooth": 0.3 + 0.01 * i, "flat": 0.2}
+        for prop, score in scores.items():
+            rows.append({"size": size, "params": n, "property": prop, "median_abs_error": score})
+    return pd.DataFrame(rows).sample(frac=1.0, random_state=0)  # order must not matter
+
+
+def test_plot_scaling_writes_png(tmp_path, scaling_table):
+    fit = fit_saturating_power_law(scaling_table["params"], scaling_table["val_loss"])
+    out = tmp_path / "sub" / "scaling.png"  # parent is created
+    plot_scaling(scaling_table, fit, out)
+    assert _is_png(out)
+
+
+def test_plot_scaling_degenerate_and_default_fit(tmp_path, scaling_table):
+    three = scaling_table.iloc[:3]
+    fit = fit_saturating_power_law(three["params"], three["val_loss"])
+    assert fit["saturating"]["degenerate"]
+    plot_scaling(three, fit, tmp_path / "degenerate.png")
+    assert _is_png(tmp_path / "degenerate.png")
+    plot_scaling(scaling_table, None, tmp_path / "fitted_here.png")
+    assert _is_png(tmp_path / "fitted_here.png")
+    with pytest.raises(ValueError, match="val_loss"):
+        plot_scaling(scaling_table.drop(columns="val_loss"), fit, tmp_path / "x.png")
+
+
+def test_downstream_table(probes):
+    table = downstream_table(probes, "median_abs_error")
+    columns = ["property", "size", "params", "value", "relative", "spearman_rho"]
+    assert list(table.columns) == columns
+    by = {p: g.sort_values("params") for p, g in table.groupby("property")}
+    for grp in by.values():
+        assert grp["relative"].iloc[0] == 1.0  # smallest model
+        assert grp["size"].iloc[0] == "1M"
+    assert by["smooth"]["spearman_rho"].iloc[0] == pytest.approx(1.0)  # monotone increasing
+    assert by["redshift"]["spearman_rho"].iloc[0] == pytest.approx(-1.0)
+    assert np.isnan(by["flat"]["spearman_rho"].iloc[0])  # constant: undefined
+    assert by["redshift"]["relative"].iloc[-1] == pytest.approx(0.35 / 0.5)
+
+
+def test_downstream_table_averages_repeats(probes):
+    doubled = pd.concat([probes, probes.assign(median_abs_error=probes["median_abs_error"] + 0.1)])
+    table = downstream_table(doubled)
+    assert len(table) == 12
+    first = table[(table["property"] == "redshift") & (table["size"] == "1M")]
+    assert first["value"].iloc[0] == pytest.approx(0.55)
+
+
+def test_plot_downstream_writes_png(tmp_path, probes):
+    plot_downstream(probes, tmp_path / "downstream.png")
+    assert _is_png(tmp_path / "downstream.png")
+    r2 = probes.assign(r2=1 - probes["median_abs_error"])
+    plot_downstream(r2, tmp_path / "downstream_r2.png", metric="r2", lower_is_better=False)
+    assert _is_png(tmp_path / "downstream_r2.png")
+
+
+def test_plot_umap_writes_png(tmp_path):
+    rng = np.random.default_rng(0)
+    coords = rng.standard_normal((500, 2))
+    values = pd.DataFrame(
+        {
+            "a": coords[:, 0],
+            "b": np.where(rng.random(500) < 0.3, np.nan, coords[:, 1]),
+            "c": np.full(500, np.nan),
+            "d": rng.random(500),
+            "e": rng.integers(0, 3, 500),
+        }
+    )
+    plot_umap(coords, values, tmp_path / "umap.png", title="test", gridsize=15)
+    assert _is_png(tmp_path / "umap.png")
+    plot_umap(coords, values[["a"]], tmp_path / "umap1.png")
+    assert _is_png(tmp_path / "umap1.png")
+    with pytest.raises(ValueError, match="rows"):
+        plot_umap(coords[:10], values, tmp_path / "bad.png")
+
+
+def test_plot_loss_curves_writes_png(tmp_path):
+    metrics = {}
+    for size, floor in (("0.04M", 0.2), ("2M", 0.18)):
+        step = np.arange(0, 201, 10)
+        val = np.where(step % 50 == 0, floor + 0.2 * np.exp(-step / 50), np.nan)
+        metrics[size] = pd.DataFrame(
+            {
+                "step": step,
+                "tokens_seen": step * 2016,
+                "flops": step * 1e9,
+                "train_loss": floor + 0.2 * np.exp(-step / 50) + 0.002,
+                "val_loss": val,
+                "lr": 1e-3,
+                "elapsed_s": step * 0.1,
+            }
+        )
+    plot_loss_curves(metrics, tmp_path / "loss.png")
+    assert _is_png(tmp_path / "loss.png")
+
+
+@pytest.mark.slow
+def test_umap_embedding_shape_and_determinism():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 16))
+    X[:150] += 3.0
+    coords = umap_embedding(X, seed=0)
+    assert coords.shape == (300, 2)
+    assert np.isfinite(coords).all()
+    # The two planted clusters stay apart.
+    gap = np.linalg.norm(coords[:150].mean(0) - coords[150:].mean(0))
+    assert gap > coords[:150].std(0).max()
+    np.testing.assert_allclose(umap_embedding(X, seed=0), coords, rtol=1e-5, atol=1e-5)
+
+
+def test_umap_embedding_rejects_bad_input():
+    with pytest.raises(ValueError, match="non-finite"):
+        umap_embedding(np.full((10, 3), np.nan))
+    with pytest.raises(ValueError, match="2-D"):
+        umap_embedding(np.zeros(10))

@@ -1,0 +1,141 @@
+"""Training: schedule, data order, outputs, resume after interruption, DDP equivalence.
+
+Run: python -m pytest tests/test_train.py -q
+"""
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import astropt.train as T
+from astropt.checkpoint import load_checkpoint, load_model
+from astropt.train import METRIC_COLUMNS, NonFiniteLossError, lr_at, sample_indices, spec_to_json, train
+
+from conftest import ROOT
+
+
+def _run(spec, cfg, micro_tokens, out):
+    return train(spec, cfg, micro_tokens / "train", micro_tokens / "validation", out, log=lambda *a: None)
+
+
+def test_lr_schedule(tiny_train):
+    cfg = dataclasses.replace(tiny_train, steps=100, warmup_steps=10, decay_steps=90, min_lr_ratio=0.1)
+    lrs = [lr_at(s, 1.0, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(1 / 11) and lrs[9] == pytest.approx(10 / 11)
+    assert max(lrs) <= 1.0 and lrs[10] == pytest.approx(1.0)
+    assert lrs[50] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 40 / 80)))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # monotone decay
+    assert lrs[90] == lrs[99] == pytest.approx(0.1)
+
+
+def test_sample_order_is_a_permutation_per_epoch_and_rank_disjoint():
+    n, seed = 100, 3
+    epoch0 = sample_indices(0, n, n, seed)
+    assert sorted(epoch0) == list(range(n))
+    assert not np.array_equal(epoch0, sample_indices(n, n, n, seed))  # next epoch reshuffled
+    # a step of global batch 4 x 8 split over 2 ranks (m = k * world + rank) is disjoint
+    micro, accum, world, step = 8, 4, 2, 5
+    per_rank = [
+        np.concatenate([sample_indices((step * accum + k * world + r) * micro, micro, n, seed) for k in range(accum // world)])
+        for r in range(world)
+    ]
+    assert not set(per_rank[0]) & set(per_rank[1])
+    np.testing.assert_array_equal(sample_indices(250, 10, n, seed), sample_indices(250, 10, n, seed))
+
+
+def test_train_writes_outputs_and_learns(micro_tokens, tiny_spec, tiny_train, tmp_path):
+    metrics = _run(tiny_spec, tiny_train, micro_tokens, tmp_path)
+    assert list(pd.read_csv(tmp_path / "metrics.csv").columns) == METRIC_COLUMNS
+    val = metrics["val_loss"].dropna().to_numpy()
+    assert len(val) == 4 and val[-1] < val[0]
+    assert metrics["tokens_seen"].iloc[-1] == 40 * 16 * 15
+    assert (metrics["flops"] > 0).all() and metrics["elapsed_s"].is_monotonic_increasing
+    side = json.loads((tmp_path / "ckpt.json").read_text())
+    assert side["final_val_loss"] == pytest.approx(val[-1]) and side["params"] > 0
+    model = load_model(tmp_path / "ckpt.pt")
+    assert model.config == tiny_spec.model
+    assert "optimizer" not in load_checkpoint(tmp_path / "ckpt.pt")  # final checkpoint is lean
+    assert load_checkpoint(tmp_path / "last.pt")["iter_num"] == 40
+
+
+def test_interrupted_run_resumes_to_the_same_result(micro_tokens, tiny_spec, tiny_train, tmp_path, monkeypatch):
+    ref = _run(tiny_spec, tiny_train, micro_tokens, tmp_path / "ref")
+
+    saves = {"n": 0}
+    real_save = T.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        saves["n"] += 1
+        if saves["n"] == 2:  # checkpoint at step 20 written, then the job is killed
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_spec, tiny_train, micro_tokens, tmp_path / "cut")
+    assert not (tmp_path / "cut" / "ckpt.pt").exists()
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["iter_num"] == 20
+    monkeypatch.setattr(T, "save_checkpoint", real_save)
+
+    resumed = _run(tiny_spec, tiny_train, micro_tokens, tmp_path / "cut")
+    cols = ["step", "tokens_seen", "train_loss", "val_loss", "lr"]
+    pd.testing.assert_frame_equal(resumed[cols], ref[cols], rtol=1e-6)
+
+
+def test_changed_config_starts_afresh_and_keeps_old_state(micro_tokens, tiny_spec, tiny_train, tmp_path):
+    _run(tiny_spec, dataclasses.replace(tiny_train, steps=10), micro_tokens, tmp_path)
+    metrics = _run(tiny_spec, dataclasses.replace(tiny_train, steps=20), micro_tokens, tmp_path)
+    assert (tmp_path / "last.pt.old").exists()
+    assert metrics["step"].iloc[0] == 5 and metrics["step"].iloc[-1] == 20
+
+
+def test_non_finite_loss_stops_with_the_step(micro_tokens, tiny_spec, tiny_train, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = T.normalise
+
+    def poisoned(x, mode):  # training batches from step 13 on carry a NaN
+        out = real(x, mode)
+        if torch.is_grad_enabled():  # training, not evaluation
+            calls["n"] += 1
+            if calls["n"] > 12:
+                out[0, 0, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(T, "normalise", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"at step 13 ") as err:
+        _run(tiny_spec, dataclasses.replace(tiny_train, log_interval=1), micro_tokens, tmp_path)
+    assert "last.pt" in str(err.value)
+    assert not (tmp_path / "ckpt.pt").exists()
+    assert load_checkpoint(tmp_path / "last.pt")["iter_num"] == 10  # the last good state is kept
+
+
+def test_token_shape_mismatch_is_explained(micro_tokens, tiny_spec, tiny_train, tmp_path):
+    spec = dataclasses.replace(tiny_spec, model=dataclasses.replace(tiny_spec.model, patch_size=4, block_size=64))
+    with pytest.raises(ValueError, match="re-run the tokenise rule"):
+        _run(spec, tiny_train, micro_tokens, tmp_path)
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_match_one_process(micro_tokens, tiny_spec, tiny_train, tmp_path):
+    """DDP (gloo, 2 CPU ranks) follows the single-process loss curve at the same global batch."""
+    cfg = dataclasses.replace(tiny_train, steps=20, grad_accum=2, micro_batch=8)
+    single = _run(tiny_spec, cfg, micro_tokens, tmp_path / "single")
+    spec_json = json.dumps(spec_to_json(tiny_spec, cfg))
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "astropt.train", "--spec", spec_json, "--train-tokens", str(micro_tokens / "train"),
+        "--val-tokens", str(micro_tokens / "validation"), "--out-dir", str(tmp_path / "ddp"),
+    ]
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ddp = pd.read_csv(tmp_path / "ddp" / "metrics.csv")
+    np.testing.assert_allclose(ddp["train_loss"], single["train_loss"], rtol=1e-4)
+    np.testing.assert_allclose(ddp["val_loss"].dropna(), single["val_loss"].dropna(), rtol=1e-4)

@@ -1,0 +1,47 @@
+rule embed:
+    input:
+        ckpt="results/models/{size}/ckpt.pt",
+        tokens=f"results/tokens/{EMBED_SPLIT}/tokens.npy",
+    output:
+        "results/embeddings/{size}.parquet",
+    params:
+        embed=CFG.embed,
+    log:
+        "logs/embed/{size}.log",
+    benchmark:
+        "benchmarks/embed/{size}.tsv"
+    threads: job_threads("embed")
+    resources:
+        **job_resources("embed"),
+    script:
+        "../scripts/embed.py"
+
+
+rule probe:
+    input:
+        embeddings="results/embeddings/{size}.parquet",
+        metadata=rules.download.output.metadata,
+    output:
+        "results/probes/{size}.csv",
+    params:
+        probe=CFG.probe,
+    log:
+        "logs/probe/{size}.log",
+    resources:
+        **job_resources("probe"),
+    script:
+        "../scripts/probe.py"
+
+
+rule scaling:
+    input:
+        sidecars=expand("results/models/{size}/ckpt.json", size=SIZES),
+    output:
+        fit="results/scaling/fit.json",
+        table="results/scaling/losses.csv",
+    log:
+        "logs/scaling/scaling.log",
+    resources:
+        **job_resources("scaling"),
+    script:
+        "../scripts/scaling.py"

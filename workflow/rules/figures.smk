@@ -1,0 +1,60 @@
+rule figure_scaling:
+    input:
+        fit=rules.scaling.output.fit,
+        table=rules.scaling.output.table,
+    output:
+        report(
+            "results/figures/scaling.png",
+            caption="../report/scaling.rst",
+            category="Scaling",
+        ),
+    log:
+        "logs/figures/scaling.log",
+    resources:
+        **job_resources("figures"),
+    script:
+        "../scripts/figure_scaling.py"
+
+
+rule figure_downstream:
+    input:
+        probes=expand("results/probes/{size}.csv", size=SIZES),
+        sidecars=expand("results/models/{size}/ckpt.json", size=SIZES),
+    output:
+        figure=report(
+            "results/figures/downstream.png",
+            caption="../report/downstream.rst",
+            category="Downstream",
+        ),
+        table="results/probes/summary.csv",
+    log:
+        "logs/figures/downstream.log",
+    resources:
+        **job_resources("figures"),
+    script:
+        "../scripts/figure_downstream.py"
+
+
+rule figure_umap:
+    input:
+        embeddings="results/embeddings/{size}.parquet",
+        probe="results/probes/{size}.csv",
+        metadata=rules.download.output.metadata,
+    output:
+        report(
+            "results/figures/umap_{size}.png",
+            caption="../report/umap.rst",
+            category="UMAP",
+            subcategory="{size}",
+        ),
+    params:
+        umap=CFG.umap,
+        seed=CFG.seed,
+    log:
+        "logs/figures/umap_{size}.log",
+    benchmark:
+        "benchmarks/figures/umap_{size}.tsv"
+    resources:
+        **job_resources("figures"),
+    script:
+        "../scripts/figure_umap.py"

@@ -1,0 +1,15 @@
+"""embed rule: one size's embeddings of the configured split (the paper's protocol)."""
+
+from astropt import pipeline
+from astropt.embed import embed_split
+
+log = pipeline.script_log(snakemake)  # noqa: F821
+cfg = snakemake.params.embed  # noqa: F821
+embed_split(
+    snakemake.input.ckpt,  # noqa: F821
+    snakemake.input.tokens.rsplit("/", 1)[0],  # noqa: F821
+    snakemake.output[0],  # noqa: F821
+    n_tokens=cfg["n_tokens"],
+    batch_size=cfg["batch_size"],
+    log=log,
+)
