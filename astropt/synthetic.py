@@ -66,7 +66,7 @@ class SyntheticConfig:
     image_size: int = 64  # stamp side in pixels
     pixel_scale: float = 0.262  # arcsec per pixel (Legacy Survey)
     psf_fwhm: float = 1.2  # Gaussian PSF FWHM in arcsec (typical DECaLS seeing)
-    sky_noise: float = 0.002  # Gaussian sky noise per pixel, nanomaggies, every band (low: clear scaling)
+    sky_noise: float = 0.001  # Gaussian sky noise per pixel, nanomaggies, every band (low: clear scaling)
     seed: int = 0  # master seed; galaxy i draws from SeedSequence([seed, i, 0|1])
     workers: int = 1  # processes rendering and writing PNGs; the output does not depend on it
     z_min: float = 0.07  # redshift range (uniform); the low end sets the largest angular sizes
@@ -237,7 +237,6 @@ def sample_properties(cfg: SyntheticConfig, start: int = 0, stop: int | None = N
             "mass_med_photoz": logm,
             "ssfr_med_photoz": ssfr,
             "est_petro_th50": r50_px * cfg.pixel_scale,  # arcsec, intrinsic (before PSF)
-            "sersic_n": 1.0 + 3.0 * bt,  # light-weighted Sersic index of bulge (4) + disc (1)
             "axis_ratio": bt * q_b + (1 - bt) * q_d,  # light-weighted axis ratio
             "bulge_fraction": bt,  # r-band bulge-to-total light ratio
         }
@@ -370,8 +369,9 @@ def generate(out_dir: Path, cfg: SyntheticConfig, log: Callable[[str], Any] = pr
     the truths: ``redshift``, ``mag_{g,r,z}_desi`` (apparent AB), ``mag_abs_{g,r,z}_photoz``
     (rest-frame absolute), ``mass_med_photoz`` (log10 M*/Msun), ``ssfr_med_photoz``
     (log10 sSFR/yr^-1), ``est_petro_th50`` (intrinsic half-light semi-major axis, arcsec),
-    ``sersic_n`` (light-weighted), ``axis_ratio`` (light-weighted), ``bulge_fraction``
-    (r-band B/T). The position angle is left out on purpose (circular, not a probe target).
+    ``axis_ratio`` (light-weighted), ``bulge_fraction`` (r-band B/T). Left out on purpose:
+    the position angle (circular, not a probe target) and a light-weighted Sersic index
+    (1 + 3 B/T here, so it would only repeat ``bulge_fraction``).
 
     Args:
         out_dir: Output folder (created).

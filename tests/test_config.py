@@ -21,11 +21,11 @@ def default() -> dict:
 
 def test_default_config_is_valid_and_complete(default):
     cfg = load_config(default)
-    assert cfg.sizes == ["42K", "144K", "416K", "2M"]
+    assert cfg.sizes == ["42K", "85K", "144K", "416K"]
     assert cfg.n_tokens == 64
-    spec = cfg.size_spec("2M")
+    spec = cfg.size_spec("416K")
     assert spec.model.input_dim == 8 * 8 * 3 and spec.model.block_size == 64
-    assert cfg.train_config("2M").norm == "image"
+    assert cfg.train_config("416K").norm == "image"
 
 
 def test_paper_config_merged_over_default_is_valid(default):
@@ -61,7 +61,7 @@ def test_defaults_are_filled(default):
         (lambda c: c["tokens"].__setitem__("patch_size", 7), "tokens.patch_size"),
         (lambda c: c["embed"].__setitem__("n_tokens", 65), "embed.n_tokens"),
         (lambda c: c["umap"].__setitem__("sizes", ["5M"]), "umap.sizes"),
-        (lambda c: c["resources"]["train"]["sizes"].__setitem__("2M", {"gpus": 3}), "train.grad_accum"),
+        (lambda c: c["resources"]["train"]["sizes"].__setitem__("416K", {"gpus": 3}), "train.grad_accum"),
     ],
 )
 def test_bad_config_names_the_key(default, edit, key):

@@ -26,7 +26,6 @@ TRUTHS = [
     "mass_med_photoz",
     "ssfr_med_photoz",
     "est_petro_th50",
-    "sersic_n",
     "axis_ratio",
     "bulge_fraction",
 ]
@@ -108,7 +107,6 @@ def test_physical_ranges_and_relations(sample):
     assert m["est_petro_th50"].between(0.05, cfg.max_re_frac * 64 * cfg.pixel_scale + 1e-9).all()
     assert m["axis_ratio"].between(0.1, 1.0).all()
     assert m["bulge_fraction"].between(0.0, 1.0).all()
-    assert m["sersic_n"].between(1.0, 4.0).all()
     # Observed colours within what real galaxies show.
     assert (m["mag_g_desi"] - m["mag_r_desi"]).between(0.0, 2.0).all()
 

@@ -43,7 +43,7 @@ def test_default_all_dry_run():
     assert proc.returncode == 0, proc.stderr
     jobs = _jobs(proc.stdout)
     assert jobs["train"] == 4 and jobs["embed"] == 4 and jobs["probe"] == 4
-    assert jobs["tokenise"] == 3 and jobs["download"] == 1 and jobs["figure_umap"] == 4
+    assert jobs["tokenise"] == 3 and jobs["download"] == 1 and jobs["figure_umap"] == 2
 
 
 def test_paper_single_target_dry_run_on_slurm_profile():
