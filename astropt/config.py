@@ -215,7 +215,7 @@ def load_config(config: dict | str | Path) -> Config:
             config = yaml.safe_load(f) or {}
     if not isinstance(config, dict):
         raise ConfigError(f"config must be a mapping of keys to values, got {type(config).__name__}")
-    raw = copy.deepcopy(config)
+    raw = _coerce(copy.deepcopy(config), schema(), schema())
     _validate(raw)
     _fill_defaults(raw, schema(), schema())
     _validate(raw)
@@ -250,6 +250,41 @@ def _validate(raw: dict) -> None:
         else:
             lines.append(f"config key '{key}': {e.message}")
     raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+
+
+def _coerce(instance: Any, node: dict, root: dict) -> Any:
+    """Turn strings into the numbers/booleans/nulls the schema asks for.
+
+    Snakemake hands values given with ``--config key=value`` (and nested ones) over as
+    strings; ``"1200"`` for an integer key is meant as 1200.
+    """
+    node = _resolve(node, root)
+    if isinstance(instance, dict):
+        props, extra = node.get("properties", {}), node.get("additionalProperties")
+        for key, value in instance.items():
+            sub = props.get(key, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                instance[key] = _coerce(value, sub, root)
+        return instance
+    if isinstance(instance, list) and isinstance(node.get("items"), dict):
+        return [_coerce(v, node["items"], root) for v in instance]
+    if not isinstance(instance, str):
+        return instance
+    types = node.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    text = instance.strip()
+    if "null" in types and text.lower() in ("null", "none", "~"):
+        return None
+    if "boolean" in types and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if "integer" in types and re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
+    if "number" in types:
+        try:
+            return float(text)
+        except ValueError:
+            return instance
+    return instance
 
 
 def _resolve(node: dict, root: dict) -> dict:

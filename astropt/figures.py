@@ -148,10 +148,12 @@ def plot_scaling(table: pd.DataFrame, fit: dict | None, out: str | os.PathLike) 
     lo, hi = L.min(), L.max()
     span = max(hi / lo, 1.02)
     ax.set_ylim(lo / span**0.25, hi * span**0.25)
-    if sat.get("L_inf") is not None and sat["L_inf"] > 0:
+    # Show L_inf when it is near the data; far below, it is in the legend only.
+    if sat.get("L_inf") is not None and lo * 0.5 < sat["L_inf"] < lo:
         ax.set_ylim(min(ax.get_ylim()[0], sat["L_inf"] * 0.98), None)
     _plain_log_axis(ax.yaxis)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _human(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())  # the points carry their size names
     ax.set_xlabel("parameters N (excluding position embedding)")
     ax.set_ylabel("final validation loss")
     ax.set_title("Validation loss vs model size")

@@ -83,3 +83,12 @@ def _deep_merge(a: dict, b: dict) -> dict:
     for k, v in b.items():
         out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def test_strings_from_the_command_line_are_coerced(default):
+    """`snakemake --config train='{steps: 1200}'` hands values over as strings."""
+    cfg = dict(default, train={**default["train"], "steps": "1200", "compile": "true", "decay_steps": "null", "min_lr_ratio": "0.2"})
+    t = load_config(cfg).train_config("42K")
+    assert (t.steps, t.compile, t.decay_steps, t.min_lr_ratio) == (1200, True, None, 0.2)
+    with pytest.raises(ConfigError, match="'train.steps'"):
+        load_config(dict(default, train={"steps": "12.5"}))

@@ -73,7 +73,7 @@ def test_micro_workflow_end_to_end(tmp_path):
     for item in ("Snakefile", "workflow", "config"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
-    proc = snakemake("--cores", "2", "--configfile", str(ROOT / "tests/data/micro.yaml"), "all", cwd=work, timeout=900)
+    proc = snakemake("--cores", "2", f"--configfile={ROOT / 'tests/data/micro.yaml'}", "all", cwd=work, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
     for size in ("30K", "144K"):
