@@ -27,4 +27,4 @@ test-fast: env
 	$(BIN)/python -m pytest -m "not slow"
 
 clean:
-	rm -rf results resources logs benchmarks .snakemake report.html
+	rm -rf results resources logs .snakemake report.html

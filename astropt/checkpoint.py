@@ -145,7 +145,17 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> GPT:
         ValueError: The file is unreadable, lacks ``model_args`` / ``model``, or
             its weights do not fit the model its ``model_args`` describe.
     """
-    ckpt = load_checkpoint(path, map_location=map_location)
+    return model_from_checkpoint(load_checkpoint(path, map_location=map_location), source=path)
+
+
+def model_from_checkpoint(ckpt: dict, source: str | os.PathLike = "checkpoint") -> GPT:
+    """Build the model of an already loaded checkpoint dict (see :func:`load_model`).
+
+    Args:
+        ckpt: The dict :func:`load_checkpoint` returned.
+        source: Where it came from, for error messages.
+    """
+    path = source
     for key in ("model_args", "model"):
         if key not in ckpt:
             raise ValueError(

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from astropt.checkpoint import load_checkpoint, load_model
+from astropt.checkpoint import load_checkpoint, model_from_checkpoint
 from astropt.model import GPT
 from astropt.tokenise import load_tokens, normalise
 
@@ -114,8 +114,10 @@ def embed_split(
 ) -> None:
     """Embed every galaxy of a token split with a checkpoint and write the parquet."""
     state = load_checkpoint(checkpoint)
+    # The normalisation the model was trained with; AstroPT v1 used the per-patch one.
     norm = state.get("config", {}).get("norm", "patch")
-    model = load_model(checkpoint)
+    model = model_from_checkpoint(state, source=checkpoint)
+    del state
     split = load_tokens(token_dir)
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     log(

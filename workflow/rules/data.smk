@@ -8,7 +8,7 @@ rule download:
     log:
         "logs/download/download.log",
     benchmark:
-        "benchmarks/download/download.tsv"
+        "logs/benchmarks/download/download.tsv"
     threads: max(1, CFG.data["synthetic"]["workers"])
     resources:
         **job_resources("download"),
@@ -31,7 +31,7 @@ rule tokenise:
     log:
         "logs/tokenise/{split}.log",
     benchmark:
-        "benchmarks/tokenise/{split}.tsv"
+        "logs/benchmarks/tokenise/{split}.tsv"
     threads: max(1, CFG.tokens["workers"])
     resources:
         **job_resources("tokenise"),

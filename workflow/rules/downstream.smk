@@ -9,7 +9,7 @@ rule embed:
     log:
         "logs/embed/{size}.log",
     benchmark:
-        "benchmarks/embed/{size}.tsv"
+        "logs/benchmarks/embed/{size}.tsv"
     threads: job_threads("embed")
     resources:
         **job_resources("embed"),

@@ -53,7 +53,7 @@ rule figure_umap:
     log:
         "logs/figures/umap_{size}.log",
     benchmark:
-        "benchmarks/figures/umap_{size}.tsv"
+        "logs/benchmarks/figures/umap_{size}.tsv"
     resources:
         **job_resources("figures"),
     script:

@@ -15,7 +15,7 @@ rule train:
     log:
         "logs/train/{size}.log",
     benchmark:
-        "benchmarks/train/{size}.tsv"
+        "logs/benchmarks/train/{size}.tsv"
     threads: job_threads("train")
     resources:
         **job_resources("train"),
