@@ -175,7 +175,7 @@ class Config:
             n_layer=arch[0],
             n_head=arch[1],
             n_embd=arch[2],
-            n_chan=3,
+            n_chan=self.data["n_chan"],
             patch_size=self.tokens["patch_size"],
             block_size=self.n_tokens,
         )
@@ -370,6 +370,15 @@ def _check_semantics(cfg: Config) -> None:
                     f"config key 'custom_sizes.{name}': the model has {n:,} parameters; "
                     f"rename it (e.g. {_format_count(n)!r}) or change its shape"
                 )
+    if raw["data"]["source"] == "synthetic" and raw["data"]["n_chan"] != 3:
+        problems.append("config key 'data.n_chan': synthetic stamps have 3 bands (g, r, z)")
+    if raw["data"]["source"] == "folder":
+        for key in ("images", "catalogue"):
+            if not raw["data"]["folder"][key]:
+                problems.append(f"config key 'data.folder.{key}' is missing: required when data.source is 'folder'")
+        fr = raw["data"]["folder"]
+        if fr["val_fraction"] + fr["test_fraction"] >= 1:
+            problems.append("config key 'data.folder.val_fraction': val_fraction + test_fraction must be below 1")
     embed_tokens = raw["embed"]["n_tokens"]
     if embed_tokens > cfg.n_tokens:
         problems.append(

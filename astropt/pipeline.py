@@ -29,19 +29,62 @@ def script_log(snakemake):
     return log
 
 
-def download(data: dict, out_metadata: str | Path, seed: int, log=print) -> pd.DataFrame:
-    """Fetch or make the galaxies: images plus ``metadata.parquet`` (id, split, properties)."""
+REJECTED_COLUMNS = ["id", "image_path", "reason"]
+
+
+def download(data: dict, out_metadata: str | Path, out_rejected: str | Path, seed: int, log=print) -> pd.DataFrame:
+    """Fetch, make or index the galaxies: ``metadata.parquet`` (id, split, image_path,
+    properties) plus ``rejected.csv`` (galaxies dropped at this stage, with reasons)."""
     source = data["source"]
     out_dir = Path(out_metadata).parent
     if source == "synthetic":
+        import shutil
+
         from astropt.synthetic import SyntheticConfig, generate
 
+        shutil.rmtree(out_dir / "images", ignore_errors=True)  # no stale stamps from a larger run
         cfg = SyntheticConfig(**data["synthetic"], image_size=data["image_size"], seed=seed)
-        return generate(out_dir, cfg, log=log)
+        meta = generate(out_dir, cfg, log=log)
+        pd.DataFrame(columns=REJECTED_COLUMNS).to_csv(out_rejected, index=False)
+        return meta
+    if source == "folder":
+        from astropt.sources import write_folder_source
+
+        f = data["folder"]
+        meta = write_folder_source(
+            f["images"],
+            f["catalogue"],
+            out_metadata,
+            id_column=f["id_column"],
+            path_column=f["path_column"],
+            split_column=f["split_column"],
+            val_fraction=f["val_fraction"],
+            test_fraction=f["test_fraction"],
+            seed=seed,
+            log=log,
+        )
+        written = Path(out_metadata).with_name("rejected.csv")
+        if written != Path(out_rejected):
+            written.replace(out_rejected)
+        return meta
     raise NotImplementedError(
         f"config key 'data.source': {source!r} is not available yet in this version; "
-        "only 'synthetic' runs (HuggingFace and folder sources are on the roadmap, see README)"
+        "'synthetic' and 'folder' run (the HuggingFace source is on the roadmap, see README)"
     )
+
+
+def collect_rejected(download_rejected: str | Path, split_rejected: dict[str, str | Path], out: str | Path, log=print) -> pd.DataFrame:
+    """All galaxies dropped on the way to tokens, one CSV: stage, split, id, image_path, reason."""
+    frames = []
+    d = pd.read_csv(download_rejected, dtype=str, keep_default_na=False)
+    frames.append(d.assign(stage="download", split=""))
+    for split, path in split_rejected.items():
+        frames.append(pd.read_csv(path, dtype=str, keep_default_na=False).assign(stage="tokenise", split=split))
+    table = pd.concat(frames, ignore_index=True)[["stage", "split", *REJECTED_COLUMNS]]
+    table.to_csv(out, index=False)
+    counts = table.groupby("stage").size().to_dict() if len(table) else {}
+    log(f"{len(table)} galaxies rejected in all ({counts}); listed in {out}")
+    return table
 
 
 def tokenise(
@@ -50,6 +93,7 @@ def tokenise(
     out_dir: str | Path,
     tokens: dict,
     image_size: int,
+    n_chan: int = 3,
     log=print,
 ) -> dict:
     """Spiral-tokenise one split of the catalogue into ``out_dir``."""
@@ -67,6 +111,10 @@ def tokenise(
         image_size=image_size,
         workers=tokens["workers"],
         max_reject_fraction=tokens["max_reject_fraction"],
+        n_chan=n_chan,
+        fit=tokens["fit"],
+        nan=tokens["nan"],
+        dtype=tokens["dtype"],
         log=log,
     )
 

@@ -13,9 +13,11 @@ Follows AstroPT v1.0.0 (arXiv:2405.14930, ``astropt/local_datasets.py``):
   whole image instead, which separates model sizes better on clean synthetic stamps (see
   ``docs/default-sizing.md``).
 
-It also turns a split of PNG/JPEG stamps into one memory-mappable ``uint8`` token array on
-disk (:func:`tokenise_split`), so training reads tokens without decoding images, and reads it
-back (:func:`load_tokens`). Normalisation happens at training time, on the training device.
+It also turns a split of PNG/JPEG or FITS stamps into one memory-mappable token array on disk
+(:func:`tokenise_split`; ``uint8`` for 8-bit images, ``float16``/``float32`` for FITS), so training
+reads tokens without decoding images, and reads it back (:func:`load_tokens`). Bad stamps (corrupt,
+truncated, another size or band count, NaN pixels) are skipped, cropped, resized or zeroed as asked
+and listed with their reason. Normalisation happens at training time, on the training device.
 
 Example::
 
@@ -52,6 +54,8 @@ __all__ = [
     "tokenise_split",
     "load_tokens",
     "TokenSplit",
+    "FITS_SUFFIXES",
+    "is_fits",
 ]
 
 
@@ -272,9 +276,11 @@ class TokenSplit:
     """A tokenised split read back from disk.
 
     Attributes:
-        tokens: Memory-mapped ``uint8`` array ``(N, T, D)``, spiral order.
+        tokens: Memory-mapped array ``(N, T, D)``, spiral order, in the stored dtype
+            (``meta["dtype"]``: uint8, float16 or float32; splits written before FITS support
+            are uint8 and have no ``dtype`` key).
         ids: Galaxy ids (str), one per row of ``tokens``.
-        meta: Contents of ``meta.json`` (patch_size, image_size, n_tokens, ...).
+        meta: Contents of ``meta.json`` (patch_size, image_size, n_chan, n_tokens, dtype, ...).
     """
 
     tokens: np.memmap = field(repr=False)
@@ -285,38 +291,211 @@ class TokenSplit:
         return len(self.ids)
 
 
-def _decode(path: Path) -> np.ndarray:
-    """Fully decode an image file to an (H, W, 3) uint8 RGB array."""
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
+"""File endings (lower case) read as FITS through astropy; anything else goes to PIL."""
+
+_FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
+_MAX_CUBE_BANDS = 8  # a 3-D FITS cube whose last axis is <= this (and first is not) is (H, W, bands)
+
+
+def is_fits(path: str | Path) -> bool:
+    """Whether ``path`` names a FITS file (``.fits``, ``.fit``, ``.fts``, optionally ``.gz``)."""
+    return str(path).lower().endswith(FITS_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class _ReadOptions:
+    """How a worker turns a file into an image: see :func:`tokenise_split`'s arguments."""
+
+    n_chan: int = 3
+    fit: str = "reject"
+    nan: str = "reject"
+    dtype: str = "uint8"  # storage dtype of the tokens
+
+
+class _Reject(Exception):
+    """Raised while reading one galaxy; its message is the reason written to rejected.csv."""
+
+
+def _decode_pil(path: Path, n_chan: int) -> np.ndarray:
+    """Fully decode a PNG/JPEG (or any PIL format) to an (H, W, n_chan) uint8 array.
+
+    Every 8-bit image is converted to RGB when ``n_chan == 3`` (greyscale, palette, RGBA and
+    CMYK included, as AstroPT v1 did); greyscale ("L", "LA", "1") gives one band when
+    ``n_chan == 1``. Other combinations, and 16-bit or float images (which RGB conversion would
+    clip), are rejected.
+    """
     from PIL import Image
 
     with Image.open(path) as im:
         im.load()  # forces the full decode: truncated files raise here
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        mode = im.mode
+        if mode in ("I", "F") or mode.startswith("I;"):
+            raise _Reject(
+                f"unsupported pixel format: PIL mode {mode} is not 8-bit; "
+                "store such stamps as FITS or 8-bit PNG"
+            )
+        if n_chan == 3:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        if n_chan == 1 and mode in ("L", "LA", "1"):
+            return np.asarray(im.convert("L"), dtype=np.uint8)[..., None]
+        bands = {"L": 1, "1": 1, "LA": 2, "P": 3, "PA": 4}.get(mode, len(im.getbands()))
+        raise _Reject(f"unexpected band count: {bands} (expected {n_chan})")
 
 
-def _read_one(path: Path, image_size: int | None) -> tuple[np.ndarray | None, str]:
-    """Return (image, "") or (None, reason) for one file."""
+def _decode_fits(path: Path) -> np.ndarray:
+    """Read the first image HDU with data of a FITS file as an (H, W, bands) float32 array.
+
+    Layout rule: a 2-D image is one band; a 3-D cube is ``(bands, H, W)`` in numpy order
+    (``NAXIS3`` = bands, as FITS cubes are usually written), except that a cube whose last numpy
+    axis has at most 8 entries while its first has more is taken as ``(H, W, bands)``. Leading
+    length-1 axes of 4-D and higher data are dropped. BSCALE/BZERO/BLANK are applied by astropy.
+    """
+    import warnings
+
+    from astropy.io import fits
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with fits.open(path, memmap=False) as hdul:
+                data = None
+                for hdu in hdul:
+                    if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
+                        if hdu.data is not None and hdu.data.size:
+                            data = np.asarray(hdu.data, dtype=np.float32)  # native byte order
+                            break
+        except Exception as exc:
+            hint = [str(w.message) for w in caught if "truncated" in str(w.message)]
+            raise _Reject(
+                f"unreadable: {type(exc).__name__}: {hint[0] if hint else exc}".replace("\n", " ")
+            ) from None
+    if data is None:
+        raise _Reject("unreadable: no image data in any HDU")
+    while data.ndim > 3 and data.shape[0] == 1:
+        data = data[0]
+    if data.ndim == 2:
+        return data[..., None]
+    if data.ndim == 3:
+        if data.shape[2] <= _MAX_CUBE_BANDS < data.shape[0]:
+            return data  # already (H, W, bands)
+        return np.ascontiguousarray(data.transpose(1, 2, 0))  # (bands, H, W) -> (H, W, bands)
+    raise _Reject(f"unsupported FITS data shape {data.shape}: expected 2-D or a 3-D cube")
+
+
+def _centre_crop(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    H, W = img.shape[:2]
+    top, left = (H - h) // 2, (W - w) // 2
+    return img[top : top + h, left : left + w]
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize an (H, W, C) image to (size, size, C); non-square ones are centre-cropped square first.
+
+    8-bit images go through PIL's bilinear filter; float images through torch's bilinear
+    interpolation with ``antialias=True`` (the same triangle filter, widened when shrinking, so
+    both kinds are resampled alike and downsampling does not alias).
+    """
+    side = min(img.shape[:2])
+    img = _centre_crop(img, side, side)
+    if img.dtype == np.uint8:
+        from PIL import Image
+
+        im = Image.fromarray(img[..., 0] if img.shape[2] == 1 else img)
+        out = np.asarray(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+        return out.reshape(size, size, img.shape[2])
+    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]  # (1, C, H, W)
+    t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return t[0].permute(1, 2, 0).contiguous().numpy()
+
+
+def _load(path: Path, image_size: int | None, opts: _ReadOptions) -> tuple[np.ndarray, str]:
+    """Read one stamp and make it fit: ``(image (S, S, n_chan) in opts.dtype, note)``.
+
+    ``note`` is "" or what was done to keep it ("cropped", "resized", "NaN zeroed", joined by
+    ", "). Raises :class:`_Reject` with the reason otherwise.
+    """
     if not path.is_file():
-        return None, "missing file"
+        raise _Reject("missing file")
+    if is_fits(path.name):
+        img = _decode_fits(path)
+    else:
+        try:
+            img = _decode_pil(path, opts.n_chan)
+        except _Reject:
+            raise
+        except Exception as exc:  # PIL raises many types on corrupt data (OSError, SyntaxError, ...)
+            raise _Reject(f"unreadable: {type(exc).__name__}: {exc}".replace("\n", " ")) from None
+    if img.shape[2] != opts.n_chan:
+        raise _Reject(f"unexpected band count: {img.shape[2]} (expected {opts.n_chan})")
+    notes = []
+    H, W = img.shape[:2]
+    S = image_size
+    if S is not None and (H, W) != (S, S) and opts.fit == "crop" and H >= S and W >= S:
+        img = _centre_crop(img, S, S)
+        notes.append("cropped")
+    if img.dtype != np.uint8:
+        bad = ~np.isfinite(img)
+        n_bad = int(bad.sum())
+        if n_bad:
+            if opts.nan != "zero":
+                n_nan = int(np.isnan(img).sum())
+                inf = f", infinite pixels: {n_bad - n_nan}" if n_bad > n_nan else ""
+                raise _Reject(f"NaN pixels: {n_nan}{inf}")
+            img = np.where(bad, np.float32(0), img)
+            notes.append("NaN zeroed")
+    if S is not None and img.shape[:2] != (S, S):
+        if opts.fit != "resize":
+            small = " (smaller than the crop)" if opts.fit == "crop" else ""
+            raise _Reject(f"wrong size: {W}x{H} px, expected {S}x{S}{small}")
+        img = _resize(img, S)
+        notes.append("resized")
+    if opts.dtype == "uint8":
+        if img.dtype != np.uint8:  # FITS data stored as uint8: only exact 0..255 integers
+            if img.min() < 0 or img.max() > 255 or not np.array_equal(img, np.round(img)):
+                raise _Reject(
+                    f"values do not fit uint8 (range {img.min():.4g} to {img.max():.4g}, "
+                    "integers 0-255 needed): store as float16 or float32"
+                )
+            img = img.astype(np.uint8)
+    elif img.dtype == np.uint8:
+        img = img.astype(opts.dtype)  # 0..255 kept exactly
+    else:
+        if opts.dtype == "float16":
+            peak = float(np.abs(img).max())
+            if peak > _FLOAT16_MAX:
+                raise _Reject(f"values exceed float16 range (max |x| = {peak:.4g} > 65504): store as float32")
+        img = img.astype(opts.dtype, copy=False)
+    return img, ", ".join(notes)
+
+
+def _read_one(
+    path: Path, image_size: int | None, opts: _ReadOptions = _ReadOptions()
+) -> tuple[np.ndarray | None, str, str]:
+    """Return ``(image, "", note)`` or ``(None, reason, "")`` for one file."""
     try:
-        img = _decode(path)
-    except Exception as exc:  # PIL raises many types on corrupt data (OSError, SyntaxError, ...)
-        return None, f"unreadable: {type(exc).__name__}: {exc}".replace("\n", " ")
-    if image_size is not None and img.shape[:2] != (image_size, image_size):
-        H, W = img.shape[:2]
-        return None, f"wrong size: {W}x{H} px, expected {image_size}x{image_size}"
-    return img, ""
+        img, note = _load(path, image_size, opts)
+    except _Reject as rej:
+        return None, str(rej), ""
+    except Exception as exc:  # anything else a broken file can trigger stays a rejection
+        return None, f"unreadable: {type(exc).__name__}: {exc}".replace("\n", " "), ""
+    return img, "", note
 
 
 def _tokenise_chunk(
-    image_root: str, items: list[tuple[str, str]], patch_size: int, image_size: int
-) -> tuple[np.ndarray, list[int], list[str]]:
-    """Worker: tokenise a chunk; returns (tokens of the good ones, good positions, reasons)."""
+    image_root: str,
+    items: list[tuple[str, str]],
+    patch_size: int,
+    image_size: int,
+    opts: _ReadOptions = _ReadOptions(),
+) -> tuple[np.ndarray, list[int], list[str], list[str]]:
+    """Worker: tokenise a chunk; returns (tokens of the good ones, good positions, reasons, notes)."""
     root = Path(image_root)
-    good, pos, reasons = [], [], []
+    good, pos, reasons, notes = [], [], [], []
     for k, (_, rel) in enumerate(items):
-        img, reason = _read_one(root / rel, image_size)
+        img, reason, note = _read_one(root / rel, image_size, opts)
         reasons.append(reason)
+        notes.append(note)
         if img is not None:
             good.append(image_to_tokens(img, patch_size))
             pos.append(k)
@@ -324,8 +503,8 @@ def _tokenise_chunk(
         tokens = np.stack(good)
     else:
         T = (image_size // patch_size) ** 2
-        tokens = np.zeros((0, T, patch_size * patch_size * 3), np.uint8)
-    return tokens, pos, reasons
+        tokens = np.zeros((0, T, patch_size * patch_size * opts.n_chan), np.dtype(opts.dtype))
+    return tokens, pos, reasons, notes
 
 
 def _fmt_s(seconds: float) -> str:
@@ -347,42 +526,84 @@ def tokenise_split(
     log: Callable[[str], Any] = print,
     max_reject_fraction: float = 0.5,
     chunk_size: int = 256,
+    n_chan: int = 3,
+    fit: Literal["reject", "crop", "resize"] = "reject",
+    nan: Literal["reject", "zero"] = "reject",
+    dtype: Literal["auto", "uint8", "float16", "float32"] = "auto",
 ) -> dict[str, int]:
-    """Decode, check, patchify and spiral-order a split of RGB stamps into one token file.
+    """Decode, check, patchify and spiral-order a split of stamps into one token file.
 
-    Unreadable, truncated, missing or wrongly sized images are skipped and listed, never fatal
-    (unless too many). Output in ``out_dir`` (written under temporary names and renamed at the
-    end, so an interrupted run leaves no half-written file under a final name):
+    Reads 8-bit PNG/JPEG (PIL) and FITS (astropy; any file ending ``.fits``, ``.fit``,
+    ``.fts``, optionally ``.gz``). FITS: the first image HDU holding data; a 2-D image is one
+    band, a 3-D cube is ``(bands, H, W)`` as FITS stores it (``NAXIS3`` = bands), except a cube
+    whose last numpy axis has at most 8 entries while its first has more, which is read as
+    ``(H, W, bands)``. PNG/JPEG: RGB when ``n_chan == 3`` (any 8-bit mode is converted, as in
+    AstroPT v1), greyscale when ``n_chan == 1``; 16-bit and float PNG/TIFF modes are rejected.
 
-    * ``tokens.npy``: ``uint8 (N_ok, T, D)``, spiral order, openable with
+    Every bad galaxy is skipped and listed with its reason, never fatal (unless too many):
+    missing, truncated or corrupt files of any type ("missing file", "unreadable: ..."), another
+    band count ("unexpected band count: 5 (expected 3)"), NaN/inf pixels ("NaN pixels: 12"),
+    another size ("wrong size: 40x40 px, expected 32x32"), values the storage dtype cannot hold
+    ("values exceed float16 range ..."). Output in ``out_dir`` (written under temporary names
+    and renamed at the end, so an interrupted run leaves no half-written file under a final
+    name):
+
+    * ``tokens.npy``: ``(N_ok, T, D)`` in the storage dtype, spiral order, openable with
       ``np.load(..., mmap_mode="r")``; filled incrementally through a memory map;
     * ``index.parquet``: columns ``id``, ``row`` (row of ``tokens.npy``);
     * ``rejected.csv``: columns ``id``, ``image_path``, ``reason`` (header only when none);
-    * ``meta.json``: patch_size, image_size, n_chan, n_tokens, token_dim, order, counts.
+    * ``meta.json``: patch_size, image_size, n_chan, n_tokens, token_dim, dtype, fit, nan,
+      order, counts.
 
     Args:
         metadata: Table with columns ``id`` (str, unique) and ``image_path`` (relative to
-            ``image_root``); rows are tokenised in this order.
+            ``image_root``, or absolute); rows are tokenised in this order.
         image_root: Folder the image paths are relative to.
         out_dir: Output folder (created).
         patch_size: Patch side in pixels.
         image_size: Required stamp side in pixels; ``None``: every image must match the first
-            image that decodes.
+            image that is read successfully (which must be square).
         workers: Processes to decode with; the output does not depend on it.
         log: Called with progress lines (about every 10%) and a final summary.
         max_reject_fraction: Raise if more than this fraction of galaxies is rejected.
         chunk_size: Galaxies per work unit.
+        n_chan: Bands every stamp must have (``D = patch_size**2 * n_chan``).
+        fit: Stamps whose size is not ``image_size``: ``"reject"`` them; ``"crop"`` the centre
+            ``image_size`` square out of larger ones (smaller ones are still rejected; an odd
+            margin puts the extra pixel at the bottom/right); ``"resize"`` every one (a
+            non-square stamp is first centre-cropped to a square on its shorter side). Resizing
+            is bilinear: PIL's filter for 8-bit images, ``torch.nn.functional.interpolate(
+            mode="bilinear", antialias=True)`` for FITS data, so shrinking does not alias.
+        nan: FITS stamps with NaN or infinite pixels (counted after a crop): ``"reject"`` them
+            or set those pixels to ``"zero"``.
+        dtype: Storage of ``tokens.npy``. ``"auto"``: ``uint8`` when no path of the split is a
+            FITS file (decided from file names before decoding), else ``float32``. 8-bit images
+            stored as float keep their 0-255 values; FITS values beyond float16's 65504 are
+            rejected under ``"float16"``; under ``"uint8"`` only FITS holding integers 0-255 are
+            kept.
 
     Returns:
         Counts: ``n_total``, ``n_galaxies`` (kept), ``n_rejected``, ``n_missing``,
-        ``n_unreadable``, ``n_wrong_size``.
+        ``n_unreadable``, ``n_wrong_size``, ``n_wrong_bands``, ``n_nan``, ``n_out_of_range``
+        (rejected for each reason), ``n_cropped``, ``n_resized``, ``n_nan_zeroed`` (kept after
+        fixing).
 
     Raises:
-        ValueError: On missing columns, duplicate ids, an empty table or a size not divisible by
-            the patch size.
+        ValueError: On missing columns, duplicate ids, an empty table, a size not divisible by
+            the patch size or an unknown option.
         RuntimeError: If more than ``max_reject_fraction`` of the galaxies are rejected.
     """
     image_root, out_dir = Path(image_root), Path(out_dir)
+    for name, value, allowed in (
+        ("fit", fit, ("reject", "crop", "resize")),
+        ("nan", nan, ("reject", "zero")),
+        ("dtype", dtype, ("auto", "uint8", "float16", "float32")),
+    ):
+        if value not in allowed:
+            raise ValueError(f"tokenise_split: {name} must be one of {list(allowed)}, got {value!r}")
+    if int(n_chan) != n_chan or n_chan < 1:
+        raise ValueError(f"tokenise_split: n_chan must be a positive integer, got {n_chan!r}")
+    n_chan = int(n_chan)
     missing_cols = {"id", "image_path"} - set(metadata.columns)
     if missing_cols:
         raise ValueError(f"metadata lacks column(s) {sorted(missing_cols)}; needs id, image_path")
@@ -394,11 +615,17 @@ def tokenise_split(
     dup = pd.Index(ids)[pd.Index(ids).duplicated()]
     if len(dup):
         raise ValueError(f"metadata has duplicate galaxy ids, e.g. {list(dup[:5])}")
+    if dtype == "auto":  # from file names, so the token array is allocated once
+        dtype = "float32" if any(is_fits(r) for r in rels) else "uint8"
+    store = np.dtype(dtype)
+    opts = _ReadOptions(n_chan=n_chan, fit=fit, nan=nan, dtype=dtype)
 
-    # Reference size: the first image that decodes (decoded here, before any worker starts).
+    # Reference size: the first image that reads (read here, before any worker starts).
     if image_size is None:
+        first_reason = ""
         for rel in rels:
-            img, _ = _read_one(image_root / rel, None)
+            img, reason, _ = _read_one(image_root / rel, None, opts)
+            first_reason = first_reason or reason
             if img is not None:
                 if img.shape[0] != img.shape[1]:
                     raise ValueError(
@@ -409,11 +636,10 @@ def tokenise_split(
         else:
             raise RuntimeError(
                 f"None of the {n_total} images under {image_root} could be read, "
-                f"e.g. {ids[0]} ({image_root / rels[0]})"
+                f"e.g. {ids[0]} ({image_root / rels[0]}): {first_reason}"
             )
     if image_size % patch_size:
         raise ValueError(f"Image size ({image_size}) must be divisible by patch size ({patch_size})")
-    n_chan = 3
     T = (image_size // patch_size) ** 2
     D = patch_size * patch_size * n_chan
 
@@ -426,20 +652,22 @@ def tokenise_split(
     chunks = [items[i : i + chunk_size] for i in range(0, n_total, chunk_size)]
     log(
         f"tokenising {n_total} galaxies from {image_root} -> {out_dir} "
-        f"({image_size}px, {patch_size}px patches: {T} tokens x {D} values, {workers} worker(s))"
+        f"({image_size}px, {n_chan} band(s), {patch_size}px patches: {T} tokens x {D} {dtype} values, "
+        f"{workers} worker(s))"
     )
 
     t0 = time.perf_counter()
     try:
         # Allocated for every galaxy; shrunk to the kept rows at the end.
-        mm = np.lib.format.open_memmap(tmp["tokens.npy"], mode="w+", dtype=np.uint8, shape=(n_total, T, D))
+        mm = np.lib.format.open_memmap(tmp["tokens.npy"], mode="w+", dtype=store, shape=(n_total, T, D))
         kept_ids: list[str] = []
         rejected: list[tuple[str, str, str]] = []
+        fixed = {"cropped": 0, "resized": 0, "NaN zeroed": 0}
         next_log, done = 0.1, 0
 
-        def consume(start: int, result: tuple[np.ndarray, list[int], list[str]]) -> None:
+        def consume(start: int, result: tuple[np.ndarray, list[int], list[str], list[str]]) -> None:
             nonlocal next_log, done
-            tokens, pos, reasons = result
+            tokens, pos, reasons, notes = result
             row = len(kept_ids)
             mm[row : row + len(pos)] = tokens
             for k, reason in enumerate(reasons):
@@ -448,6 +676,8 @@ def tokenise_split(
                     rejected.append((gid, rel, reason))
                 else:
                     kept_ids.append(gid)
+                    for note in notes[k].split(", ") if notes[k] else ():
+                        fixed[note] += 1
             done += len(reasons)
             if done / n_total >= next_log or done == n_total:
                 dt = time.perf_counter() - t0
@@ -462,11 +692,11 @@ def tokenise_split(
         args = (str(image_root),)
         if workers <= 1:
             for i, chunk in enumerate(chunks):
-                consume(i * chunk_size, _tokenise_chunk(*args, chunk, patch_size, image_size))
+                consume(i * chunk_size, _tokenise_chunk(*args, chunk, patch_size, image_size, opts))
         else:
             with cf.ProcessPoolExecutor(max_workers=workers) as pool:
                 futures = [
-                    pool.submit(_tokenise_chunk, *args, chunk, patch_size, image_size)
+                    pool.submit(_tokenise_chunk, *args, chunk, patch_size, image_size, opts)
                     for chunk in chunks
                 ]
                 for i, fut in enumerate(futures):  # in order: rows do not depend on workers
@@ -482,7 +712,7 @@ def tokenise_split(
             )
         mm.flush()
         del mm
-        _shrink_npy(tmp["tokens.npy"], (n_ok, T, D), np.uint8)
+        _shrink_npy(tmp["tokens.npy"], (n_ok, T, D), store)
 
         pd.DataFrame({"id": kept_ids, "row": np.arange(n_ok, dtype=np.int64)}).to_parquet(
             tmp["index.parquet"], index=False
@@ -496,8 +726,14 @@ def tokenise_split(
             "n_galaxies": n_ok,
             "n_rejected": n_rej,
             "n_missing": sum(r == "missing file" for r in reasons),
-            "n_unreadable": sum(r.startswith("unreadable") for r in reasons),
+            "n_unreadable": sum(r.startswith(("unreadable", "unsupported")) for r in reasons),
             "n_wrong_size": sum(r.startswith("wrong size") for r in reasons),
+            "n_wrong_bands": sum(r.startswith("unexpected band count") for r in reasons),
+            "n_nan": sum(r.startswith("NaN pixels") for r in reasons),
+            "n_out_of_range": sum(r.startswith("values") for r in reasons),
+            "n_cropped": fixed["cropped"],
+            "n_resized": fixed["resized"],
+            "n_nan_zeroed": fixed["NaN zeroed"],
         }
         meta = {
             "patch_size": int(patch_size),
@@ -505,6 +741,9 @@ def tokenise_split(
             "n_chan": n_chan,
             "n_tokens": T,
             "token_dim": D,
+            "dtype": dtype,
+            "fit": fit,
+            "nan": nan,
             "order": "spiral",
             "layout": "(h p1) (w p2) c -> (h w) (p1 p2 c)",
             **counts,
@@ -517,10 +756,23 @@ def tokenise_split(
             p.unlink(missing_ok=True)
 
     dt = time.perf_counter() - t0
+    extra = [
+        f"{counts[k]} {label}"
+        for k, label in (
+            ("n_wrong_bands", "with another band count"),
+            ("n_nan", "with NaN pixels"),
+            ("n_out_of_range", "out of the dtype's range"),
+            ("n_cropped", "cropped"),
+            ("n_resized", "resized"),
+            ("n_nan_zeroed", "with NaN pixels zeroed"),
+        )
+        if counts[k]
+    ]
     log(
         f"tokenised {n_ok} of {n_total} galaxies in {dt:.1f}s ({n_total / max(dt, 1e-9):.0f}/s); "
         f"{counts['n_unreadable']} unreadable images skipped, {counts['n_missing']} missing, "
         f"{counts['n_wrong_size']} wrong size"
+        + "".join(f", {e}" for e in extra)
         + (f" (see {final['rejected.csv']})" if n_rej else "")
     )
     return counts

@@ -5,8 +5,9 @@ on 2-D weights only), linear warm-up then cosine decay to LR/10, gradient clippi
 gradient accumulation, bf16 autocast on GPU, optional ``torch.compile``. The model sees
 spiral-ordered patches: X = tokens[:-1], Y = tokens[1:], Huber loss.
 
-Data: the uint8 token arrays written by the ``tokenise`` rule are memory-mapped, a batch
-of raw patches is copied to the device and normalised there. The order of galaxies is a
+Data: the token arrays written by the ``tokenise`` rule are memory-mapped, a batch of raw
+patches is gathered into a (pinned) buffer, copied to the device and normalised there
+(``astropt.loader``). The order of galaxies is a
 fixed function of (seed, epoch), so step ``s`` always sees the same galaxies: resuming
 needs only the step count, and each DDP rank takes a disjoint slice of every step.
 
@@ -43,6 +44,7 @@ import torch
 
 from astropt.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
 from astropt.config import SizeSpec, TrainConfig
+from astropt.loader import BatchGatherer
 from astropt.model import GPT, GPTConfig
 from astropt.tokenise import load_tokens, normalise
 
@@ -245,11 +247,10 @@ def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say) -> p
         f"{'bf16 autocast' if use_bf16 else 'float32'}, norm '{cfg.norm}'"
     )
 
+    gather = BatchGatherer(train_split.tokens, cfg.micro_batch, device)
+
     def batch(indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        raw = torch.from_numpy(train_split.tokens[np.sort(indices)])
-        if device.type == "cuda":
-            raw = raw.pin_memory().to(device, non_blocking=True)
-        x = normalise(raw, cfg.norm)
+        x = normalise(gather(indices), cfg.norm)  # on the device: (B, T, D) float32
         return x[:, :-1], x[:, 1:]
 
     n_eval = len(val_split.ids) if cfg.eval_galaxies is None else min(cfg.eval_galaxies, len(val_split.ids))

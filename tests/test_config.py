@@ -62,6 +62,9 @@ def test_defaults_are_filled(default):
         (lambda c: c["embed"].__setitem__("n_tokens", 65), "embed.n_tokens"),
         (lambda c: c["umap"].__setitem__("sizes", ["5M"]), "umap.sizes"),
         (lambda c: c["resources"]["train"]["sizes"].__setitem__("416K", {"gpus": 3}), "train.grad_accum"),
+        (lambda c: c["data"].__setitem__("source", "folder"), "data.folder.images"),
+        (lambda c: c["data"].__setitem__("n_chan", 4), "data.n_chan"),
+        (lambda c: c["tokens"].__setitem__("fit", "stretch"), "tokens.fit"),
     ],
 )
 def test_bad_config_names_the_key(default, edit, key):

@@ -270,3 +270,107 @@ def test_shrink_fallback_copies_rows(tmp_path):
     del arr
     _copy_rows(path, (2100, 2, 3), np.uint8)
     np.testing.assert_array_equal(np.load(path, mmap_mode="r"), ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenise_split: storage dtypes, FITS, band counts
+# ---------------------------------------------------------------------------------------------
+def test_default_uint8_path_unchanged(folder, tmp_path):
+    """Defaults write exactly the uint8 array np.save would write for image_to_tokens."""
+    root, meta, good = folder
+    ok = meta.iloc[:12]
+    tokenise_split(ok, root, tmp_path / "d", patch_size=8, image_size=32, log=_quiet)
+    tokenise_split(
+        ok, root, tmp_path / "e", patch_size=8, image_size=32, log=_quiet,
+        n_chan=3, fit="reject", nan="reject", dtype="uint8",
+    )
+    expected = np.stack([image_to_tokens(good[g], 8) for g in ok["id"]])
+    np.save(tmp_path / "expected.npy", expected)
+    data = (tmp_path / "d" / "tokens.npy").read_bytes()
+    assert data == (tmp_path / "expected.npy").read_bytes()
+    assert data == (tmp_path / "e" / "tokens.npy").read_bytes()
+    assert json.loads((tmp_path / "d" / "meta.json").read_text())["dtype"] == "uint8"
+    # The same PNGs stored as float keep their 0-255 values.
+    tokenise_split(ok, root, tmp_path / "f", patch_size=8, image_size=32, log=_quiet, dtype="float16")
+    f16 = load_tokens(tmp_path / "f")
+    assert f16.tokens.dtype == np.float16 and f16.meta["dtype"] == "float16"
+    np.testing.assert_array_equal(f16.tokens, expected.astype(np.float16))
+    torch.testing.assert_close(normalise(torch.from_numpy(np.array(f16.tokens))), normalise(torch.from_numpy(expected)))
+
+
+def _fits_folder(tmp_path: Path, stamps: dict[str, np.ndarray]) -> tuple[Path, pd.DataFrame]:
+    from astropy.io import fits
+
+    root = tmp_path / "fits"
+    root.mkdir()
+    for gid, data in stamps.items():
+        fits.PrimaryHDU(data).writeto(root / f"{gid}.fits")
+    return root, pd.DataFrame({"id": list(stamps), "image_path": [f"{g}.fits" for g in stamps]})
+
+
+def test_fits_float16_overflow_and_nan_zero(tmp_path):
+    pytest.importorskip("astropy")
+    rng = np.random.default_rng(2)
+    cube = rng.normal(0, 1000, (3, 16, 16)).astype(np.float32)
+    hot = cube.copy()
+    hot[1, 3, 4] = 1e5  # beyond float16's 65504
+    holes = cube.copy()
+    holes[0, :2, :] = np.nan
+    holes[2, 5, 5] = np.inf
+    root, meta = _fits_folder(tmp_path, {"ok": cube, "hot": hot, "holes": holes})
+
+    counts = tokenise_split(meta, root, tmp_path / "h", patch_size=8, dtype="float16", max_reject_fraction=1, log=_quiet)
+    rej = pd.read_csv(tmp_path / "h" / "rejected.csv").set_index("id")["reason"].to_dict()
+    assert rej["hot"].startswith("values exceed float16 range")
+    assert rej["holes"] == "NaN pixels: 32, infinite pixels: 1"
+    assert counts["n_out_of_range"] == 1 and counts["n_nan"] == 1
+    split = load_tokens(tmp_path / "h")
+    assert split.ids.tolist() == ["ok"] and split.tokens.dtype == np.float16
+    np.testing.assert_array_equal(split.tokens[0], image_to_tokens(cube.transpose(1, 2, 0), 8).astype(np.float16))
+
+    counts = tokenise_split(meta, root, tmp_path / "z", patch_size=8, nan="zero", log=_quiet)
+    split = load_tokens(tmp_path / "z")
+    assert counts["n_nan_zeroed"] == 1 and split.ids.tolist() == ["ok", "hot", "holes"]
+    assert split.tokens.dtype == np.float32 and split.meta["dtype"] == "float32"  # auto: FITS
+    fixed = np.where(np.isfinite(holes), holes, 0).transpose(1, 2, 0)
+    np.testing.assert_array_equal(split.tokens[2], image_to_tokens(fixed, 8))
+    np.testing.assert_array_equal(split.tokens[1], image_to_tokens(hot.transpose(1, 2, 0), 8))  # fine in float32
+
+    counts = tokenise_split(
+        meta.iloc[:1], root, tmp_path / "u", patch_size=8, image_size=16, dtype="uint8", max_reject_fraction=1, log=_quiet
+    )
+    assert counts["n_out_of_range"] == 1  # float data does not fit uint8
+    assert "values do not fit uint8" in pd.read_csv(tmp_path / "u" / "rejected.csv")["reason"][0]
+
+
+def test_one_band_fits_and_greyscale(tmp_path):
+    pytest.importorskip("astropy")
+    rng = np.random.default_rng(3)
+    img = rng.normal(0, 1, (32, 32)).astype(np.float32)
+    root, meta = _fits_folder(tmp_path, {"f1": img, "f3": rng.normal(0, 1, (3, 32, 32)).astype(np.float32)})
+    grey = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    Image.fromarray(grey, mode="L").save(root / "g.png")
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "rgb.png")
+    meta = pd.concat([meta, pd.DataFrame({"id": ["g", "rgb"], "image_path": ["g.png", "rgb.png"]})])
+
+    counts = tokenise_split(meta, root, tmp_path / "o", patch_size=8, n_chan=1, log=_quiet)
+    split = load_tokens(tmp_path / "o")
+    assert split.ids.tolist() == ["f1", "g"] and split.tokens.shape == (2, 16, 64)
+    assert split.meta["n_chan"] == 1 and split.meta["token_dim"] == 64 and counts["n_wrong_bands"] == 2
+    np.testing.assert_array_equal(split.tokens[0], image_to_tokens(img[..., None], 8))
+    np.testing.assert_array_equal(split.tokens[1], image_to_tokens(grey[..., None].astype(np.float32), 8))
+    rej = pd.read_csv(tmp_path / "o" / "rejected.csv").set_index("id")["reason"].to_dict()
+    assert rej == {"f3": "unexpected band count: 3 (expected 1)", "rgb": "unexpected band count: 3 (expected 1)"}
+
+
+def test_sixteen_bit_png_and_bad_options(folder, tmp_path):
+    root, meta, _ = folder
+    Image.fromarray(np.full((32, 32), 40000, dtype=np.uint16)).save(root / "deep.png")
+    deep = pd.concat([meta.iloc[:2], pd.DataFrame({"id": ["deep"], "image_path": ["deep.png"]})])
+    tokenise_split(deep, root, tmp_path / "o", patch_size=8, image_size=32, log=_quiet)
+    reason = pd.read_csv(tmp_path / "o" / "rejected.csv")["reason"][0]
+    assert reason.startswith("unsupported pixel format") and "not 8-bit" in reason
+    with pytest.raises(ValueError, match="fit must be one of"):
+        tokenise_split(meta, root, tmp_path / "x", patch_size=8, fit="pad", log=_quiet)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        tokenise_split(meta, root, tmp_path / "x", patch_size=8, dtype="int16", log=_quiet)  # type: ignore[arg-type]

@@ -44,6 +44,7 @@ def test_default_all_dry_run():
     jobs = _jobs(proc.stdout)
     assert jobs["train"] == 4 and jobs["embed"] == 4 and jobs["probe"] == 4
     assert jobs["tokenise"] == 3 and jobs["download"] == 1 and jobs["figure_umap"] == 2
+    assert jobs["rejected"] == 1
 
 
 def test_paper_single_target_dry_run_on_slurm_profile():
@@ -92,3 +93,60 @@ def test_micro_workflow_end_to_end(tmp_path):
         assert (work / f"results/tokens/{split}/tokens.npy").exists()
     assert "unreadable" in (work / "logs/tokenise/train.log").read_text()
     assert (work / "resources/galaxies/metadata.parquet").exists()
+    rejected = pd.read_csv(work / "results/tokens/rejected.csv")
+    assert list(rejected.columns) == ["stage", "split", "id", "image_path", "reason"] and rejected.empty
+
+
+@pytest.mark.slow
+def test_folder_source_through_the_workflow(tmp_path):
+    """Your own stamps: mixed PNG / JPEG / FITS of two sizes, some broken, through the DAG."""
+    fits = pytest.importorskip("astropy.io.fits")
+    import numpy as np
+    from PIL import Image
+
+    stamps, rng = tmp_path / "stamps", np.random.default_rng(1)
+    (stamps / "png").mkdir(parents=True)
+    (stamps / "fits").mkdir()
+    ids = []
+    for i in range(60):
+        side = 32 if i % 3 else 40  # every third stamp is larger: centre-cropped
+        img = (rng.random((side, side, 3)) * 60 + 100 * np.exp(-((np.arange(side) - side / 2) ** 2) / 20)[:, None, None]).astype(np.uint8)
+        name = f"g{i:03d}"
+        if i % 4 == 0:
+            fits.PrimaryHDU(img.transpose(2, 0, 1).astype(np.float32)).writeto(stamps / "fits" / f"{name}.fits")
+        else:
+            Image.fromarray(img).save(stamps / "png" / f"{name}.{'jpg' if i % 4 == 1 else 'png'}")
+        ids.append(name)
+    (stamps / "png" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
+    (stamps / "fits" / "band1.fits").write_bytes(b"")
+    fits.PrimaryHDU(np.zeros((32, 32), np.float32)).writeto(stamps / "fits" / "flat.fits")  # 1 band
+    ids += ["broken", "band1", "flat"]
+    pd.DataFrame({"id": ids, "redshift": rng.random(len(ids)), "mag_r": rng.normal(20, 1, len(ids))}).iloc[:-1].to_csv(
+        tmp_path / "cat.csv", index=False
+    )  # "flat" has no catalogue row
+    import yaml
+
+    config = yaml.safe_load((ROOT / "tests/data/micro.yaml").read_text())
+    config["sizes"], config["umap"]["sizes"] = ["30K"], ["30K"]
+    config["data"] = {
+        "source": "folder",
+        "image_size": 32,
+        "folder": {"images": str(stamps), "catalogue": str(tmp_path / "cat.csv"), "val_fraction": 0.2, "test_fraction": 0.2},
+    }
+    config["tokens"]["fit"] = "crop"
+    cfg = tmp_path / "folder.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    work = tmp_path / "wf"
+    work.mkdir()
+    for item in ("Snakefile", "workflow", "config"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
+    proc = snakemake("--cores", "2", f"--configfile={cfg}", "results/tokens/rejected.csv", "results/probes/30K.csv", cwd=work)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rejected = pd.read_csv(work / "results/tokens/rejected.csv")
+    assert sorted(rejected["id"]) == ["band1", "broken", "flat"]
+    assert set(rejected["stage"]) == {"download", "tokenise"}
+    kept = sum(len(pd.read_parquet(work / f"results/tokens/{s}/index.parquet")) for s in ("train", "validation", "test"))
+    assert kept == 60
+    assert json.loads((work / "results/tokens/train/meta.json").read_text())["dtype"] == "float32"
+    assert set(pd.read_csv(work / "results/probes/30K.csv")["property"]) == {"redshift", "mag_r"}

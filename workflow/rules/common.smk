@@ -36,6 +36,7 @@ def final_outputs():
     """Every file `rule all` builds for the sizes in the config."""
     return [
         *expand("results/probes/{size}.csv", size=SIZES),
+        "results/tokens/rejected.csv",
         "results/scaling/fit.json",
         "results/figures/scaling.png",
         "results/figures/downstream.png",

@@ -1,7 +1,7 @@
 rule download:
     output:
         metadata="resources/galaxies/metadata.parquet",
-        images=directory("resources/galaxies/images"),
+        rejected="resources/galaxies/rejected.csv",
     params:
         data=CFG.data,
         seed=CFG.seed,
@@ -19,7 +19,6 @@ rule download:
 rule tokenise:
     input:
         metadata=rules.download.output.metadata,
-        images=rules.download.output.images,
     output:
         tokens="results/tokens/{split}/tokens.npy",
         index="results/tokens/{split}/index.parquet",
@@ -28,6 +27,7 @@ rule tokenise:
     params:
         tokens=CFG.tokens,
         image_size=CFG.data["image_size"],
+        n_chan=CFG.data["n_chan"],
     log:
         "logs/tokenise/{split}.log",
     benchmark:
@@ -37,3 +37,17 @@ rule tokenise:
         **job_resources("tokenise"),
     script:
         "../scripts/tokenise.py"
+
+
+rule rejected:
+    input:
+        download=rules.download.output.rejected,
+        splits=expand("results/tokens/{split}/rejected.csv", split=SPLITS),
+    output:
+        "results/tokens/rejected.csv",
+    log:
+        "logs/rejected/rejected.log",
+    resources:
+        **job_resources("rejected"),
+    script:
+        "../scripts/rejected.py"

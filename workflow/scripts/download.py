@@ -3,4 +3,10 @@
 from astropt import pipeline
 
 log = pipeline.script_log(snakemake)  # noqa: F821
-pipeline.download(snakemake.params.data, snakemake.output.metadata, snakemake.params.seed, log=log)  # noqa: F821
+pipeline.download(
+    snakemake.params.data,  # noqa: F821
+    snakemake.output.metadata,  # noqa: F821
+    snakemake.output.rejected,  # noqa: F821
+    snakemake.params.seed,  # noqa: F821
+    log=log,
+)

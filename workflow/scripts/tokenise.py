@@ -11,5 +11,6 @@ pipeline.tokenise(
     Path(snakemake.output.tokens).parent,  # noqa: F821
     snakemake.params.tokens,  # noqa: F821
     snakemake.params.image_size,  # noqa: F821
+    snakemake.params.n_chan,  # noqa: F821
     log=log,
 )

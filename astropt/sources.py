@@ -1,0 +1,380 @@
+"""Galaxy data sources that index images already on disk: the ``folder`` source.
+
+:func:`folder_catalogue` matches a directory of stamps (PNG, JPEG or FITS, found recursively)
+against a catalogue (CSV or parquet) of galaxy ids and properties, assigns train / validation /
+test splits, and returns the metadata table the ``tokenise`` stage reads (``id``, ``split``,
+absolute ``image_path``, then the catalogue's properties) plus a table of the galaxies it had to
+drop (``id``, ``image_path``, ``reason``). Bad rows never stop it: an image with no catalogue
+row, a catalogue row with no image, a duplicated id (all copies dropped: which one is right is
+unknowable) or an invalid split value is listed with its reason. Whether each image can be read
+is the tokeniser's job (:func:`astropt.tokenise.tokenise_split`), which lists its own rejects.
+
+Example::
+
+    from astropt.sources import write_folder_source
+    meta = write_folder_source("stamps/", "catalogue.csv", "resources/galaxies/metadata.parquet",
+                               id_column="objid", split_column=None, seed=0)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from astropt.tokenise import FITS_SUFFIXES
+
+__all__ = [
+    "IMAGE_SUFFIXES", "stamp_id", "scan_stamps", "read_catalogue", "folder_catalogue", "write_folder_source",
+]
+
+IMAGE_SUFFIXES = tuple(sorted({".png", ".jpg", ".jpeg", *FITS_SUFFIXES}, key=len, reverse=True))
+"""Stamp file endings (matched case-insensitively), longest first so ``.fits.gz`` wins over ``.gz``."""
+
+REJECTED_COLUMNS = ["id", "image_path", "reason"]
+SPLITS = ("train", "validation", "test")
+_SPLIT_ALIASES = {
+    "train": "train", "validation": "validation", "val": "validation", "valid": "validation", "test": "test",
+}
+
+
+def stamp_id(name: str) -> str | None:
+    """A galaxy id from a stamp's file name: the name without its image ending.
+
+    Args:
+        name: File name (not a path), e.g. ``"J1234+5678.fits.gz"``.
+
+    Returns:
+        ``"J1234+5678"``, or ``None`` if the name does not end in one of :data:`IMAGE_SUFFIXES`.
+    """
+    lower = name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def scan_stamps(image_dir: str | Path) -> pd.DataFrame:
+    """Find every stamp under ``image_dir`` (recursively, following links to folders once).
+
+    Hidden files and folders (names starting with ".", e.g. macOS ``._x.png`` resource forks or
+    ``.ipynb_checkpoints``) are skipped.
+
+    Args:
+        image_dir: Folder to search.
+
+    Returns:
+        Columns ``id`` (file name without ending) and ``image_path`` (absolute), sorted by path.
+
+    Raises:
+        FileNotFoundError: If ``image_dir`` is not a folder.
+    """
+    root = Path(image_dir).absolute()
+    if not root.is_dir():
+        raise FileNotFoundError(f"Image folder {root} does not exist (config key 'data.folder.images')")
+    seen: set[str] = set()
+    rows = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back up the tree: do not walk it twice
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            gid = None if name.startswith(".") else stamp_id(name)
+            if gid is not None:
+                rows.append((gid, os.path.join(dirpath, name)))
+    return pd.DataFrame(rows, columns=["id", "image_path"], dtype=str).sort_values("image_path", ignore_index=True)
+
+
+def _ids_as_str(values: pd.Series) -> pd.Series:
+    """Catalogue ids as strings; integral floats (ints that met a NaN) lose their ``.0``."""
+    if pd.api.types.is_float_dtype(values):
+        whole = values.notna() & np.isfinite(values) & (values == np.round(values))
+        if whole[values.notna()].all():
+            values = values.astype("Int64")
+    out = values.astype(str)
+    return out.where(values.notna(), None)
+
+
+def read_catalogue(catalogue: str | Path, id_column: str = "id") -> pd.DataFrame:
+    """Read a CSV (``.csv``, ``.csv.gz``) or parquet (``.parquet``, ``.pq``) catalogue.
+
+    Args:
+        catalogue: The file.
+        id_column: Column of galaxy ids; read as strings (in a CSV verbatim: ``"007"`` keeps its
+            zeros and ``"nan"`` is an id; only an empty cell is a missing id).
+
+    Returns:
+        The table, ``id_column`` as str (missing ids as ``None``).
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: On another file type or a missing id column (naming the columns present).
+    """
+    path = Path(catalogue)
+    name = path.name.lower()
+    if not path.is_file():
+        raise FileNotFoundError(f"Catalogue {path} does not exist (config key 'data.folder.catalogue')")
+    if name.endswith((".csv", ".csv.gz")):
+        table = pd.read_csv(path)
+        if id_column in table.columns:  # ids read again verbatim: "nan", "NA", "007" are ids
+            table[id_column] = pd.read_csv(
+                path, usecols=[id_column], dtype=str, keep_default_na=False, na_values=[""]
+            )[id_column]
+    elif name.endswith((".parquet", ".pq")):
+        table = pd.read_parquet(path)
+    else:
+        raise ValueError(
+            f"Catalogue {path}: unknown file type; use a .csv (or .csv.gz) or .parquet file "
+            "(config key 'data.folder.catalogue')"
+        )
+    if id_column not in table.columns:
+        raise ValueError(
+            f"Catalogue {path} has no id column {id_column!r} (config key 'data.folder.id_column'); "
+            f"its columns are {list(table.columns)}"
+        )
+    table[id_column] = _ids_as_str(table[id_column])
+    return table
+
+
+def _random_splits(ids: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, str]:
+    """Seeded split of ``ids``: a permutation of the sorted ids, test first, then validation.
+
+    Each split whose fraction is above 0 gets at least one galaxy (rounded counts otherwise).
+    """
+    ordered = sorted(ids)
+    n = len(ordered)
+    n_test = max(1, round(test_fraction * n)) if test_fraction > 0 else 0
+    n_val = max(1, round(val_fraction * n)) if val_fraction > 0 else 0
+    if n_test + n_val >= n:
+        raise ValueError(
+            f"{n} galaxies are too few for a validation fraction of {val_fraction} and a test "
+            f"fraction of {test_fraction} (config keys 'data.folder.val_fraction', 'test_fraction'): "
+            "no training galaxies would be left"
+        )
+    perm = np.random.default_rng(seed).permutation(n)
+    split = np.full(n, "train", dtype=object)
+    split[perm[:n_test]] = "test"
+    split[perm[n_test : n_test + n_val]] = "validation"
+    return dict(zip(ordered, split.tolist()))
+
+
+def folder_catalogue(
+    image_dir: str | Path,
+    catalogue: str | Path,
+    id_column: str = "id",
+    path_column: str | None = None,
+    split_column: str | None = None,
+    val_fraction: float = 0.01,
+    test_fraction: float = 0.01,
+    seed: int = 0,
+    log: Callable[[str], Any] = print,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Match a folder of stamps to a catalogue: the metadata of the ``folder`` source.
+
+    Without ``path_column``, a galaxy's id is its stamp's file name without the image ending
+    (:data:`IMAGE_SUFFIXES`, any case; ``a/J12.fits.gz`` has id ``J12``), found recursively under
+    ``image_dir``. With it, each catalogue row names its stamp (relative to ``image_dir``, or
+    absolute) and stamps that no row names are listed as rejected. Ids are compared as strings.
+
+    A galaxy is kept when it has exactly one stamp and exactly one catalogue row (and a valid
+    split); every other case is a row of ``rejected`` (one per stamp file, or one with an empty
+    ``image_path`` when there is none), reasons joined by "; ": "no metadata row",
+    "no image file", "duplicate id: 2 image files (a/x.png, b/x.png)",
+    "duplicate id: 2 catalogue rows", "duplicate image path: ...", "missing id",
+    "invalid split: 'dev' (expected train, validation or test)".
+
+    Splits come from ``split_column`` (train / validation / test; "val" and "valid" mean
+    validation; case and surrounding spaces ignored), else from a seeded random permutation of
+    the sorted ids (independent of file-system order) with ``test_fraction`` and
+    ``val_fraction`` of them (rounded, at least one when the fraction is above 0).
+
+    Args:
+        image_dir: Folder of stamps (.png .jpg .jpeg .fits .fit .fts, FITS optionally .gz).
+        catalogue: CSV or parquet with ``id_column`` and any properties.
+        id_column: Catalogue column of galaxy ids.
+        path_column: Catalogue column of stamp paths relative to ``image_dir``; ``None``: match
+            ids to file names.
+        split_column: Catalogue column of splits; ``None``: a seeded random split.
+        val_fraction: Validation share of a random split.
+        test_fraction: Test share of a random split.
+        seed: Seed of the random split.
+        log: Called with a summary of the counts.
+
+    Returns:
+        ``(metadata, rejected)``. ``metadata``: columns ``id``, ``split``, ``image_path``
+        (absolute), then the catalogue's other columns (without the id, path and split
+        columns), sorted by id. ``rejected``: columns ``id``, ``image_path``, ``reason``.
+
+    Raises:
+        FileNotFoundError: If the folder or the catalogue does not exist.
+        ValueError: On a bad catalogue file or column, invalid fractions, a catalogue column
+            that clashes with ``split`` / ``image_path``, or when no galaxy is left.
+    """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(
+            f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be in [0, 1) "
+            "with a sum below 1 (config keys 'data.folder.val_fraction', 'data.folder.test_fraction')"
+        )
+    root = Path(image_dir).absolute()
+    files = scan_stamps(root)
+    cat = read_catalogue(catalogue, id_column)
+    for col, key in ((path_column, "path_column"), (split_column, "split_column")):
+        if col is not None and col not in cat.columns:
+            raise ValueError(
+                f"Catalogue {catalogue} has no column {col!r} (config key 'data.folder.{key}'); "
+                f"its columns are {list(cat.columns)}"
+            )
+    props = [c for c in cat.columns if c not in {id_column, path_column, split_column}]
+    for col, key in (("id", "id_column"), ("split", "split_column"), ("image_path", "path_column")):
+        if col in props:
+            raise ValueError(
+                f"Catalogue {catalogue} has a column {col!r} that the folder source writes itself; "
+                f"rename it, or name it in config key 'data.folder.{key}'"
+            )
+
+    def rel(p: str) -> str:
+        return os.path.relpath(p, root) if p else p
+
+    rejected: list[tuple[str, str, str]] = []
+    no_id = cat[id_column].isna()
+    for _ in range(int(no_id.sum())):
+        rejected.append(("", "", "missing id"))
+    cat = cat[~no_id].reset_index(drop=True)
+    ids = cat[id_column]
+
+    # Each galaxy's candidate stamps: from file names, or from the catalogue's path column.
+    wanted: dict[str, str] = {}  # path mode: the path a row names, listed when it is missing
+    if path_column is None:
+        stamps = files
+    else:
+        paths = [
+            os.path.normpath(os.path.join(root, p)) if isinstance(p, str) and p.strip() else ""
+            for p in cat[path_column]
+        ]
+        stamps = pd.DataFrame({"id": ids, "image_path": paths}, dtype=str)
+        wanted = dict(zip(ids, paths))
+        named = {os.path.normpath(p) for p in paths if p}
+        for gid, path in zip(files["id"], files["image_path"]):
+            if os.path.normpath(path) not in named:
+                rejected.append((gid, path, f"no metadata row (no {path_column!r} value names this file)"))
+        stamps = stamps[stamps["image_path"] != ""]  # rows without a path: "no image file" below
+        stamps = stamps[[os.path.isfile(p) for p in stamps["image_path"]]]
+    stamps_by_id = stamps.groupby("id", sort=False)["image_path"].agg(list).to_dict()
+    n_rows = ids.value_counts().to_dict()
+    path_users = stamps["image_path"].value_counts().to_dict()
+
+    split_of: dict[str, str] = {}
+    if split_column is not None:
+        raw = cat[split_column]
+        for gid, value in zip(ids, raw):
+            if pd.isna(value):
+                split_of[gid] = "invalid split: missing (expected train, validation or test)"
+            else:
+                split_of[gid] = _SPLIT_ALIASES.get(
+                    str(value).strip().lower(), f"invalid split: {value!r} (expected train, validation or test)"
+                )
+
+    good: list[str] = []
+    for gid in sorted(set(stamps_by_id) | set(n_rows)):
+        found = stamps_by_id.get(gid, [])
+        rows = n_rows.get(gid, 0)
+        reasons = []
+        if len(found) > 1:
+            shown = ", ".join(rel(p) for p in found[:3]) + (", ..." if len(found) > 3 else "")
+            where = "image files" if path_column is None else "catalogue rows with an image"
+            reasons.append(f"duplicate id: {len(found)} {where} ({shown})")
+        if rows > 1 and not (path_column is not None and len(found) > 1):
+            reasons.append(f"duplicate id: {rows} catalogue rows")
+        if not found:
+            reasons.append("no image file")
+        if rows == 0:
+            reasons.append("no metadata row")
+        shared = [p for p in found if path_users.get(p, 0) > 1]
+        if shared:
+            reasons.append(f"duplicate image path: {rel(shared[0])} is named by {path_users[shared[0]]} catalogue rows")
+        if not reasons and split_column is not None and split_of[gid] not in SPLITS:
+            reasons.append(split_of[gid])
+        if reasons:
+            reason = "; ".join(reasons)
+            for p in found or [wanted.get(gid, "")]:
+                rejected.append((gid, p, reason))
+        else:
+            good.append(gid)
+
+    if not good:
+        source = (
+            f"ids from file names, e.g. {', '.join(files['id'].head(3)) or 'none'}"
+            if path_column is None
+            else f"paths from column {path_column!r}"
+        )
+        raise ValueError(
+            f"No galaxy of catalogue {catalogue} (id column {id_column!r}, e.g. "
+            f"{', '.join(ids.head(3)) or 'none'}) matches a stamp under {root} ({source}); "
+            f"{len(rejected)} rejected, first: " + "; ".join(f"{g} ({r})" for g, _, r in rejected[:3])
+        )
+    if split_column is None:
+        split_of = _random_splits(good, val_fraction, test_fraction, seed)
+
+    kept = cat[ids.isin(set(good))].copy()
+    kept_ids = kept[id_column].tolist()
+    meta = pd.DataFrame(
+        {
+            "id": kept_ids,
+            "split": [split_of[g] for g in kept_ids],
+            "image_path": [stamps_by_id[g][0] for g in kept_ids],
+        }
+    )
+    meta = pd.concat([meta, kept[props].reset_index(drop=True)], axis=1)
+    meta = meta.sort_values("id", ignore_index=True)
+    rejected_df = pd.DataFrame(rejected, columns=REJECTED_COLUMNS).sort_values(
+        ["id", "image_path"], ignore_index=True, kind="stable"
+    )
+
+    by_split = meta["split"].value_counts()
+    by_reason = rejected_df["reason"].str.split(":|;", regex=True).str[0].value_counts()
+    log(
+        f"folder source: {len(files)} stamps under {root}, {len(cat) + int(no_id.sum())} catalogue rows "
+        f"in {catalogue}; kept {len(meta)} galaxies ("
+        + ", ".join(f"{s} {int(by_split.get(s, 0))}" for s in SPLITS)
+        + f"), rejected {len(rejected_df)}"
+        + (" (" + ", ".join(f"{r}: {n}" for r, n in by_reason.items()) + ")" if len(rejected_df) else "")
+    )
+    return meta, rejected_df
+
+
+def write_folder_source(
+    image_dir: str | Path, catalogue: str | Path, out_metadata: str | Path, **kwargs: Any
+) -> pd.DataFrame:
+    """Run :func:`folder_catalogue` and write its tables (atomically: temp file, then rename).
+
+    Args:
+        image_dir: Folder of stamps.
+        catalogue: CSV or parquet catalogue.
+        out_metadata: The metadata parquet to write; ``rejected.csv`` is written beside it.
+        **kwargs: Passed to :func:`folder_catalogue` (``id_column``, ``seed``, ``log``, ...).
+
+    Returns:
+        The metadata table.
+    """
+    meta, rejected = folder_catalogue(image_dir, catalogue, **kwargs)
+    out = Path(out_metadata)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    suffix = f".tmp-{os.getpid()}"
+    targets = [
+        (out, lambda p: meta.to_parquet(p, index=False)),
+        (out.with_name("rejected.csv"), lambda p: rejected.to_csv(p, index=False)),
+    ]
+    for path, write in targets:
+        tmp = path.with_name(path.name + suffix)
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return meta
