@@ -21,9 +21,9 @@ Example::
 
     from astropt.checkpoint import save_checkpoint, load_model
 
-    save_checkpoint("results/train/89M/ckpt.pt",
+    save_checkpoint("results/models/89M/ckpt.pt",
                     {"model": model.state_dict(), "model_args": model.config.to_dict(), ...})
-    model = load_model("results/train/89M/ckpt.pt")  # GPT in eval mode
+    model = load_model("results/models/89M/ckpt.pt")  # GPT in eval mode
 """
 
 from __future__ import annotations

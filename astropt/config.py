@@ -15,8 +15,8 @@ raised as :class:`ConfigError`, so a bad config stops the workflow before any jo
 Example::
 
     cfg = load_config(yaml.safe_load(open("config/config.yaml")))
-    spec = cfg.size_spec("2M")          # SizeSpec(name, model=GPTConfig, lr)
-    cfg.train.steps, cfg.resources("train", "2M").gpus
+    spec = cfg.size_spec("416K")        # SizeSpec(name, model=GPTConfig, lr)
+    cfg.train_config("416K").steps, cfg.resources("train", "416K").gpus
 """
 
 from __future__ import annotations
@@ -268,10 +268,12 @@ def _coerce(instance: Any, node: dict, root: dict) -> Any:
         return instance
     if isinstance(instance, list) and isinstance(node.get("items"), dict):
         return [_coerce(v, node["items"], root) for v in instance]
-    if not isinstance(instance, str):
-        return instance
     types = node.get("type", [])
     types = [types] if isinstance(types, str) else types
+    if isinstance(instance, float) and "integer" in types and "number" not in types and instance.is_integer():
+        return int(instance)  # 16.0 (YAML "16.0", JSON 16.0) for an integer key: meant as 16
+    if not isinstance(instance, str):
+        return instance
     text = instance.strip()
     if "null" in types and text.lower() in ("null", "none", "~"):
         return None
@@ -363,8 +365,12 @@ def _check_semantics(cfg: Config) -> None:
             from astropt.model import GPT
             import torch
 
-            with torch.device("meta"):
-                n = GPT(cfg.size_spec(name).model).get_num_params()
+            try:
+                with torch.device("meta"):
+                    n = GPT(cfg.size_spec(name).model).get_num_params()
+            except ValueError as err:
+                problems.append(f"config key 'custom_sizes.{name}': {err}")
+                continue
             if abs(n - stated) > NAME_TOLERANCE * stated:
                 problems.append(
                     f"config key 'custom_sizes.{name}': the model has {n:,} parameters; "
@@ -379,6 +385,14 @@ def _check_semantics(cfg: Config) -> None:
         fr = raw["data"]["folder"]
         if fr["val_fraction"] + fr["test_fraction"] >= 1:
             problems.append("config key 'data.folder.val_fraction': val_fraction + test_fraction must be below 1")
+    tr = raw["train"]
+    if tr["warmup_steps"] >= tr["steps"]:
+        problems.append(f"config key 'train.warmup_steps': {tr['warmup_steps']} is not below train.steps ({tr['steps']})")
+    if tr["decay_steps"] is not None and not tr["warmup_steps"] < tr["decay_steps"] <= tr["steps"]:
+        problems.append(
+            f"config key 'train.decay_steps': {tr['decay_steps']} must lie after the warm-up "
+            f"({tr['warmup_steps']}) and at most train.steps ({tr['steps']})"
+        )
     embed_tokens = raw["embed"]["n_tokens"]
     if embed_tokens > cfg.n_tokens:
         problems.append(

@@ -17,9 +17,13 @@ from astropt.embed import read_embeddings
 
 
 def script_log(snakemake):
-    """In a workflow script: send stdout/stderr to the rule's log; return a print-and-flush."""
+    """In a workflow script: send stdout/stderr to the rule's log, keep torch to the job's
+    threads; return a print-and-flush."""
     import sys
 
+    import torch
+
+    torch.set_num_threads(max(1, int(snakemake.threads)))
     if snakemake.log:
         sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)
 

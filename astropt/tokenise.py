@@ -10,8 +10,8 @@ Follows AstroPT v1.0.0 (arXiv:2405.14930, ``astropt/local_datasets.py``):
   the last token is the top-left corner. Released checkpoints expect exactly this order;
 * each patch is standardised on its own, ``(x - mean) / (std + eps)`` over its ``p*p*C`` values
   with torch's default (unbiased) std. ``normalise(..., mode="image")`` standardises over a
-  whole image instead, which separates model sizes better on clean synthetic stamps (see
-  ``docs/default-sizing.md``).
+  whole image instead, which separates model sizes better on clean synthetic stamps (the
+  default config's choice; see config/README.md).
 
 It also turns a split of PNG/JPEG or FITS stamps into one memory-mappable token array on disk
 (:func:`tokenise_split`; ``uint8`` for 8-bit images, ``float16``/``float32`` for FITS), so training

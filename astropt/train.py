@@ -21,7 +21,7 @@ Files in ``out_dir``:
 Run::
 
     python -m astropt.train --spec spec.json --train-tokens results/tokens/train \\
-        --val-tokens results/tokens/validation --out-dir results/models/2M
+        --val-tokens results/tokens/validation --out-dir results/models/416K --threads 2
     torchrun --standalone --nproc_per_node=8 -m astropt.train ...   # DDP, one rank per GPU
 """
 
@@ -107,10 +107,19 @@ def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return _PERM_CACHE[key]
 
 
-def run_fingerprint(spec: SizeSpec, cfg: TrainConfig) -> str:
-    """Hash of everything that decides what is learned (not logging or device)."""
+def data_identity(split) -> str:
+    """Hash of a token split: its galaxy ids in row order, array shape and dtype."""
+    h = hashlib.sha256(f"{split.tokens.shape} {split.tokens.dtype}".encode())
+    for chunk in range(0, len(split.ids), 100_000):
+        h.update("\n".join(map(str, split.ids[chunk : chunk + 100_000])).encode())
+    return h.hexdigest()[:16]
+
+
+def run_fingerprint(spec: SizeSpec, cfg: TrainConfig, data: str = "") -> str:
+    """Hash of everything that decides what is learned: model, settings (not logging or
+    device) and the data (:func:`data_identity` of the splits)."""
     d = {k: v for k, v in cfg.to_dict().items() if k not in OPERATIONAL_KEYS}
-    payload = json.dumps({"model": spec.model.to_dict(), "lr": spec.lr, "train": d}, sort_keys=True)
+    payload = json.dumps({"model": spec.model.to_dict(), "lr": spec.lr, "train": d, "data": data}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -208,14 +217,21 @@ def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say) -> p
     optimizer = model.configure_optimizer(cfg.weight_decay, spec.lr, cfg.betas, device.type)
     n_params = model.get_num_params()
     flops_per_token = model.flops_per_token(seq)
-    fingerprint = run_fingerprint(spec, cfg)
+    fingerprint = run_fingerprint(spec, cfg, data_identity(train_split) + data_identity(val_split))
 
     # ---------------------------------------------------------------- resume
     out_dir.mkdir(parents=True, exist_ok=True)
     last = out_dir / "last.pt"
     step, rows, elapsed_before, best_val = 0, [], 0.0, float("inf")
+    state = None
     if last.exists():
-        state = load_checkpoint(last, map_location="cpu")
+        try:
+            state = load_checkpoint(last, map_location="cpu")
+        except ValueError as err:  # unreadable: keep it for inspection, start afresh
+            if dist.main:
+                os.replace(last, out_dir / "last.pt.corrupt")
+            say(f"{err}; kept as last.pt.corrupt, starting afresh")
+    if state is not None:
         if state.get("fingerprint") == fingerprint:
             model.load_state_dict(clean_state_dict(state["model"]))
             optimizer.load_state_dict(state["optimizer"])
@@ -228,7 +244,8 @@ def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say) -> p
         else:
             if dist.main:
                 os.replace(last, out_dir / "last.pt.old")
-            say(f"{last} belongs to a different configuration: kept as last.pt.old, starting afresh")
+            say(f"{last} belongs to a different configuration or data: kept as last.pt.old, starting afresh")
+        del state
 
     raw_model = model
     if cfg.compile:
@@ -389,10 +406,15 @@ def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say) -> p
             "lr": spec.lr,
             "train": cfg.to_dict(),
         }
-        (out_dir / "ckpt.json").write_text(json.dumps(sidecar, indent=2) + "\n")
+        tmp = out_dir / "ckpt.json.tmp"
+        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
+        os.replace(tmp, out_dir / "ckpt.json")
         tmp = out_dir / "metrics.csv.tmp"
         metrics.to_csv(tmp, index=False)
         os.replace(tmp, out_dir / "metrics.csv")
+        # The run is complete: a later (forced or re-planned) run must train afresh,
+        # not "resume" at the last step.
+        last.unlink(missing_ok=True)
         say(f"[{spec.name}] done: final val loss {final_val:.5f}, {n_params:,} parameters, "
             f"{_format_eta(sidecar['elapsed_s'])} of training")
     return metrics
@@ -410,8 +432,13 @@ def spec_from_json(d: dict) -> tuple[SizeSpec, TrainConfig]:
 
 
 def spec_to_json(spec: SizeSpec, cfg: TrainConfig) -> dict:
-    """What the ``train`` rule passes to this module: the size and its training settings."""
-    return {"size": spec.name, "model": spec.model.to_dict(), "lr": spec.lr, "train": cfg.to_dict()}
+    """What the ``train`` rule passes to this module: the size and its training settings.
+
+    The thread count is left out (it is the job's, given with ``--threads``), so a
+    different CPU allocation does not make Snakemake rerun training.
+    """
+    train = {k: v for k, v in cfg.to_dict().items() if k != "threads"}
+    return {"size": spec.name, "model": spec.model.to_dict(), "lr": spec.lr, "train": train}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -420,9 +447,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-tokens", required=True, type=Path)
     p.add_argument("--val-tokens", required=True, type=Path)
     p.add_argument("--out-dir", required=True, type=Path)
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of the job, shared by the ranks on this node (default: torch's)")
     args = p.parse_args(argv)
     text = args.spec if args.spec.lstrip().startswith("{") else Path(args.spec).read_text()
     spec, cfg = spec_from_json(json.loads(text))
+    if args.threads is not None:
+        # torchrun starts LOCAL_WORLD_SIZE ranks on this node: split the job's CPUs.
+        cfg.threads = max(1, args.threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    else:
+        cfg.threads = torch.get_num_threads()
     train(spec, cfg, args.train_tokens, args.val_tokens, args.out_dir,
           log=lambda *a: print(*a, flush=True))
 

@@ -65,6 +65,9 @@ def test_defaults_are_filled(default):
         (lambda c: c["data"].__setitem__("source", "folder"), "data.folder.images"),
         (lambda c: c["data"].__setitem__("n_chan", 4), "data.n_chan"),
         (lambda c: c["tokens"].__setitem__("fit", "stretch"), "tokens.fit"),
+        (lambda c: c["train"].__setitem__("warmup_steps", 600), "train.warmup_steps"),
+        (lambda c: c["train"].__setitem__("decay_steps", 700), "train.decay_steps"),
+        (lambda c: c["train"].__setitem__("micro_batch", 16.5), "train.micro_batch"),
     ],
 )
 def test_bad_config_names_the_key(default, edit, key):
@@ -95,3 +98,10 @@ def test_strings_from_the_command_line_are_coerced(default):
     assert (t.steps, t.compile, t.decay_steps, t.min_lr_ratio) == (1200, True, None, 0.2)
     with pytest.raises(ConfigError, match="'train.steps'"):
         load_config(dict(default, train={"steps": "12.5"}))
+
+
+def test_whole_number_floats_are_integers(default):
+    cfg = load_config(dict(default, train={**default["train"], "micro_batch": 16.0}))
+    assert cfg.train_config("42K").micro_batch == 16 and isinstance(cfg.train_config("42K").micro_batch, int)
+    custom = {**default["custom_sizes"], "42K": {**default["custom_sizes"]["42K"], "n_layer": 2.0}}
+    assert load_config(dict(default, custom_sizes=custom)).size_spec("42K").model.n_layer == 2

@@ -62,7 +62,7 @@ def test_train_writes_outputs_and_learns(micro_tokens, tiny_spec, tiny_train, tm
     model = load_model(tmp_path / "ckpt.pt")
     assert model.config == tiny_spec.model
     assert "optimizer" not in load_checkpoint(tmp_path / "ckpt.pt")  # final checkpoint is lean
-    assert load_checkpoint(tmp_path / "last.pt")["iter_num"] == 40
+    assert not (tmp_path / "last.pt").exists()  # a finished run leaves nothing to resume
 
 
 def test_interrupted_run_resumes_to_the_same_result(micro_tokens, tiny_spec, tiny_train, tmp_path, monkeypatch):
@@ -89,11 +89,50 @@ def test_interrupted_run_resumes_to_the_same_result(micro_tokens, tiny_spec, tin
     pd.testing.assert_frame_equal(resumed[cols], ref[cols], rtol=1e-6)
 
 
-def test_changed_config_starts_afresh_and_keeps_old_state(micro_tokens, tiny_spec, tiny_train, tmp_path):
-    _run(tiny_spec, dataclasses.replace(tiny_train, steps=10), micro_tokens, tmp_path)
+def _interrupt_after_first_checkpoint(monkeypatch):
+    real_save = T.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "save_checkpoint", save_then_die)
+    return lambda: monkeypatch.setattr(T, "save_checkpoint", real_save)
+
+
+def test_changed_config_starts_afresh_and_keeps_old_state(micro_tokens, tiny_spec, tiny_train, tmp_path, monkeypatch):
+    restore = _interrupt_after_first_checkpoint(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_spec, tiny_train, micro_tokens, tmp_path)
+    restore()
     metrics = _run(tiny_spec, dataclasses.replace(tiny_train, steps=20), micro_tokens, tmp_path)
     assert (tmp_path / "last.pt.old").exists()
     assert metrics["step"].iloc[0] == 5 and metrics["step"].iloc[-1] == 20
+
+
+def test_changed_data_starts_afresh(micro_tokens, tiny_spec, tiny_train, tmp_path, monkeypatch):
+    """Same settings, other galaxies (e.g. the data were regenerated): no stale resume."""
+    import shutil
+
+    other = tmp_path / "tokens"
+    shutil.copytree(micro_tokens / "train", other / "train")
+    shutil.copytree(micro_tokens / "validation", other / "validation")
+    restore = _interrupt_after_first_checkpoint(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_spec, tiny_train, other, tmp_path / "run")
+    restore()
+    idx = pd.read_parquet(other / "train" / "index.parquet")
+    idx["id"] = idx["id"] + "x"  # other ids, same shape
+    idx.to_parquet(other / "train" / "index.parquet")
+    metrics = _run(tiny_spec, tiny_train, other, tmp_path / "run")
+    assert (tmp_path / "run" / "last.pt.old").exists() and metrics["step"].iloc[0] == 5
+
+
+def test_unreadable_resume_state_is_set_aside(micro_tokens, tiny_spec, tiny_train, tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    metrics = _run(tiny_spec, dataclasses.replace(tiny_train, steps=10), micro_tokens, tmp_path)
+    assert (tmp_path / "last.pt.corrupt").exists() and metrics["step"].iloc[-1] == 10
 
 
 def test_non_finite_loss_stops_with_the_step(micro_tokens, tiny_spec, tiny_train, tmp_path, monkeypatch):

@@ -39,7 +39,7 @@ def _jobs(dry_run_stdout: str) -> dict[str, int]:
 
 
 def test_default_all_dry_run():
-    proc = snakemake("-n", "--cores", "2", "all")
+    proc = snakemake("-n", "--forceall", "--cores", "2", "all")  # --forceall: also after `make run`
     assert proc.returncode == 0, proc.stderr
     jobs = _jobs(proc.stdout)
     assert jobs["train"] == 4 and jobs["embed"] == 4 and jobs["probe"] == 4
@@ -48,7 +48,7 @@ def test_default_all_dry_run():
 
 
 def test_paper_single_target_dry_run_on_slurm_profile():
-    proc = snakemake("-n", "--profile", "profiles/slurm", "--configfile=config/paper.yaml", "results/probes/309M.csv")
+    proc = snakemake("-n", "--forceall", "--profile", "profiles/slurm", "--configfile=config/paper.yaml", "results/probes/309M.csv")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = _jobs(proc.stdout)
     # download, tokenise train + validation (training) and test (embedding), train, embed, probe
@@ -93,6 +93,11 @@ def test_micro_workflow_end_to_end(tmp_path):
         assert (work / f"results/tokens/{split}/tokens.npy").exists()
     assert "unreadable" in (work / "logs/tokenise/train.log").read_text()
     assert (work / "resources/galaxies/metadata.parquet").exists()
+    # Settings that cannot change outputs rerun nothing (params carry only what matters).
+    cfg = f"--configfile={ROOT / 'tests/data/micro.yaml'}"
+    for change in ("tokens={workers: 2, norm: image}", "data={synthetic: {workers: 2}}", "resources={train: {default: {cpus: 2}}}"):
+        dry = snakemake("all", "-n", "--cores", "2", cfg, "--config", change, cwd=work)
+        assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, (change, dry.stdout[-2000:])
     rejected = pd.read_csv(work / "results/tokens/rejected.csv")
     assert list(rejected.columns) == ["stage", "split", "id", "image_path", "reason"] and rejected.empty
 

@@ -91,3 +91,12 @@ def job_resources(rule_name):
 
 def job_threads(rule_name):
     return lambda wildcards: CFG.resources(rule_name, getattr(wildcards, "size", None)).cpus
+
+
+def output_params(section, *operational):
+    """A config section minus keys that cannot change a rule's outputs (worker counts...).
+
+    Snakemake reruns a job whose params change; settings such as the number of worker
+    processes must not trigger that (the scripts read them from `snakemake.config`).
+    """
+    return {k: v for k, v in section.items() if k not in operational}

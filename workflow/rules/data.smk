@@ -3,13 +3,13 @@ rule download:
         metadata="resources/galaxies/metadata.parquet",
         rejected="resources/galaxies/rejected.csv",
     params:
-        data=CFG.data,
+        data={**CFG.data, "synthetic": output_params(CFG.data["synthetic"], "workers")},
         seed=CFG.seed,
     log:
         "logs/download/download.log",
     benchmark:
         "logs/benchmarks/download/download.tsv"
-    threads: max(1, CFG.data["synthetic"]["workers"])
+    threads: max(1, CFG.data["synthetic"]["workers"]) if CFG.data["source"] == "synthetic" else 1
     resources:
         **job_resources("download"),
     script:
@@ -25,7 +25,8 @@ rule tokenise:
         meta="results/tokens/{split}/meta.json",
         rejected="results/tokens/{split}/rejected.csv",
     params:
-        tokens=CFG.tokens,
+        # norm is applied at load time and workers do not change the tokens: both left out.
+        tokens=output_params(CFG.tokens, "workers", "norm"),
         image_size=CFG.data["image_size"],
         n_chan=CFG.data["n_chan"],
     log:
@@ -47,6 +48,7 @@ rule rejected:
         "results/tokens/rejected.csv",
     log:
         "logs/rejected/rejected.log",
+    threads: job_threads("rejected")
     resources:
         **job_resources("rejected"),
     script:

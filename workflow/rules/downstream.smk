@@ -27,6 +27,7 @@ rule probe:
         probe=CFG.probe,
     log:
         "logs/probe/{size}.log",
+    threads: job_threads("probe")
     resources:
         **job_resources("probe"),
     script:
@@ -41,6 +42,7 @@ rule scaling:
         table="results/scaling/losses.csv",
     log:
         "logs/scaling/scaling.log",
+    threads: job_threads("scaling")
     resources:
         **job_resources("scaling"),
     script:

@@ -10,6 +10,7 @@ rule figure_scaling:
         ),
     log:
         "logs/figures/scaling.log",
+    threads: job_threads("figures")
     resources:
         **job_resources("figures"),
     script:
@@ -29,6 +30,7 @@ rule figure_downstream:
         table="results/probes/summary.csv",
     log:
         "logs/figures/downstream.log",
+    threads: job_threads("figures")
     resources:
         **job_resources("figures"),
     script:
@@ -54,6 +56,7 @@ rule figure_umap:
         "logs/figures/umap_{size}.log",
     benchmark:
         "logs/benchmarks/figures/umap_{size}.tsv"
+    threads: job_threads("figures")
     resources:
         **job_resources("figures"),
     script:

@@ -21,7 +21,8 @@ rule train:
         **job_resources("train"),
     shell:
         # A restarted job resumes from {params.out_dir}/last.pt, which is not an output
-        # (Snakemake would delete it), so an interrupted run loses at most one checkpoint interval.
+        # (Snakemake would delete it), so an interrupted run loses at most one checkpoint
+        # interval; the log is appended to, so it keeps the interrupted attempt's lines.
         "{params.launcher} -m astropt.train --spec {params.spec:q}"
         " --train-tokens {params.train_dir} --val-tokens {params.val_dir}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        " --out-dir {params.out_dir} --threads {threads} >> {log} 2>&1"

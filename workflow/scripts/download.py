@@ -3,8 +3,10 @@
 from astropt import pipeline
 
 log = pipeline.script_log(snakemake)  # noqa: F821
+data = snakemake.params.data  # noqa: F821
+data["synthetic"]["workers"] = snakemake.config["data"]["synthetic"]["workers"]  # noqa: F821
 pipeline.download(
-    snakemake.params.data,  # noqa: F821
+    data,
     snakemake.output.metadata,  # noqa: F821
     snakemake.output.rejected,  # noqa: F821
     snakemake.params.seed,  # noqa: F821

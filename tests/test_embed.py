@@ -1,0 +1,69 @@
+"""Embeddings by the paper's protocol: first n spiral tokens, last block (pre-LayerNorm), mean.
+
+Run: python -m pytest tests/test_embed.py -q
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from astropt.checkpoint import save_checkpoint
+from astropt.embed import embed_split, extract_embeddings, read_embeddings, write_embeddings
+from astropt.model import GPT, GPTConfig
+from astropt.tokenise import load_tokens, normalise
+
+
+@pytest.fixture
+def model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, patch_size=8, block_size=16)).eval()
+
+
+@pytest.fixture
+def tokens() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (10, 16, 192), dtype=np.uint8)
+
+
+def test_protocol(model, tokens):
+    emb = extract_embeddings(model, tokens, n_tokens=8, batch_size=4, norm="patch")
+    x = normalise(torch.from_numpy(tokens[:, :8]), "patch")
+    with torch.no_grad():
+        h = model.transformer.wte(x) + model.transformer.wpe(torch.arange(8))
+        for block in model.transformer.h:
+            h = block(h)  # the last block's output, before ln_f
+    np.testing.assert_allclose(emb, h.mean(dim=1).numpy(), rtol=1e-5, atol=1e-6)
+    assert emb.shape == (10, 32) and emb.dtype == np.float32
+
+
+def test_only_the_first_tokens_count_and_batching_does_not_matter(model, tokens):
+    a = extract_embeddings(model, tokens, n_tokens=8, batch_size=3)
+    changed = tokens.copy()
+    changed[:, 8:] = 255 - changed[:, 8:]
+    np.testing.assert_allclose(a, extract_embeddings(model, changed, n_tokens=8, batch_size=100), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_shapes_are_explained(model, tokens):
+    with pytest.raises(ValueError, match="token size"):
+        extract_embeddings(model, tokens[..., :100])
+    with pytest.raises(ValueError, match="exceeds"):
+        extract_embeddings(model, tokens, n_tokens=17)
+
+
+def test_parquet_round_trip(tmp_path):
+    ids = np.array(["a", "007", "c"], dtype=object)
+    X = np.random.default_rng(1).normal(size=(3, 5)).astype(np.float32)
+    write_embeddings(tmp_path / "e.parquet", ids, X)
+    ids2, X2 = read_embeddings(tmp_path / "e.parquet")
+    assert list(ids2) == list(ids)
+    np.testing.assert_array_equal(X2, X)
+
+
+def test_embed_split_uses_the_checkpoints_normalisation(micro_tokens, model, tmp_path):
+    for norm in ("image", "patch"):
+        save_checkpoint(tmp_path / f"{norm}.pt", {"model": model.state_dict(), "model_args": model.config.to_dict(), "config": {"norm": norm}})
+        embed_split(tmp_path / f"{norm}.pt", micro_tokens / "test", tmp_path / f"{norm}.parquet", n_tokens=16, log=lambda *a: None)
+    split = load_tokens(micro_tokens / "test")
+    ids, X = read_embeddings(tmp_path / "image.parquet")
+    assert list(ids) == list(split.ids)
+    np.testing.assert_allclose(X, extract_embeddings(model, split.tokens, n_tokens=16, norm="image"), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(X, read_embeddings(tmp_path / "patch.parquet")[1])
