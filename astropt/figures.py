@@ -430,3 +430,75 @@ def plot_loss_curves(metrics: Mapping[str, pd.DataFrame], out: str | os.PathLike
     ax_tr.set_ylabel("Huber loss")
     ax_va.legend(title="model size", fontsize=8)
     _save(fig, out)
+
+
+_SHORT_NAMES = {
+    "mag_g_desi": "g", "mag_r_desi": "r", "mag_z_desi": "z", "redshift": "zred",
+    "est_petro_th50": "r50", "mass_med_photoz": "logM", "ssfr_med_photoz": "sSFR",
+    "bulge_fraction": "B/T", "axis_ratio": "b/a",
+}
+
+
+def _displayable(img: np.ndarray) -> np.ndarray:
+    """An (H, W, C) stamp as something imshow shows: 8-bit as is, float data scaled per
+    stamp (0.5-99.5 percentiles, asinh), one band as grey, more than three bands cut to three."""
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    elif img.ndim == 3 and img.shape[-1] > 3:
+        img = img[..., :3]
+    if img.dtype == np.uint8:
+        return img
+    lo, hi = np.nanpercentile(img, [0.5, 99.5])
+    x = np.clip((img - lo) / max(hi - lo, 1e-12), 0, 1)
+    return np.arcsinh(10 * x) / np.arcsinh(10)
+
+
+def plot_examples(
+    image_root,
+    metadata: pd.DataFrame,
+    out: str | os.PathLike,
+    n: int = 16,
+    columns: tuple[str, ...] = ("mag_r_desi", "redshift", "est_petro_th50"),
+    seed: int = 0,
+) -> None:
+    """Plot a grid of example stamps, each captioned with its id and a few truths.
+
+    Args:
+        image_root: Folder that ``metadata["image_path"]`` is relative to, or a callable
+            giving the (H, W, C) stamp of a metadata row position (e.g. rebuilt from tokens,
+            which serves FITS and any band count; float data are scaled for display).
+        metadata: One row per galaxy with ``id``, ``columns`` and, when ``image_root`` is
+            a folder, ``image_path``.
+        out: PNG path.
+        n: Stamps to show (fewer if the table is shorter), drawn at random without
+            replacement and shown in table order.
+        columns: Truths in the captions (2 decimals; short names for the usual ones).
+        seed: Seeds the choice of stamps.
+    """
+    from PIL import Image
+
+    from_files = not callable(image_root)
+    _require(metadata, ["id", *(["image_path"] if from_files else []), *columns], "the metadata table")
+    n = min(n, len(metadata))
+    if n < 1:
+        raise ValueError("plot_examples needs at least one galaxy in the metadata table")
+    rows = np.sort(np.random.default_rng(seed).choice(len(metadata), size=n, replace=False))
+    ncol = math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    fig = Figure(figsize=(1.9 * ncol, 2.2 * nrow), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, pos in zip(axes, rows):
+        row = metadata.iloc[pos]
+        if from_files:
+            with Image.open(os.path.join(os.fspath(image_root), row["image_path"])) as im:
+                img = np.asarray(im.convert("RGB"))
+        else:
+            img = _displayable(image_root(int(pos)))
+        ax.imshow(img, interpolation="nearest", cmap="gray" if img.ndim == 2 else None)
+        # No-break spaces keep each "name value" pair on one line when the caption wraps.
+        caption = ", ".join(f"{_SHORT_NAMES.get(c, c)}\u00a0{row[c]:.2f}" for c in columns)
+        ax.set_title(f"{row['id']}\n" + "\n".join(textwrap.wrap(caption, 28)), fontsize=6.5)
+    _save(fig, out)

@@ -123,12 +123,25 @@ def tokenise(
     )
 
 
+# Colours the paper probes, derived from apparent magnitudes when the catalogue lacks them.
+DERIVED_COLOURS = {"g_r": ("mag_g_desi", "mag_r_desi"), "r_z": ("mag_r_desi", "mag_z_desi")}
+
+
+def read_metadata(path: str | Path) -> pd.DataFrame:
+    """The galaxy catalogue, with the colours ``g_r`` / ``r_z`` added where they can be derived."""
+    meta = pd.read_parquet(path)
+    for colour, (a, b) in DERIVED_COLOURS.items():
+        if colour not in meta.columns and a in meta.columns and b in meta.columns:
+            meta[colour] = meta[a] - meta[b]
+    return meta
+
+
 def probe(embeddings: str | Path, metadata: str | Path, out_csv: str | Path, probe_cfg: dict, log=print) -> pd.DataFrame:
     """Linear probes (the paper's protocol) of every property; one CSV row per property."""
     from astropt.probe import probe_properties
 
     ids, X = read_embeddings(embeddings)
-    meta = pd.read_parquet(metadata)
+    meta = read_metadata(metadata)
     log(f"probing {len(ids):,} galaxies x {X.shape[1]} dims from {embeddings}")
     table = probe_properties(ids, X, meta, properties=probe_cfg["properties"], mad_clip=probe_cfg["mad_clip"])
     for row in table.itertuples():
@@ -209,7 +222,7 @@ def figure_umap(embeddings, probe_csv, metadata, out, umap_cfg: dict, seed: int,
 
     ids, X = read_embeddings(embeddings)
     props = umap_cfg["properties"] or pd.read_csv(probe_csv)["property"].tolist()
-    meta = pd.read_parquet(metadata).set_index("id")
+    meta = read_metadata(metadata).set_index("id")
     missing = [p for p in props if p not in meta.columns]
     if missing:
         raise ValueError(f"config key 'umap.properties': {missing} not in {metadata}")
@@ -220,3 +233,18 @@ def figure_umap(embeddings, probe_csv, metadata, out, umap_cfg: dict, seed: int,
     coords = umap_embedding(X, seed=seed, n_neighbors=umap_cfg["n_neighbors"])
     plot_umap(coords, meta.loc[list(ids), props].reset_index(drop=True), out, title=title)
     log(f"wrote {out}")
+
+
+def figure_examples(token_dir, metadata, out, n: int = 16, seed: int = 0, log=print) -> None:
+    """A grid of example galaxies of a split, rebuilt from their tokens (so it shows exactly
+    what the models see, for any source), captioned with a few truths."""
+    from astropt.figures import plot_examples
+    from astropt.tokenise import load_tokens, tokens_to_image
+
+    split = load_tokens(token_dir)
+    meta = read_metadata(metadata).set_index("id").loc[list(split.ids)].reset_index()
+    wanted = ("mag_r_desi", "redshift", "est_petro_th50")
+    columns = tuple(c for c in wanted if c in meta.columns)
+    patch, n_chan = split.meta["patch_size"], split.meta["n_chan"]
+    plot_examples(lambda row: tokens_to_image(np.asarray(split.tokens[row]), patch, n_chan), meta, out, n=n, columns=columns, seed=seed)
+    log(f"wrote {out}: {min(n, len(meta))} galaxies of {token_dir}")

@@ -32,27 +32,29 @@ from astropt.train import train
 PEAK_FLOPS = 989e12  # H100 SXM dense bf16
 
 
-def correctness(out: Path) -> None:
+def correctness(out: Path, steps: int = 300) -> None:
     meta = generate(out / "galaxies", SyntheticConfig(n_train=2048, n_val=256, n_test=512, workers=8), log=lambda *a: None)
     for split in ("train", "validation", "test"):
         tokenise_split(meta[meta["split"] == split], out / "galaxies", out / split, patch_size=8, image_size=64, workers=8, log=lambda *a: None)
     from astropt.model import GPTConfig
 
     spec = SizeSpec("416K", GPTConfig(n_layer=3, n_head=4, n_embd=96, patch_size=8, block_size=64), 3e-3)
-    base = TrainConfig(steps=300, micro_batch=32, warmup_steps=30, eval_interval=50, eval_galaxies=256,
-                       log_interval=50, checkpoint_interval=300, device="cuda", threads=4)
+    base = TrainConfig(steps=steps, micro_batch=32, warmup_steps=30, eval_interval=steps // 6, eval_galaxies=256,
+                       log_interval=steps // 6, checkpoint_interval=steps, device="cuda", threads=4)
     curves = {}
     for name, cfg in {
         "fp32": dataclasses.replace(base, dtype="float32"),
+        "fp32 seed 1": dataclasses.replace(base, dtype="float32", seed=1),  # seed-to-seed spread
         "bf16": dataclasses.replace(base, dtype="bfloat16"),
+        "bf16 seed 1": dataclasses.replace(base, dtype="bfloat16", seed=1),
         "bf16+compile": dataclasses.replace(base, dtype="bfloat16", compile=True),
     }.items():
         t0 = time.perf_counter()
-        m = train(spec, cfg, out / "train", out / "validation", out / name, log=lambda *a: None)
+        m = train(spec, cfg, out / "train", out / "validation", out / name.replace(" ", "_"), log=lambda *a: None)
         curves[name] = m["val_loss"].dropna().to_numpy()
-        print(f"{name:>13}: val loss {np.array2string(curves[name], precision=5)}  ({time.perf_counter() - t0:.1f} s)")
-    rel = np.abs(curves["bf16+compile"][-1] / curves["fp32"][-1] - 1)
-    print(f"final val loss bf16+compile vs fp32: {rel:.2%} apart")
+        print(f"{name:>14}: val loss {np.array2string(curves[name], precision=5)}  ({time.perf_counter() - t0:.1f} s)")
+    for name in curves:
+        print(f"final val loss {name} vs fp32: {curves[name][-1] / curves['fp32'][-1] - 1:+.2%}")
     embed_split(out / "bf16+compile" / "ckpt.pt", out / "test", out / "emb.parquet", n_tokens=64, log=lambda *a: None)
     ids, X = read_embeddings(out / "emb.parquet")
     print(f"embeddings on GPU: {X.shape}, finite: {np.isfinite(X).all()}")
@@ -97,9 +99,11 @@ def throughput(sizes: list[str], batches: list[int], steps: int = 20) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, default=Path("/tmp/gpu_check"))
-    p.add_argument("--sizes", nargs="+", default=["21M", "89M", "309M"])
+    p.add_argument("--sizes", nargs="*", default=["21M", "89M", "309M"])
     p.add_argument("--batches", nargs="+", type=int, default=[8, 32])
+    p.add_argument("--steps", type=int, default=300, help="training steps of the precision check")
     args = p.parse_args()
     print(torch.__version__, torch.cuda.get_device_name())
-    correctness(args.out)
-    throughput(args.sizes, args.batches)
+    correctness(args.out, args.steps)
+    if args.sizes:
+        throughput(args.sizes, args.batches)

@@ -10,6 +10,7 @@ import pytest
 from astropt.figures import (
     downstream_table,
     plot_downstream,
+    plot_examples,
     plot_loss_curves,
     plot_scaling,
     plot_umap,
@@ -154,3 +155,14 @@ def test_umap_embedding_rejects_bad_input():
         umap_embedding(np.full((10, 3), np.nan))
     with pytest.raises(ValueError, match="2-D"):
         umap_embedding(np.zeros(10))
+
+
+def test_plot_examples_writes_png(tmp_path):
+    from astropt.synthetic import SyntheticConfig, generate
+
+    meta = generate(tmp_path / "syn", SyntheticConfig(n_train=5, n_val=1, n_test=0), log=lambda _: None)
+    out = tmp_path / "sub" / "examples.png"
+    plot_examples(tmp_path / "syn", meta, out, n=16, seed=1)  # n above the table: all 6 shown
+    assert _is_png(out)
+    with pytest.raises(ValueError, match="no_such_column"):
+        plot_examples(tmp_path / "syn", meta, tmp_path / "x.png", columns=("no_such_column",))

@@ -86,7 +86,7 @@ def test_micro_workflow_end_to_end(tmp_path):
         assert {"mag_r_desi", "est_petro_th50", "redshift"} <= set(probes["property"])
     fit = json.loads((work / "results/scaling/fit.json").read_text())
     assert fit["n_points"] == 2 and fit["sizes"] == ["30K", "144K"]
-    for fig in ("scaling.png", "downstream.png", "umap_144K.png"):
+    for fig in ("scaling.png", "downstream.png", "umap_144K.png", "examples.png"):
         assert (work / "results/figures" / fig).stat().st_size > 10_000
     assert not (work / "results/figures/umap_30K.png").exists()
     for split in ("train", "validation", "test"):
@@ -139,6 +139,7 @@ def test_folder_source_through_the_workflow(tmp_path):
         "folder": {"images": str(stamps), "catalogue": str(tmp_path / "cat.csv"), "val_fraction": 0.2, "test_fraction": 0.2},
     }
     config["tokens"]["fit"] = "crop"
+    config["probe"] = {"properties": None}  # every numeric catalogue column
     cfg = tmp_path / "folder.yaml"
     cfg.write_text(yaml.safe_dump(config))
     work = tmp_path / "wf"
@@ -146,7 +147,7 @@ def test_folder_source_through_the_workflow(tmp_path):
     for item in ("Snakefile", "workflow", "config"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
-    proc = snakemake("--cores", "2", f"--configfile={cfg}", "results/tokens/rejected.csv", "results/probes/30K.csv", cwd=work)
+    proc = snakemake("--cores", "2", f"--configfile={cfg}", "results/tokens/rejected.csv", "results/probes/30K.csv", "results/figures/examples.png", cwd=work)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     rejected = pd.read_csv(work / "results/tokens/rejected.csv")
     assert sorted(rejected["id"]) == ["band1", "broken", "flat"]
@@ -155,3 +156,4 @@ def test_folder_source_through_the_workflow(tmp_path):
     assert kept == 60
     assert json.loads((work / "results/tokens/train/meta.json").read_text())["dtype"] == "float32"
     assert set(pd.read_csv(work / "results/probes/30K.csv")["property"]) == {"redshift", "mag_r"}
+    assert (work / "results/figures/examples.png").stat().st_size > 10_000  # float (FITS) tokens shown

@@ -40,6 +40,7 @@ def final_outputs():
         "results/scaling/fit.json",
         "results/figures/scaling.png",
         "results/figures/downstream.png",
+        "results/figures/examples.png",
         *expand("results/figures/umap_{size}.png", size=CFG.umap_sizes),
     ]
 

@@ -61,3 +61,24 @@ rule figure_umap:
         **job_resources("figures"),
     script:
         "../scripts/figure_umap.py"
+
+
+rule figure_examples:
+    input:
+        tokens=f"results/tokens/{EMBED_SPLIT}/tokens.npy",
+        metadata=rules.download.output.metadata,
+    output:
+        report(
+            "results/figures/examples.png",
+            caption="../report/examples.rst",
+            category="Data",
+        ),
+    params:
+        seed=CFG.seed,
+    log:
+        "logs/figures/examples.log",
+    threads: job_threads("figures")
+    resources:
+        **job_resources("figures"),
+    script:
+        "../scripts/figure_examples.py"
