@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -270,6 +271,8 @@ def _coerce(instance: Any, node: dict, root: dict) -> Any:
         return [_coerce(v, node["items"], root) for v in instance]
     types = node.get("type", [])
     types = [types] if isinstance(types, str) else types
+    if isinstance(instance, float) and not math.isfinite(instance) and ("number" in types or "integer" in types):
+        return str(instance)  # NaN passes range checks: as a string the schema refuses it, naming the key
     if isinstance(instance, float) and "integer" in types and "number" not in types and instance.is_integer():
         return int(instance)  # 16.0 (YAML "16.0", JSON 16.0) for an integer key: meant as 16
     if not isinstance(instance, str):
@@ -279,13 +282,19 @@ def _coerce(instance: Any, node: dict, root: dict) -> Any:
         return None
     if "boolean" in types and text.lower() in ("true", "false"):
         return text.lower() == "true"
-    if "integer" in types and re.fullmatch(r"[+-]?\d+", text):
-        return int(text)
-    if "number" in types:
+    if "integer" in types or "number" in types:
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             return instance
+        if not math.isfinite(value):
+            return instance  # "nan" / "inf": left a string, so the schema refuses it
+        if "integer" in types and re.fullmatch(r"[+-]?\d+", text):
+            return int(text)
+        if "integer" in types and "number" not in types and value.is_integer():
+            return int(value)  # "16.0", "1e3"
+        if "number" in types:
+            return value
     return instance
 
 

@@ -47,6 +47,11 @@ class BatchGatherer:
         normalise it into a new tensor) before the next call.
         """
         n = len(indices)
+        if n > self.buffers[0].shape[0]:
+            raise ValueError(f"batch of {n} galaxies exceeds the gatherer's buffers ({self.buffers[0].shape[0]})")
+        if n and (indices.min() < 0 or indices.max() >= len(self.tokens)):
+            bad = int(((indices < 0) | (indices >= len(self.tokens))).sum())
+            raise IndexError(f"{bad} galaxy indices outside 0..{len(self.tokens) - 1}")
         i = self.turn
         self.turn = (self.turn + 1) % len(self.buffers)
         if self.events[i] is not None:

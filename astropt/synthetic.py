@@ -42,7 +42,8 @@ high where an artefact was drawn (and raised by saturated stars), edge-on for in
 Every galaxy draws its random numbers from its own generators, seeded from ``(seed, index, k)``
 (k = 0 properties, 1 sky noise, 2 neighbour / stars / artefact / votes), so the output does not
 depend on ``workers`` or chunking, and switching a stamp feature off (its fraction or rate 0)
-leaves every other pixel and truth as it was. Galaxies are assigned to splits in index order:
+leaves every other pixel and physical truth as it was (the vote fractions can move: saturated
+stars raise the artefact vote). Galaxies are assigned to splits in index order:
 the first ``n_train`` are "train", then ``n_val`` "validation", then ``n_test`` "test"
 (galaxies are independent draws, so this is as random as a permutation).
 

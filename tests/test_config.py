@@ -105,3 +105,14 @@ def test_whole_number_floats_are_integers(default):
     assert cfg.train_config("42K").micro_batch == 16 and isinstance(cfg.train_config("42K").micro_batch, int)
     custom = {**default["custom_sizes"], "42K": {**default["custom_sizes"]["42K"], "n_layer": 2.0}}
     assert load_config(dict(default, custom_sizes=custom)).size_spec("42K").model.n_layer == 2
+
+
+@pytest.mark.parametrize("value, expected", [("16.0", 16), ("1e3", 1000), ("32", 32)])
+def test_numeric_strings_for_integer_keys(default, value, expected):
+    assert load_config(dict(default, train={**default["train"], "micro_batch": value})).train_config("42K").micro_batch == expected
+
+
+@pytest.mark.parametrize("value", ["nan", float("nan"), float("inf")])
+def test_non_finite_numbers_are_refused_by_key(default, value):
+    with pytest.raises(ConfigError, match="'train.weight_decay'"):
+        load_config(dict(default, train={**default["train"], "weight_decay": value}))

@@ -95,7 +95,13 @@ def test_micro_workflow_end_to_end(tmp_path):
     assert (work / "resources/galaxies/metadata.parquet").exists()
     # Settings that cannot change outputs rerun nothing (params carry only what matters).
     cfg = f"--configfile={ROOT / 'tests/data/micro.yaml'}"
-    for change in ("tokens={workers: 2, norm: image}", "data={synthetic: {workers: 2}}", "resources={train: {default: {cpus: 2}}}"):
+    for change in (
+        "tokens={workers: 2, norm: image}",
+        "data={synthetic: {workers: 2}}",
+        "data={synthetic: {sky_noise: 0.001}, folder: {id_column: objid}}",  # same value (keys reordered); unused source
+        "resources={train: {default: {cpus: 2}}}",
+        "embed={batch_size: 32}",
+    ):
         dry = snakemake("all", "-n", "--cores", "2", cfg, "--config", change, cwd=work)
         assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, (change, dry.stdout[-2000:])
     rejected = pd.read_csv(work / "results/tokens/rejected.csv")

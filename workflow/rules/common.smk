@@ -95,9 +95,21 @@ def job_threads(rule_name):
 
 
 def output_params(section, *operational):
-    """A config section minus keys that cannot change a rule's outputs (worker counts...).
+    """A config section minus keys that cannot change a rule's outputs (worker counts...),
+    with its keys sorted at every level.
 
     Snakemake reruns a job whose params change; settings such as the number of worker
-    processes must not trigger that (the scripts read them from `snakemake.config`).
+    processes must not trigger that (the scripts read them from `snakemake.config`), and
+    neither must the order in which a config file happens to list its keys.
     """
-    return {k: v for k, v in section.items() if k not in operational}
+    kept = {k: v for k, v in section.items() if k not in operational}
+    return json.loads(json.dumps(kept, sort_keys=True))
+
+
+def download_params():
+    """The data settings the download's outputs depend on: only the chosen source's."""
+    data, source = CFG.data, CFG.data["source"]
+    chosen = {"source": source, "image_size": data["image_size"], "n_chan": data["n_chan"]}
+    if source in data:
+        chosen[source] = output_params(data[source], "workers")
+    return output_params(chosen)

@@ -3,7 +3,7 @@ rule download:
         metadata="resources/galaxies/metadata.parquet",
         rejected="resources/galaxies/rejected.csv",
     params:
-        data={**CFG.data, "synthetic": output_params(CFG.data["synthetic"], "workers")},
+        data=download_params(),
         seed=CFG.seed,
     log:
         "logs/download/download.log",

@@ -5,7 +5,7 @@ rule embed:
     output:
         "results/embeddings/{size}.parquet",
     params:
-        embed=CFG.embed,
+        embed=output_params(CFG.embed, "batch_size"),
     log:
         "logs/embed/{size}.log",
     benchmark:
@@ -24,7 +24,7 @@ rule probe:
     output:
         "results/probes/{size}.csv",
     params:
-        probe=CFG.probe,
+        probe=output_params(CFG.probe),
     log:
         "logs/probe/{size}.log",
     threads: job_threads("probe")

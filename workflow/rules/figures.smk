@@ -50,7 +50,7 @@ rule figure_umap:
             subcategory="{size}",
         ),
     params:
-        umap=CFG.umap,
+        umap=output_params(CFG.umap, "sizes"),  # which sizes get a map is not this map's business
         seed=CFG.seed,
     log:
         "logs/figures/umap_{size}.log",

@@ -4,7 +4,8 @@ from astropt import pipeline
 
 log = pipeline.script_log(snakemake)  # noqa: F821
 data = snakemake.params.data  # noqa: F821
-data["synthetic"]["workers"] = snakemake.config["data"]["synthetic"]["workers"]  # noqa: F821
+if "synthetic" in data:  # worker count: not a param, so changing it reruns nothing
+    data["synthetic"]["workers"] = snakemake.config["data"]["synthetic"]["workers"]  # noqa: F821
 pipeline.download(
     data,
     snakemake.output.metadata,  # noqa: F821

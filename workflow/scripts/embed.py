@@ -10,6 +10,6 @@ embed_split(
     snakemake.input.tokens.rsplit("/", 1)[0],  # noqa: F821
     snakemake.output[0],  # noqa: F821
     n_tokens=cfg["n_tokens"],
-    batch_size=cfg["batch_size"],
+    batch_size=snakemake.config["embed"]["batch_size"],  # noqa: F821  (not a param: no reruns)
     log=log,
 )
