@@ -18,6 +18,8 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -143,8 +145,12 @@ def read_catalogue(catalogue: str | Path, id_column: str = "id") -> pd.DataFrame
 
 
 def _random_splits(ids: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, str]:
-    """Seeded split of ``ids``: a permutation of the sorted ids, test first, then validation.
+    """Seeded split of ``ids``: galaxies ranked by a hash of (seed, id), test first, then
+    validation, the rest train.
 
+    Ranking by a per-id hash (not a permutation of the list) keeps the split stable when
+    stamps are added: existing galaxies keep their order, so only a few near the boundaries
+    can change split, and none of the test set leaks into training wholesale.
     Each split whose fraction is above 0 gets at least one galaxy (rounded counts otherwise).
     """
     ordered = sorted(ids)
@@ -157,7 +163,8 @@ def _random_splits(ids: list[str], val_fraction: float, test_fraction: float, se
             f"fraction of {test_fraction} (config keys 'data.folder.val_fraction', 'test_fraction'): "
             "no training galaxies would be left"
         )
-    perm = np.random.default_rng(seed).permutation(n)
+    keys = [hashlib.blake2b(f"{seed}:{gid}".encode(), digest_size=8).digest() for gid in ordered]
+    perm = np.array(sorted(range(n), key=keys.__getitem__), dtype=np.int64)
     split = np.full(n, "train", dtype=object)
     split[perm[:n_test]] = "test"
     split[perm[n_test : n_test + n_val]] = "validation"

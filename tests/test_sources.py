@@ -207,6 +207,16 @@ def test_split_assignment_is_seeded_and_order_free(tmp_path):
         folder_catalogue(a, tmp_path / "cat.csv", val_fraction=0.6, test_fraction=0.5, log=_quiet)
 
 
+def test_random_split_is_stable_when_stamps_are_added():
+    from astropt.sources import _random_splits
+
+    ids = [f"g{i:04d}" for i in range(1000)]
+    before = _random_splits(ids, 0.1, 0.1, seed=0)
+    after = _random_splits(ids + [f"new{i}" for i in range(20)], 0.1, 0.1, seed=0)
+    moved = sum(before[g] != after[g] for g in ids)
+    assert moved <= 10, moved  # only galaxies at the split boundaries may move
+
+
 def test_split_column_path_column_and_parquet(tmp_path):
     root = tmp_path / "imgs"
     (root / "x").mkdir(parents=True)
