@@ -140,6 +140,11 @@ class Config:
     def tokens(self) -> dict:
         return self.raw["tokens"]
 
+    def token_jobs(self, split: str) -> int:
+        """Tokenise jobs (shard groups) of a split: `tokens.jobs`, one number or per split."""
+        jobs = self.tokens["jobs"]
+        return int(jobs.get(split, 1)) if isinstance(jobs, dict) else int(jobs)
+
     @property
     def embed(self) -> dict:
         return self.raw["embed"]
@@ -394,6 +399,8 @@ def _check_semantics(cfg: Config) -> None:
         fr = raw["data"]["folder"]
         if fr["val_fraction"] + fr["test_fraction"] >= 1:
             problems.append("config key 'data.folder.val_fraction': val_fraction + test_fraction must be below 1")
+    if raw["data"]["source"] == "huggingface":
+        problems += _check_huggingface(raw["data"]["huggingface"])
     tr = raw["train"]
     if tr["warmup_steps"] >= tr["steps"]:
         problems.append(f"config key 'train.warmup_steps': {tr['warmup_steps']} is not below train.steps ({tr['steps']})")
@@ -425,6 +432,24 @@ def _check_semantics(cfg: Config) -> None:
                 )
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _check_huggingface(hf: dict) -> list[str]:
+    """Checks of ``data.huggingface`` the schema cannot express (used when it is the source).
+
+    Each split needs its own shards: two splits with the same pattern would hold the same galaxies.
+    """
+    problems = []
+    first: dict[str, str] = {}
+    for split in SPLITS:
+        pattern = hf["splits"][split]
+        if pattern in first:
+            problems.append(
+                f"config key 'data.huggingface.splits.{split}': pattern {pattern!r} is also the pattern of "
+                f"split {first[pattern]!r}; each split needs its own shards"
+            )
+        first.setdefault(pattern, split)
+    return problems
 
 
 def _format_count(n: int) -> str:

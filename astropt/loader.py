@@ -1,8 +1,8 @@
 """Host side of the training data path: memory-mapped tokens -> batches on the device.
 
 The tokens were tokenised once (``tokenise`` rule), so a training step only gathers raw
-patches: one ``np.take`` of the (sorted) galaxy rows straight from the memory map into a
-staging buffer, pinned when the device is a GPU, then an asynchronous copy. Patch
+patches: one ``np.take`` per shard of the (sorted) galaxy rows straight from the memory-mapped
+shards into a staging buffer, pinned when the device is a GPU, then an asynchronous copy. Patch
 normalisation runs on the device afterwards (``astropt.tokenise.normalise``).
 
 ``benchmarks/loader_throughput.py`` measures this path against AstroPT v1's per-step PNG
@@ -24,12 +24,13 @@ class BatchGatherer:
     k+1 while batch k is still in flight.
 
     Args:
-        tokens: (N, T, D) array, usually a read-only memmap.
+        tokens: (N, T, D) token shards (:class:`astropt.tokenise.ShardedTokens`) or one array
+            (a read-only memmap, say).
         batch_size: largest batch that will be requested.
         device: where batches go.
     """
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, tokens, batch_size: int, device: torch.device | str = "cpu") -> None:
         self.tokens = tokens
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
@@ -59,7 +60,11 @@ class BatchGatherer:
         buf = self.buffers[i][:n]
         # Sorted rows read the file in order; mode="clip" lets numpy write into `out`
         # directly (the default mode gathers into a temporary first).
-        np.take(self.tokens, np.sort(indices), axis=0, out=buf.numpy(), mode="clip")
+        rows = np.sort(indices)
+        if isinstance(self.tokens, np.ndarray):
+            np.take(self.tokens, rows, axis=0, out=buf.numpy(), mode="clip")
+        else:
+            self.tokens.take(rows, out=buf.numpy())
         if not self.cuda:
             return buf
         out = buf.to(self.device, non_blocking=True)

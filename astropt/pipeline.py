@@ -71,10 +71,11 @@ def download(data: dict, out_metadata: str | Path, out_rejected: str | Path, see
         if written != Path(out_rejected):
             written.replace(out_rejected)
         return meta
-    raise NotImplementedError(
-        f"config key 'data.source': {source!r} is not available yet in this version; "
-        "'synthetic' and 'folder' run (the HuggingFace source is on the roadmap, see README)"
-    )
+    if source == "huggingface":
+        from astropt.hf import download_huggingface
+
+        return download_huggingface(data["huggingface"], out_metadata, out_rejected, log=log)
+    raise ValueError(f"config key 'data.source': unknown source {source!r} (synthetic, folder or huggingface)")
 
 
 def collect_rejected(download_rejected: str | Path, split_rejected: dict[str, str | Path], out: str | Path, log=print) -> pd.DataFrame:
@@ -98,27 +99,39 @@ def tokenise(
     tokens: dict,
     image_size: int,
     n_chan: int = 3,
+    group: int = 0,
+    groups: int = 1,
+    image_column: str = "image",
     log=print,
 ) -> dict:
-    """Spiral-tokenise one split of the catalogue into ``out_dir``."""
-    from astropt.tokenise import tokenise_split
+    """Spiral-tokenise job ``group`` of ``groups`` of one split into ``out_dir`` (its shards
+    and part index; :func:`astropt.tokenise.merge_token_groups` joins the parts)."""
+    from astropt.tokenise import tokenise_group
 
-    meta = pd.read_parquet(metadata, columns=["id", "split", "image_path"])
-    rows = meta[meta["split"] == split]
+    import pyarrow.parquet as pq
+
+    present = set(pq.read_schema(metadata).names)
+    meta = pd.read_parquet(metadata, columns=[c for c in ("id", "split", "image_path", "image_row") if c in present])
+    rows = meta[meta["split"] == split].reset_index(drop=True)
     if rows.empty:
         raise ValueError(f"{metadata}: no galaxies in split {split!r} (splits present: {sorted(meta['split'].unique())})")
-    return tokenise_split(
+    return tokenise_group(
         rows,
         image_root=Path(metadata).parent,
         out_dir=Path(out_dir),
         patch_size=tokens["patch_size"],
         image_size=image_size,
+        group=group,
+        groups=groups,
+        shard_size=tokens["shard_size"],
         workers=tokens["workers"],
         max_reject_fraction=tokens["max_reject_fraction"],
         n_chan=n_chan,
         fit=tokens["fit"],
         nan=tokens["nan"],
         dtype=tokens["dtype"],
+        image_column=image_column,
+        split=split,
         log=log,
     )
 

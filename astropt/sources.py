@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from astropt.tokenise import FITS_SUFFIXES
+from astropt.images import FITS_SUFFIXES
 
 __all__ = [
     "IMAGE_SUFFIXES", "stamp_id", "scan_stamps", "read_catalogue", "folder_catalogue", "write_folder_source",

@@ -13,11 +13,17 @@ Follows AstroPT v1.0.0 (arXiv:2405.14930, ``astropt/local_datasets.py``):
   whole image instead, which separates model sizes better on clean synthetic stamps (the
   default config's choice; see config/README.md).
 
-It also turns a split of PNG/JPEG or FITS stamps into one memory-mappable token array on disk
-(:func:`tokenise_split`; ``uint8`` for 8-bit images, ``float16``/``float32`` for FITS), so training
-reads tokens without decoding images, and reads it back (:func:`load_tokens`). Bad stamps (corrupt,
-truncated, another size or band count, NaN pixels) are skipped, cropped, resized or zeroed as asked
-and listed with their reason. Normalisation happens at training time, on the training device.
+It also turns a split of stamps (PNG/JPEG/FITS files or images inside parquet shards, read by
+:mod:`astropt.images`) into memory-mappable token shards on disk, once, so training reads tokens
+without decoding images: ``uint8`` for 8-bit images, ``float16``/``float32`` for FITS. A split's
+catalogue rows are cut into shards of ``shard_size`` rows; :func:`tokenise_group` writes one
+job's run of shards (the workflow runs one job per shard group, e.g. one per SLURM task), reusing
+shards an interrupted earlier run finished; :func:`merge_token_groups` joins the jobs' parts into
+the split's ``index.parquet`` (id, split, shard, row) and ``meta.json``; :func:`tokenise_split`
+does both in one call; :func:`load_tokens` opens the shards as one lazily read array
+(:class:`ShardedTokens`). Bad stamps (corrupt, truncated, another size or band count, NaN pixels,
+repeated ids) are skipped, cropped, resized or zeroed as asked and listed with their reason.
+Normalisation happens at training time, on the training device.
 
 Example::
 
@@ -42,6 +48,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from astropt.images import FITS_SUFFIXES, ReadOptions, is_fits, read_stamps
+
 ArrayLike = np.ndarray | torch.Tensor
 
 __all__ = [
@@ -52,8 +60,14 @@ __all__ = [
     "tokens_to_image",
     "normalise",
     "tokenise_split",
+    "tokenise_group",
+    "merge_token_groups",
     "load_tokens",
     "TokenSplit",
+    "ShardedTokens",
+    "n_shards",
+    "group_shards",
+    "part_name",
     "FITS_SUFFIXES",
     "is_fits",
 ]
@@ -269,21 +283,126 @@ def normalise(
 
 
 # ---------------------------------------------------------------------------------------------
-# Tokenising a split of images to disk
+# Token shards on disk
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class TokenSplit:
-    """A tokenised split read back from disk.
+SHARD_FORMAT = 1
+"""Version of the shard layout below; a shard written under another version is re-tokenised."""
 
-    Attributes:
-        tokens: Memory-mapped array ``(N, T, D)``, spiral order, in the stored dtype
-            (``meta["dtype"]``: uint8, float16 or float32; splits written before FITS support
-            are uint8 and have no ``dtype`` key).
-        ids: Galaxy ids (str), one per row of ``tokens``.
-        meta: Contents of ``meta.json`` (patch_size, image_size, n_chan, n_tokens, dtype, ...).
+
+class ShardedTokens:
+    """The token shards of a split seen as one ``(N, T, D)`` array, read lazily.
+
+    Rows are numbered across the shards in order (shard 0's rows first). Indexing with an
+    int, a slice or an integer array (optionally followed by indices of the other axes, e.g.
+    ``tokens[a:b, :64]``) returns a numpy array; a slice inside one shard is a view of its
+    memory map. :meth:`take` gathers rows straight into a caller's buffer.
+
+    Args:
+        shards: One ``(n_k, T, D)`` array per shard (memory maps), all of the same T, D, dtype.
     """
 
-    tokens: np.memmap = field(repr=False)
+    ndim = 3
+
+    def __init__(self, shards: list[np.ndarray]) -> None:
+        if not shards:
+            raise ValueError("ShardedTokens needs at least one shard")
+        first = shards[0]
+        for k, a in enumerate(shards):
+            if a.ndim != 3 or a.shape[1:] != first.shape[1:] or a.dtype != first.dtype:
+                raise ValueError(
+                    f"shard {k} is {a.shape} {a.dtype}, shard 0 is {first.shape} {first.dtype}"
+                )
+        self.shards = shards
+        self.offsets = np.cumsum([0] + [len(a) for a in shards]).astype(np.int64)
+        self.shape = (int(self.offsets[-1]), *first.shape[1:])
+        self.dtype = first.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"ShardedTokens(shape={self.shape}, dtype={self.dtype}, shards={len(self.shards)})"
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """Every row in memory (a whole split: mind its size)."""
+        out = self.take(np.arange(len(self)))
+        return out if dtype is None else out.astype(dtype)
+
+    def _locate(self, rows: np.ndarray) -> np.ndarray:
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            bad = int(((rows < 0) | (rows >= len(self))).sum())
+            raise IndexError(f"{bad} galaxy indices outside 0..{len(self) - 1}")
+        return np.searchsorted(self.offsets, rows, side="right") - 1
+
+    def take(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``rows`` (any order) as ``(len(rows), T, D)``, written into ``out`` if given.
+
+        Sorted rows are fastest (what the training loader passes): each shard is read with one
+        ``np.take`` in file order straight into ``out`` (no intermediate array).
+        """
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if out is None:
+            out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        if len(rows) > 1 and np.any(rows[1:] < rows[:-1]):  # unsorted: gather sorted, then place
+            order = np.argsort(rows, kind="stable")
+            out[order] = self.take(rows[order])
+            return out
+        if not len(rows):
+            return out
+        if rows[0] < 0 or rows[-1] >= len(self):
+            bad = int(((rows < 0) | (rows >= len(self))).sum())
+            raise IndexError(f"{bad} galaxy indices outside 0..{len(self) - 1}")
+        first, last = np.searchsorted(self.offsets, rows[[0, -1]], side="right") - 1
+        if first == last:  # the usual case on a big split: one np.take
+            np.take(self.shards[first], rows - self.offsets[first], axis=0, out=out, mode="clip")
+            return out
+        cuts = np.searchsorted(rows, self.offsets[first : last + 2])  # rows of each shard
+        for k in range(first, last + 1):
+            a, b = cuts[k - first], cuts[k - first + 1]
+            if b > a:
+                np.take(self.shards[k], rows[a:b] - self.offsets[k], axis=0, out=out[a:b], mode="clip")
+        return out
+
+    def __getitem__(self, key):
+        rest: tuple = ()
+        if isinstance(key, tuple):
+            key, rest = key[0], key[1:]
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (len(self) if key < 0 else 0)
+            k = int(self._locate(np.array([i]))[0])
+            return self.shards[k][(i - int(self.offsets[k]), *rest)]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step == 1 and stop > start:  # each shard's piece sliced before it is read
+                first, last = self._locate(np.array([start, stop - 1]))
+                pieces = [
+                    self.shards[k][(slice(max(start - int(self.offsets[k]), 0),
+                                          min(stop, int(self.offsets[k + 1])) - int(self.offsets[k])), *rest)]
+                    for k in range(int(first), int(last) + 1)
+                ]
+                return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)  # one shard: a view
+            rows = np.arange(start, stop, step)
+        else:
+            rows = np.asarray(key)
+            if rows.dtype == bool:
+                rows = np.flatnonzero(rows)
+        out = self.take(rows)
+        return out[(slice(None), *rest)] if rest else out
+
+
+@dataclass
+class TokenSplit:
+    """A tokenised split read back from disk (:func:`load_tokens`).
+
+    Attributes:
+        tokens: The split's shards as one lazily read ``(N, T, D)`` array
+            (:class:`ShardedTokens`), spiral order, in the stored dtype (``meta["dtype"]``).
+        ids: Galaxy ids (str), one per row of ``tokens``.
+        meta: Contents of ``meta.json`` (patch_size, image_size, n_chan, n_tokens, dtype,
+            shards, counts...).
+    """
+
+    tokens: ShardedTokens = field(repr=False)
     ids: np.ndarray = field(repr=False)
     meta: dict[str, Any]
 
@@ -291,220 +410,65 @@ class TokenSplit:
         return len(self.ids)
 
 
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
-"""File endings (lower case) read as FITS through astropy; anything else goes to PIL."""
-
-_FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
-_MAX_CUBE_BANDS = 8  # a 3-D FITS cube whose last axis is <= this (and first is not) is (H, W, bands)
+def n_shards(n_galaxies: int, shard_size: int) -> int:
+    """Shards of a split of ``n_galaxies`` catalogue rows (shard ``k`` holds rows ``[kS, (k+1)S)``)."""
+    return -(-int(n_galaxies) // int(shard_size))
 
 
-def is_fits(path: str | Path) -> bool:
-    """Whether ``path`` names a FITS file (``.fits``, ``.fit``, ``.fts``, optionally ``.gz``)."""
-    return str(path).lower().endswith(FITS_SUFFIXES)
+def group_shards(n_shards_: int, group: int, groups: int) -> range:
+    """The contiguous shards tokenised by job ``group`` of ``groups`` (possibly none)."""
+    if not 0 <= group < groups:
+        raise ValueError(f"group {group} is not in 0..{groups - 1}")
+    return range(group * n_shards_ // groups, (group + 1) * n_shards_ // groups)
 
 
-@dataclass(frozen=True)
-class _ReadOptions:
-    """How a worker turns a file into an image: see :func:`tokenise_split`'s arguments."""
-
-    n_chan: int = 3
-    fit: str = "reject"
-    nan: str = "reject"
-    dtype: str = "uint8"  # storage dtype of the tokens
+def part_name(group: int, groups: int) -> str:
+    """Stem of the files a tokenise job writes under ``<split>/parts/``: ``0003-of-0016``."""
+    return f"{group:04d}-of-{groups:04d}"
 
 
-class _Reject(Exception):
-    """Raised while reading one galaxy; its message is the reason written to rejected.csv."""
-
-
-def _decode_pil(path: Path, n_chan: int) -> np.ndarray:
-    """Fully decode a PNG/JPEG (or any PIL format) to an (H, W, n_chan) uint8 array.
-
-    Every 8-bit image is converted to RGB when ``n_chan == 3`` (greyscale, palette, RGBA and
-    CMYK included, as AstroPT v1 did); greyscale ("L", "LA", "1") gives one band when
-    ``n_chan == 1``. Other combinations, and 16-bit or float images (which RGB conversion would
-    clip), are rejected.
-    """
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()  # forces the full decode: truncated files raise here
-        mode = im.mode
-        if mode in ("I", "F") or mode.startswith("I;"):
-            raise _Reject(
-                f"unsupported pixel format: PIL mode {mode} is not 8-bit; "
-                "store such stamps as FITS or 8-bit PNG"
-            )
-        if n_chan == 3:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-        if n_chan == 1 and mode in ("L", "LA", "1"):
-            return np.asarray(im.convert("L"), dtype=np.uint8)[..., None]
-        bands = {"L": 1, "1": 1, "LA": 2, "P": 3, "PA": 4}.get(mode, len(im.getbands()))
-        raise _Reject(f"unexpected band count: {bands} (expected {n_chan})")
-
-
-def _decode_fits(path: Path) -> np.ndarray:
-    """Read the first image HDU with data of a FITS file as an (H, W, bands) float32 array.
-
-    Layout rule: a 2-D image is one band; a 3-D cube is ``(bands, H, W)`` in numpy order
-    (``NAXIS3`` = bands, as FITS cubes are usually written), except that a cube whose last numpy
-    axis has at most 8 entries while its first has more is taken as ``(H, W, bands)``. Leading
-    length-1 axes of 4-D and higher data are dropped. BSCALE/BZERO/BLANK are applied by astropy.
-    """
-    import warnings
-
-    from astropy.io import fits
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            with fits.open(path, memmap=False) as hdul:
-                data = None
-                for hdu in hdul:
-                    if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
-                        if hdu.data is not None and hdu.data.size:
-                            data = np.asarray(hdu.data, dtype=np.float32)  # native byte order
-                            break
-        except Exception as exc:
-            hint = [str(w.message) for w in caught if "truncated" in str(w.message)]
-            raise _Reject(
-                f"unreadable: {type(exc).__name__}: {hint[0] if hint else exc}".replace("\n", " ")
-            ) from None
-    if data is None:
-        raise _Reject("unreadable: no image data in any HDU")
-    while data.ndim > 3 and data.shape[0] == 1:
-        data = data[0]
-    if data.ndim == 2:
-        return data[..., None]
-    if data.ndim == 3:
-        if data.shape[2] <= _MAX_CUBE_BANDS < data.shape[0]:
-            return data  # already (H, W, bands)
-        return np.ascontiguousarray(data.transpose(1, 2, 0))  # (bands, H, W) -> (H, W, bands)
-    raise _Reject(f"unsupported FITS data shape {data.shape}: expected 2-D or a 3-D cube")
-
-
-def _centre_crop(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    H, W = img.shape[:2]
-    top, left = (H - h) // 2, (W - w) // 2
-    return img[top : top + h, left : left + w]
-
-
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    """Resize an (H, W, C) image to (size, size, C); non-square ones are centre-cropped square first.
-
-    8-bit images go through PIL's bilinear filter; float images through torch's bilinear
-    interpolation with ``antialias=True`` (the same triangle filter, widened when shrinking, so
-    both kinds are resampled alike and downsampling does not alias).
-    """
-    side = min(img.shape[:2])
-    img = _centre_crop(img, side, side)
-    if img.dtype == np.uint8:
-        from PIL import Image
-
-        im = Image.fromarray(img[..., 0] if img.shape[2] == 1 else img)
-        out = np.asarray(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
-        return out.reshape(size, size, img.shape[2])
-    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]  # (1, C, H, W)
-    t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return t[0].permute(1, 2, 0).contiguous().numpy()
-
-
-def _load(path: Path, image_size: int | None, opts: _ReadOptions) -> tuple[np.ndarray, str]:
-    """Read one stamp and make it fit: ``(image (S, S, n_chan) in opts.dtype, note)``.
-
-    ``note`` is "" or what was done to keep it ("cropped", "resized", "NaN zeroed", joined by
-    ", "). Raises :class:`_Reject` with the reason otherwise.
-    """
-    if not path.is_file():
-        raise _Reject("missing file")
-    if is_fits(path.name):
-        img = _decode_fits(path)
-    else:
-        try:
-            img = _decode_pil(path, opts.n_chan)
-        except _Reject:
-            raise
-        except Exception as exc:  # PIL raises many types on corrupt data (OSError, SyntaxError, ...)
-            raise _Reject(f"unreadable: {type(exc).__name__}: {exc}".replace("\n", " ")) from None
-    if img.shape[2] != opts.n_chan:
-        raise _Reject(f"unexpected band count: {img.shape[2]} (expected {opts.n_chan})")
-    notes = []
-    H, W = img.shape[:2]
-    S = image_size
-    if S is not None and (H, W) != (S, S) and opts.fit == "crop" and H >= S and W >= S:
-        img = _centre_crop(img, S, S)
-        notes.append("cropped")
-    if img.dtype != np.uint8:
-        bad = ~np.isfinite(img)
-        n_bad = int(bad.sum())
-        if n_bad:
-            if opts.nan != "zero":
-                n_nan = int(np.isnan(img).sum())
-                inf = f", infinite pixels: {n_bad - n_nan}" if n_bad > n_nan else ""
-                raise _Reject(f"NaN pixels: {n_nan}{inf}")
-            img = np.where(bad, np.float32(0), img)
-            notes.append("NaN zeroed")
-    if S is not None and img.shape[:2] != (S, S):
-        if opts.fit != "resize":
-            small = " (smaller than the crop)" if opts.fit == "crop" else ""
-            raise _Reject(f"wrong size: {W}x{H} px, expected {S}x{S}{small}")
-        img = _resize(img, S)
-        notes.append("resized")
-    if opts.dtype == "uint8":
-        if img.dtype != np.uint8:  # FITS data stored as uint8: only exact 0..255 integers
-            if img.min() < 0 or img.max() > 255 or not np.array_equal(img, np.round(img)):
-                raise _Reject(
-                    f"values do not fit uint8 (range {img.min():.4g} to {img.max():.4g}, "
-                    "integers 0-255 needed): store as float16 or float32"
-                )
-            img = img.astype(np.uint8)
-    elif img.dtype == np.uint8:
-        img = img.astype(opts.dtype)  # 0..255 kept exactly
-    else:
-        if opts.dtype == "float16":
-            peak = float(np.abs(img).max())
-            if peak > _FLOAT16_MAX:
-                raise _Reject(f"values exceed float16 range (max |x| = {peak:.4g} > 65504): store as float32")
-        img = img.astype(opts.dtype, copy=False)
-    return img, ", ".join(notes)
-
-
-def _read_one(
-    path: Path, image_size: int | None, opts: _ReadOptions = _ReadOptions()
-) -> tuple[np.ndarray | None, str, str]:
-    """Return ``(image, "", note)`` or ``(None, reason, "")`` for one file."""
-    try:
-        img, note = _load(path, image_size, opts)
-    except _Reject as rej:
-        return None, str(rej), ""
-    except Exception as exc:  # anything else a broken file can trigger stays a rejection
-        return None, f"unreadable: {type(exc).__name__}: {exc}".replace("\n", " "), ""
-    return img, "", note
+def _shard_stem(k: int) -> str:
+    return f"{k:05d}"
 
 
 def _tokenise_chunk(
     image_root: str,
-    items: list[tuple[str, str]],
+    items: list[tuple[str, int]],
     patch_size: int,
     image_size: int,
-    opts: _ReadOptions = _ReadOptions(),
-) -> tuple[np.ndarray, list[int], list[str], list[str]]:
-    """Worker: tokenise a chunk; returns (tokens of the good ones, good positions, reasons, notes)."""
-    root = Path(image_root)
-    good, pos, reasons, notes = [], [], [], []
-    for k, (_, rel) in enumerate(items):
-        img, reason, note = _read_one(root / rel, image_size, opts)
+    opts: ReadOptions = ReadOptions(),
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Worker: tokenise ``(path, row)`` items; returns (tokens of the good ones, reasons, notes)."""
+    good, reasons, notes = [], [], []
+    for img, reason, note in read_stamps(Path(image_root), items, image_size, opts):
         reasons.append(reason)
         notes.append(note)
         if img is not None:
             good.append(image_to_tokens(img, patch_size))
-            pos.append(k)
     if good:
-        tokens = np.stack(good)
-    else:
-        T = (image_size // patch_size) ** 2
-        tokens = np.zeros((0, T, patch_size * patch_size * opts.n_chan), np.dtype(opts.dtype))
-    return tokens, pos, reasons, notes
+        return np.stack(good), reasons, notes
+    T = (image_size // patch_size) ** 2
+    return np.zeros((0, T, patch_size * patch_size * opts.n_chan), np.dtype(opts.dtype)), reasons, notes
+
+
+def _in_order(tasks, fn, workers: int):
+    """``fn(*task)`` for each task, in order, on ``workers`` processes, at most ``2 * workers``
+    results held at once (so a huge split never piles up in memory)."""
+    if workers <= 1:
+        for task in tasks:
+            yield fn(*task)
+        return
+    from collections import deque
+
+    with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+        tasks = iter(tasks)
+        pending = deque(pool.submit(fn, *t) for _, t in zip(range(2 * workers), tasks))
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(tasks, None)
+            if nxt is not None:
+                pending.append(pool.submit(fn, *nxt))
+            yield result
 
 
 def _fmt_s(seconds: float) -> str:
@@ -514,6 +478,443 @@ def _fmt_s(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f}min"
     return f"{seconds / 3600:.1f}h"
+
+
+_FIX_NOTES = ("cropped", "resized", "NaN zeroed")
+
+
+def _count_reasons(reasons: list[str]) -> dict[str, int]:
+    return {
+        "n_missing": sum(r == "missing file" for r in reasons),
+        "n_unreadable": sum(r.startswith(("unreadable", "unsupported", "no image data")) for r in reasons),
+        "n_wrong_size": sum(r.startswith("wrong size") for r in reasons),
+        "n_wrong_bands": sum(r.startswith("unexpected band count") for r in reasons),
+        "n_nan": sum(r.startswith("NaN pixels") for r in reasons),
+        "n_out_of_range": sum(r.startswith("values") for r in reasons),
+        "n_duplicate": sum(r.startswith("duplicate id") for r in reasons),
+    }
+
+
+def _check_options(fit: str, nan: str, dtype: str, n_chan: int, shard_size: int) -> None:
+    for name, value, allowed in (
+        ("fit", fit, ("reject", "crop", "resize")),
+        ("nan", nan, ("reject", "zero")),
+        ("dtype", dtype, ("auto", "uint8", "float16", "float32")),
+    ):
+        if value not in allowed:
+            raise ValueError(f"tokenise: {name} must be one of {list(allowed)}, got {value!r}")
+    if int(n_chan) != n_chan or n_chan < 1:
+        raise ValueError(f"tokenise: n_chan must be a positive integer, got {n_chan!r}")
+    if int(shard_size) != shard_size or shard_size < 1:
+        raise ValueError(f"tokenise: shard_size must be a positive integer, got {shard_size!r}")
+
+
+def _catalogue_items(metadata: pd.DataFrame, where: str) -> tuple[list[str], list[str], list[int]]:
+    """ids, image paths and parquet rows (-1 for image files) of a split's catalogue."""
+    missing_cols = {"id", "image_path"} - set(metadata.columns)
+    if missing_cols:
+        raise ValueError(f"metadata lacks column(s) {sorted(missing_cols)}; needs id, image_path")
+    if metadata.empty:
+        raise ValueError(f"metadata for {where} is empty: no galaxies to tokenise")
+    ids = metadata["id"].astype(str).tolist()
+    rels = metadata["image_path"].astype(str).tolist()
+    if "image_row" in metadata.columns:
+        rows = pd.to_numeric(metadata["image_row"]).fillna(-1).astype(np.int64).tolist()
+    else:
+        rows = [-1] * len(ids)
+    return ids, rels, rows
+
+
+def _duplicates(ids: list[str]) -> dict[int, str]:
+    """Positions of repeated ids -> reason naming the first occurrence."""
+    first: dict[str, int] = {}
+    dup: dict[int, str] = {}
+    for i, gid in enumerate(ids):
+        if gid in first:
+            dup[i] = f"duplicate id (first at catalogue row {first[gid]} of the split)"
+        else:
+            first[gid] = i
+    return dup
+
+
+def _fingerprint(settings: dict, image_root: Path, ids, rels, rows) -> str:
+    """What a shard's tokens depend on: settings, its galaxies and their files' size and
+    modification time (so regenerated or replaced images are tokenised again)."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    stats: dict[str, str] = {}
+    for gid, rel, row in zip(ids, rels, rows):
+        if rel not in stats:
+            try:
+                st = (image_root / rel).stat()
+                stats[rel] = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                stats[rel] = "missing"
+        h.update(f"{gid}\0{rel}\0{row}\0{stats[rel]}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def _read_done(shard_dir: Path, k: int, fingerprint: str) -> dict | None:
+    """The record of shard ``k`` if an earlier run finished it with this fingerprint."""
+    stem = _shard_stem(k)
+    done, npy = shard_dir / f"{stem}.json", shard_dir / f"{stem}.npy"
+    try:
+        record = json.loads(done.read_text())
+        if record.get("fingerprint") != fingerprint or record.get("format") != SHARD_FORMAT:
+            return None
+        arr = np.load(npy, mmap_mode="r")
+        if arr.shape[0] != len(record["ids"]):
+            return None
+        return record
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _resolve_reference(image_root: Path, ids, rels, rows, opts: ReadOptions, image_size, skip) -> int:
+    """Stamp side when the config leaves it open: that of the split's first readable stamp."""
+    if image_size is not None:
+        return int(image_size)
+    first_reason = ""
+    for i, (rel, row) in enumerate(zip(rels, rows)):
+        if i in skip:
+            continue
+        img, reason, _ = next(read_stamps(image_root, [(rel, row)], None, opts))
+        first_reason = first_reason or reason
+        if img is not None:
+            if img.shape[0] != img.shape[1]:
+                raise ValueError(f"{image_root / rel}: stamps must be square, got {img.shape[1]}x{img.shape[0]}")
+            return int(img.shape[0])
+    raise RuntimeError(
+        f"None of the {len(ids)} images under {image_root} could be read, "
+        f"e.g. {ids[0]} ({image_root / rels[0]}): {first_reason}"
+    )
+
+
+def tokenise_group(
+    metadata: pd.DataFrame,
+    image_root: Path,
+    out_dir: Path,
+    patch_size: int,
+    image_size: int | None = None,
+    *,
+    group: int = 0,
+    groups: int = 1,
+    shard_size: int = 2048,
+    workers: int = 1,
+    log: Callable[[str], Any] = print,
+    max_reject_fraction: float = 0.5,
+    chunk_size: int = 256,
+    n_chan: int = 3,
+    fit: Literal["reject", "crop", "resize"] = "reject",
+    nan: Literal["reject", "zero"] = "reject",
+    dtype: Literal["auto", "uint8", "float16", "float32"] = "auto",
+    image_column: str = "image",
+    split: str = "",
+) -> dict[str, Any]:
+    """Tokenise job ``group`` of ``groups`` of a split: its shards, and a part index.
+
+    The split's catalogue rows are cut into shards of ``shard_size`` rows (shard ``k`` holds
+    the kept galaxies of rows ``[k*shard_size, (k+1)*shard_size)``); job ``group`` tokenises the
+    contiguous run of shards :func:`group_shards` gives it, so the tokens never depend on
+    ``groups`` or ``workers``. Each shard is written under ``out_dir/shards/`` as
+    ``00042.npy`` (``(n_kept, T, D)``, memory-mappable) and then ``00042.json`` (its galaxies,
+    rejects and a fingerprint of the settings and input files), both by atomic renames. A
+    shard whose record exists with the same fingerprint is reused, not re-read: a job that is
+    interrupted and rerun loses at most the shards it was writing.
+
+    The job's part of the split index goes to ``out_dir/parts/<part_name>.parquet`` (columns
+    ``id, split, shard, row``), its rejects to ``.rejected.csv`` (``id, image_path, reason``) and
+    its counts and settings to ``.json``; :func:`merge_token_groups` joins the parts.
+
+    Args:
+        metadata: The whole split's catalogue: columns ``id`` and ``image_path`` (relative to
+            ``image_root``, or absolute), optionally ``image_row`` (row of an encoded image in
+            the parquet shard ``image_path``; the HuggingFace source). Every job gets the same
+            table. A repeated id is rejected ("duplicate id ...") after its first occurrence.
+        image_root: Folder the image paths are relative to.
+        out_dir: The split's token folder (created).
+        patch_size: Patch side in pixels.
+        image_size: Required stamp side; ``None``: that of the split's first readable stamp.
+        group: This job's number, ``0 <= group < groups``.
+        groups: Jobs the split is tokenised by.
+        shard_size: Catalogue rows per shard.
+        workers: Processes decoding images; the output does not depend on it.
+        log: Called with progress lines (about every 10 %) and a summary.
+        max_reject_fraction: Raise if more than this fraction of the job's galaxies is rejected.
+        chunk_size: Galaxies per work unit of a worker process.
+        n_chan, fit, nan: See :func:`tokenise_split`.
+        dtype: Storage dtype; ``"auto"``: uint8 unless some path of the split is a FITS file
+            (decided from the whole split's paths, so every job agrees), then float32.
+        image_column: Column of encoded images in parquet shards.
+        split: Name written into the index's ``split`` column.
+
+    Returns:
+        The job's summary (also its ``.json``): settings, ``shards`` (list of ``{shard, file,
+        n}``), counts ``n_total``, ``n_galaxies``, ``n_rejected``, one ``n_<reason>`` per reason,
+        ``n_cropped``, ``n_resized``, ``n_nan_zeroed``, and ``n_reused`` (shards kept from an
+        earlier run).
+
+    Raises:
+        ValueError: On missing columns, an empty table, a bad option or group.
+        RuntimeError: If more than ``max_reject_fraction`` of the job's galaxies are rejected.
+    """
+    image_root, out_dir = Path(image_root), Path(out_dir)
+    _check_options(fit, nan, dtype, n_chan, shard_size)
+    n_chan, shard_size = int(n_chan), int(shard_size)
+    ids, rels, rows = _catalogue_items(metadata, str(out_dir))
+    dup = _duplicates(ids)
+    if dtype == "auto":  # from file names, so every job and shard agrees
+        dtype = "float32" if any(is_fits(r) for r in rels) else "uint8"
+    opts = ReadOptions(n_chan=n_chan, fit=fit, nan=nan, dtype=dtype, image_column=image_column)
+    image_size = _resolve_reference(image_root, ids, rels, rows, opts, image_size, dup)
+    if image_size % patch_size:
+        raise ValueError(f"Image size ({image_size}) must be divisible by patch size ({patch_size})")
+    T, D = (image_size // patch_size) ** 2, patch_size * patch_size * n_chan
+    store = np.dtype(dtype)
+    settings = {
+        "format": SHARD_FORMAT, "patch_size": int(patch_size), "image_size": image_size,
+        "n_chan": n_chan, "fit": fit, "nan": nan, "dtype": dtype, "image_column": image_column,
+        "shard_size": shard_size,
+    }
+    K = n_shards(len(ids), shard_size)
+    mine = group_shards(K, group, groups)
+    shard_dir = out_dir / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+
+    def rows_of(k: int) -> range:
+        return range(k * shard_size, min((k + 1) * shard_size, len(ids)))
+
+    records: dict[int, dict] = {}
+    todo: list[tuple[int, str]] = []
+    for k in mine:  # temporary files of a killed earlier run of this job (only it writes these shards)
+        for stale in shard_dir.glob(f"{_shard_stem(k)}.*.tmp-*"):
+            stale.unlink(missing_ok=True)
+    for k in mine:
+        r = rows_of(k)
+        fp = _fingerprint(settings, image_root, ids[r.start : r.stop], rels[r.start : r.stop], rows[r.start : r.stop])
+        rec = _read_done(shard_dir, k, fp)
+        if rec is not None:
+            records[k] = rec
+        else:
+            todo.append((k, fp))
+    n_mine = sum(len(rows_of(k)) for k in mine)
+    n_todo = sum(len(rows_of(k)) for k, _ in todo)
+    label = f"{split or out_dir.name} job {part_name(group, groups)}"
+    log(
+        f"{label}: shards {mine.start}-{mine.stop - 1} of {K} ({n_mine} galaxies, {shard_size} per shard)"
+        if len(mine) else f"{label}: no shards (the split has {K})"
+    )
+    if records:
+        log(f"  reusing {len(records)} shard(s) finished by an earlier run; {len(todo)} to tokenise ({n_todo} galaxies)")
+    if todo:
+        log(
+            f"  tokenising {n_todo} galaxies from {image_root} ({image_size}px, {n_chan} band(s), "
+            f"{patch_size}px patches: {T} tokens x {D} {dtype} values, {workers} worker(s))"
+        )
+
+    # Work units: chunks of one shard's rows (duplicates are not read).
+    tasks, plan = [], []
+    for k, fp in todo:
+        r = rows_of(k)
+        for a in range(r.start, r.stop, chunk_size):
+            b = min(a + chunk_size, r.stop)
+            read = [i for i in range(a, b) if i not in dup]
+            tasks.append((str(image_root), [(rels[i], rows[i]) for i in read], patch_size, image_size, opts))
+            plan.append((k, fp, a, b, read))
+
+    t0, done, next_log, n_rej = time.perf_counter(), 0, 0.1, 0
+    current: dict[str, Any] = {}
+    tmp_suffix = f".tmp-{os.getpid()}"
+
+    def start_shard(k: int, fp: str) -> None:
+        r = rows_of(k)
+        npy = shard_dir / (_shard_stem(k) + ".npy" + tmp_suffix)
+        current.update(k=k, fp=fp, npy=npy, ids=[], rejected=[], fixed=dict.fromkeys(_FIX_NOTES, 0),
+                       mm=np.lib.format.open_memmap(npy, mode="w+", dtype=store, shape=(len(r), T, D)))
+
+    def finish_shard() -> None:
+        k, mm = current["k"], current.pop("mm")
+        mm.flush()
+        del mm
+        n_ok = len(current["ids"])
+        _shrink_npy(current["npy"], (n_ok, T, D), store)
+        stem = _shard_stem(k)
+        os.replace(current["npy"], shard_dir / f"{stem}.npy")
+        record = {"format": SHARD_FORMAT, "fingerprint": current["fp"], "shard": k,
+                  "ids": current["ids"], "rejected": current["rejected"], "fixed": current["fixed"]}
+        tmp = shard_dir / (stem + ".json" + tmp_suffix)
+        tmp.write_text(json.dumps(record) + "\n")
+        os.replace(tmp, shard_dir / f"{stem}.json")  # the record last: it marks the shard done
+        records[k] = record
+        current.clear()
+
+    try:
+        for (tokens, reasons, notes), (k, fp, a, b, read) in zip(_in_order(tasks, _tokenise_chunk, workers), plan):
+            if not current:
+                start_shard(k, fp)
+            row = len(current["ids"])
+            current["mm"][row : row + len(tokens)] = tokens
+            outcome = dict(zip(read, zip(reasons, notes)))
+            for i in range(a, b):
+                reason, note = outcome.get(i, (dup.get(i, ""), ""))
+                if reason:
+                    path = rels[i] if rows[i] < 0 else f"{rels[i]} (row {rows[i]})"
+                    current["rejected"].append([ids[i], path, reason])
+                    n_rej += 1
+                else:
+                    current["ids"].append(ids[i])
+                    for n in note.split(", ") if note else ():
+                        current["fixed"][n] += 1
+            if b == rows_of(k).stop:  # the shard's last chunk: write it now
+                finish_shard()
+            done += b - a
+            if done / n_todo >= next_log or done == n_todo:
+                dt = time.perf_counter() - t0
+                rate = done / dt if dt > 0 else float("inf")
+                log(
+                    f"  {done}/{n_todo} galaxies ({100 * done / n_todo:.0f}%), {rate:.0f}/s, "
+                    f"ETA {_fmt_s((n_todo - done) / rate)}, {n_rej} rejected"
+                )
+                while next_log <= done / n_todo:
+                    next_log += 0.1
+    finally:
+        if "mm" in current:
+            del current["mm"]
+        if current:
+            current["npy"].unlink(missing_ok=True)
+        for stray in shard_dir.glob(f"*{tmp_suffix}"):
+            stray.unlink(missing_ok=True)
+
+    # The job's part of the index, its rejects and counts.
+    index = pd.DataFrame(
+        [(gid, split, k, r) for k in mine for r, gid in enumerate(records[k]["ids"])],
+        columns=["id", "split", "shard", "row"],
+    ).astype({"shard": np.int64, "row": np.int64})
+    rejected = [tuple(x) for k in mine for x in records[k]["rejected"]]
+    reasons = [r for _, _, r in rejected]
+    fixed = {n: sum(records[k]["fixed"][n] for k in mine) for n in _FIX_NOTES}
+    counts = {
+        "n_total": n_mine,
+        "n_galaxies": len(index),
+        "n_rejected": len(rejected),
+        **_count_reasons(reasons),
+        "n_cropped": fixed["cropped"],
+        "n_resized": fixed["resized"],
+        "n_nan_zeroed": fixed["NaN zeroed"],
+    }
+    if counts["n_rejected"] > max_reject_fraction * max(n_mine, 1):
+        first = "; ".join(f"{g} ({r})" for g, _, r in rejected[:5])
+        raise RuntimeError(
+            f"{counts['n_rejected']} of {n_mine} images under {image_root} were rejected "
+            f"(more than {max_reject_fraction:.0%}); first: {first}"
+        )
+    summary = {
+        **settings, "n_tokens": T, "token_dim": D, "order": "spiral",
+        "layout": "(h p1) (w p2) c -> (h w) (p1 p2 c)", "group": group, "groups": groups,
+        "n_shards": K,
+        "shards": [{"shard": k, "file": f"shards/{_shard_stem(k)}.npy", "n": len(records[k]["ids"])} for k in mine],
+        **counts, "n_reused": len(mine) - len(todo),
+    }
+    part = out_dir / "parts" / part_name(group, groups)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    _atomic(part.with_suffix(".parquet"), lambda p: index.to_parquet(p, index=False))
+    _atomic(part.with_suffix(".rejected.csv"),
+            lambda p: pd.DataFrame(rejected, columns=["id", "image_path", "reason"]).to_csv(p, index=False))
+    _atomic(part.with_suffix(".json"), lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
+    dt = time.perf_counter() - t0
+    extra = [
+        f"{counts[k]} {lab}"
+        for k, lab in (
+            ("n_duplicate", "duplicate ids"),
+            ("n_wrong_bands", "with another band count"),
+            ("n_nan", "with NaN pixels"),
+            ("n_out_of_range", "out of the dtype's range"),
+            ("n_cropped", "cropped"),
+            ("n_resized", "resized"),
+            ("n_nan_zeroed", "with NaN pixels zeroed"),
+        )
+        if counts[k]
+    ]
+    log(
+        f"{label}: kept {counts['n_galaxies']} of {n_mine} galaxies"
+        + (f" ({n_todo} tokenised in {dt:.1f}s, {n_todo / max(dt, 1e-9):.0f}/s)" if n_todo else "")
+        + f"; {counts['n_unreadable']} unreadable images skipped, {counts['n_missing']} missing, "
+        f"{counts['n_wrong_size']} wrong size" + "".join(f", {e}" for e in extra)
+    )
+    return summary
+
+
+def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_SETTING_KEYS = ("format", "patch_size", "image_size", "n_chan", "fit", "nan", "dtype", "image_column",
+                 "shard_size", "n_tokens", "token_dim", "n_shards", "order", "layout")
+
+
+def merge_token_groups(out_dir: Path, groups: int, max_reject_fraction: float = 0.5, log=print) -> dict[str, Any]:
+    """Join the parts written by the ``groups`` tokenise jobs of a split into its index.
+
+    Checks that the parts agree on the settings, cover every shard exactly once, and that each
+    shard file holds the rows its part lists; writes ``index.parquet`` (``id, split, shard,
+    row``), ``rejected.csv`` and ``meta.json`` (settings, shard list, counts) in ``out_dir``.
+
+    Raises:
+        FileNotFoundError: If a part or shard file is missing.
+        ValueError: If the parts disagree or a shard does not match its part.
+        RuntimeError: If more than ``max_reject_fraction`` of the split is rejected.
+    """
+    out_dir = Path(out_dir)
+    parts = [out_dir / "parts" / part_name(g, groups) for g in range(groups)]
+    absent = [str(p.with_suffix(".json")) for p in parts if not p.with_suffix(".json").is_file()]
+    if absent:
+        raise FileNotFoundError(f"tokenise parts missing (run their tokenise jobs): {', '.join(absent[:5])}")
+    summaries = [json.loads(p.with_suffix(".json").read_text()) for p in parts]
+    ref = {k: summaries[0].get(k) for k in _SETTING_KEYS}
+    for p, s in zip(parts, summaries):
+        other = {k: s.get(k) for k in _SETTING_KEYS}
+        if other != ref:
+            diff = {k: (ref[k], other[k]) for k in _SETTING_KEYS if ref[k] != other[k]}
+            raise ValueError(f"{p}.json was written with other settings than part 0: {diff}; rerun the tokenise jobs")
+    shards = [s for summary in summaries for s in summary["shards"]]
+    if [s["shard"] for s in shards] != list(range(ref["n_shards"])):
+        raise ValueError(f"{out_dir}: the parts cover shards {[s['shard'] for s in shards]}, expected 0..{ref['n_shards'] - 1}")
+    index = pd.concat([pd.read_parquet(p.with_suffix(".parquet")) for p in parts], ignore_index=True)
+    T, D = ref["n_tokens"], ref["token_dim"]
+    for s in shards:
+        path = out_dir / s["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"token shard {path} is missing: rerun its tokenise job")
+        arr = np.load(path, mmap_mode="r")
+        if arr.shape != (s["n"], T, D) or arr.dtype != np.dtype(ref["dtype"]):
+            raise ValueError(f"token shard {path} is {arr.shape} {arr.dtype}, its part lists ({s['n']}, {T}, {D}) {ref['dtype']}")
+    rejected = pd.concat(
+        [pd.read_csv(p.with_suffix(".rejected.csv"), dtype=str, keep_default_na=False) for p in parts], ignore_index=True
+    )
+    count_keys = [k for k in summaries[0] if k.startswith("n_") and k not in _SETTING_KEYS]
+    counts = {k: int(sum(s[k] for s in summaries)) for k in count_keys}
+    if counts["n_rejected"] > max_reject_fraction * counts["n_total"]:
+        first = "; ".join(f"{r.id} ({r.reason})" for r in rejected.head(5).itertuples())
+        raise RuntimeError(
+            f"{counts['n_rejected']} of {counts['n_total']} galaxies of {out_dir} were rejected "
+            f"(more than {max_reject_fraction:.0%}); first: {first}"
+        )
+    meta = {**ref, "shards": [{"file": s["file"], "n": s["n"]} for s in shards], "groups": groups, **counts}
+    _atomic(out_dir / "index.parquet", lambda p: index.to_parquet(p, index=False))
+    _atomic(out_dir / "rejected.csv", lambda p: rejected.to_csv(p, index=False))
+    _atomic(out_dir / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    log(
+        f"{out_dir}: {counts['n_galaxies']} of {counts['n_total']} galaxies in {len(shards)} shard(s) "
+        f"from {groups} job(s); {counts['n_rejected']} rejected"
+        + (f" (see {out_dir / 'rejected.csv'})" if counts["n_rejected"] else "")
+    )
+    return meta
 
 
 def tokenise_split(
@@ -530,34 +931,41 @@ def tokenise_split(
     fit: Literal["reject", "crop", "resize"] = "reject",
     nan: Literal["reject", "zero"] = "reject",
     dtype: Literal["auto", "uint8", "float16", "float32"] = "auto",
-) -> dict[str, int]:
-    """Decode, check, patchify and spiral-order a split of stamps into one token file.
+    shard_size: int = 2048,
+    image_column: str = "image",
+    split: str = "",
+) -> dict[str, Any]:
+    """Decode, check, patchify and spiral-order a split of stamps into token shards, in one job.
 
-    Reads 8-bit PNG/JPEG (PIL) and FITS (astropy; any file ending ``.fits``, ``.fit``,
-    ``.fts``, optionally ``.gz``). FITS: the first image HDU holding data; a 2-D image is one
-    band, a 3-D cube is ``(bands, H, W)`` as FITS stores it (``NAXIS3`` = bands), except a cube
-    whose last numpy axis has at most 8 entries while its first has more, which is read as
-    ``(H, W, bands)``. PNG/JPEG: RGB when ``n_chan == 3`` (any 8-bit mode is converted, as in
-    AstroPT v1), greyscale when ``n_chan == 1``; 16-bit and float PNG/TIFF modes are rejected.
+    The same as :func:`tokenise_group` with one group followed by :func:`merge_token_groups`
+    (the workflow runs one tokenise job per shard group instead, in parallel).
+
+    Reads 8-bit PNG/JPEG (PIL), FITS (astropy; any file ending ``.fits``, ``.fit``, ``.fts``,
+    optionally ``.gz``) and encoded images in parquet shards (``image_row`` column). FITS: the
+    first image HDU holding data; a 2-D image is one band, a 3-D cube is ``(bands, H, W)`` as
+    FITS stores it (``NAXIS3`` = bands), except a cube whose last numpy axis has at most 8
+    entries while its first has more, which is read as ``(H, W, bands)``. PNG/JPEG: RGB when
+    ``n_chan == 3`` (any 8-bit mode is converted, as in AstroPT v1), greyscale when
+    ``n_chan == 1``; 16-bit and float PNG/TIFF modes are rejected.
 
     Every bad galaxy is skipped and listed with its reason, never fatal (unless too many):
     missing, truncated or corrupt files of any type ("missing file", "unreadable: ..."), another
     band count ("unexpected band count: 5 (expected 3)"), NaN/inf pixels ("NaN pixels: 12"),
     another size ("wrong size: 40x40 px, expected 32x32"), values the storage dtype cannot hold
-    ("values exceed float16 range ..."). Output in ``out_dir`` (written under temporary names
-    and renamed at the end, so an interrupted run leaves no half-written file under a final
-    name):
+    ("values exceed float16 range ..."), a repeated id ("duplicate id ..."). Output in
+    ``out_dir``, every file written under a temporary name and renamed:
 
-    * ``tokens.npy``: ``(N_ok, T, D)`` in the storage dtype, spiral order, openable with
-      ``np.load(..., mmap_mode="r")``; filled incrementally through a memory map;
-    * ``index.parquet``: columns ``id``, ``row`` (row of ``tokens.npy``);
+    * ``shards/00000.npy`` ...: ``(n_k, T, D)`` in the storage dtype, spiral order, openable
+      with ``np.load(..., mmap_mode="r")``, plus ``shards/00000.json`` records;
+    * ``index.parquet``: columns ``id``, ``split``, ``shard``, ``row`` (row in that shard);
     * ``rejected.csv``: columns ``id``, ``image_path``, ``reason`` (header only when none);
     * ``meta.json``: patch_size, image_size, n_chan, n_tokens, token_dim, dtype, fit, nan,
-      order, counts.
+      shard_size, shards, order, counts;
+    * ``parts/0000-of-0001.*``: the job's part (see :func:`tokenise_group`).
 
     Args:
-        metadata: Table with columns ``id`` (str, unique) and ``image_path`` (relative to
-            ``image_root``, or absolute); rows are tokenised in this order.
+        metadata: Table with columns ``id`` and ``image_path`` (relative to ``image_root``, or
+            absolute), optionally ``image_row``; rows are tokenised in this order.
         image_root: Folder the image paths are relative to.
         out_dir: Output folder (created).
         patch_size: Patch side in pixels.
@@ -576,206 +984,32 @@ def tokenise_split(
             mode="bilinear", antialias=True)`` for FITS data, so shrinking does not alias.
         nan: FITS stamps with NaN or infinite pixels (counted after a crop): ``"reject"`` them
             or set those pixels to ``"zero"``.
-        dtype: Storage of ``tokens.npy``. ``"auto"``: ``uint8`` when no path of the split is a
+        dtype: Storage of the shards. ``"auto"``: ``uint8`` when no path of the split is a
             FITS file (decided from file names before decoding), else ``float32``. 8-bit images
             stored as float keep their 0-255 values; FITS values beyond float16's 65504 are
             rejected under ``"float16"``; under ``"uint8"`` only FITS holding integers 0-255 are
             kept.
+        shard_size: Catalogue rows per shard.
+        image_column: Column of encoded images in parquet shards.
+        split: Name written into the index's ``split`` column.
 
     Returns:
-        Counts: ``n_total``, ``n_galaxies`` (kept), ``n_rejected``, ``n_missing``,
-        ``n_unreadable``, ``n_wrong_size``, ``n_wrong_bands``, ``n_nan``, ``n_out_of_range``
-        (rejected for each reason), ``n_cropped``, ``n_resized``, ``n_nan_zeroed`` (kept after
-        fixing).
+        ``meta.json``'s contents: settings and counts ``n_total``, ``n_galaxies`` (kept),
+        ``n_rejected``, ``n_missing``, ``n_unreadable``, ``n_wrong_size``, ``n_wrong_bands``,
+        ``n_nan``, ``n_out_of_range``, ``n_duplicate`` (rejected for each reason),
+        ``n_cropped``, ``n_resized``, ``n_nan_zeroed`` (kept after fixing), ``n_reused``.
 
     Raises:
-        ValueError: On missing columns, duplicate ids, an empty table, a size not divisible by
-            the patch size or an unknown option.
+        ValueError: On missing columns, an empty table, a size not divisible by the patch
+            size or an unknown option.
         RuntimeError: If more than ``max_reject_fraction`` of the galaxies are rejected.
     """
-    image_root, out_dir = Path(image_root), Path(out_dir)
-    for name, value, allowed in (
-        ("fit", fit, ("reject", "crop", "resize")),
-        ("nan", nan, ("reject", "zero")),
-        ("dtype", dtype, ("auto", "uint8", "float16", "float32")),
-    ):
-        if value not in allowed:
-            raise ValueError(f"tokenise_split: {name} must be one of {list(allowed)}, got {value!r}")
-    if int(n_chan) != n_chan or n_chan < 1:
-        raise ValueError(f"tokenise_split: n_chan must be a positive integer, got {n_chan!r}")
-    n_chan = int(n_chan)
-    missing_cols = {"id", "image_path"} - set(metadata.columns)
-    if missing_cols:
-        raise ValueError(f"metadata lacks column(s) {sorted(missing_cols)}; needs id, image_path")
-    ids = metadata["id"].astype(str).tolist()
-    rels = metadata["image_path"].astype(str).tolist()
-    n_total = len(ids)
-    if n_total == 0:
-        raise ValueError(f"metadata for {out_dir} is empty: no galaxies to tokenise")
-    dup = pd.Index(ids)[pd.Index(ids).duplicated()]
-    if len(dup):
-        raise ValueError(f"metadata has duplicate galaxy ids, e.g. {list(dup[:5])}")
-    if dtype == "auto":  # from file names, so the token array is allocated once
-        dtype = "float32" if any(is_fits(r) for r in rels) else "uint8"
-    store = np.dtype(dtype)
-    opts = _ReadOptions(n_chan=n_chan, fit=fit, nan=nan, dtype=dtype)
-
-    # Reference size: the first image that reads (read here, before any worker starts).
-    if image_size is None:
-        first_reason = ""
-        for rel in rels:
-            img, reason, _ = _read_one(image_root / rel, None, opts)
-            first_reason = first_reason or reason
-            if img is not None:
-                if img.shape[0] != img.shape[1]:
-                    raise ValueError(
-                        f"{image_root / rel}: stamps must be square, got {img.shape[1]}x{img.shape[0]}"
-                    )
-                image_size = int(img.shape[0])
-                break
-        else:
-            raise RuntimeError(
-                f"None of the {n_total} images under {image_root} could be read, "
-                f"e.g. {ids[0]} ({image_root / rels[0]}): {first_reason}"
-            )
-    if image_size % patch_size:
-        raise ValueError(f"Image size ({image_size}) must be divisible by patch size ({patch_size})")
-    T = (image_size // patch_size) ** 2
-    D = patch_size * patch_size * n_chan
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = f".tmp-{os.getpid()}"
-    final = {k: out_dir / k for k in ("tokens.npy", "index.parquet", "rejected.csv", "meta.json")}
-    tmp = {k: p.with_name(p.name + suffix) for k, p in final.items()}
-
-    items = list(zip(ids, rels))
-    chunks = [items[i : i + chunk_size] for i in range(0, n_total, chunk_size)]
-    log(
-        f"tokenising {n_total} galaxies from {image_root} -> {out_dir} "
-        f"({image_size}px, {n_chan} band(s), {patch_size}px patches: {T} tokens x {D} {dtype} values, "
-        f"{workers} worker(s))"
+    tokenise_group(
+        metadata, image_root, out_dir, patch_size, image_size, group=0, groups=1, shard_size=shard_size,
+        workers=workers, log=log, max_reject_fraction=max_reject_fraction, chunk_size=chunk_size,
+        n_chan=n_chan, fit=fit, nan=nan, dtype=dtype, image_column=image_column, split=split,
     )
-
-    t0 = time.perf_counter()
-    try:
-        # Allocated for every galaxy; shrunk to the kept rows at the end.
-        mm = np.lib.format.open_memmap(tmp["tokens.npy"], mode="w+", dtype=store, shape=(n_total, T, D))
-        kept_ids: list[str] = []
-        rejected: list[tuple[str, str, str]] = []
-        fixed = {"cropped": 0, "resized": 0, "NaN zeroed": 0}
-        next_log, done = 0.1, 0
-
-        def consume(start: int, result: tuple[np.ndarray, list[int], list[str], list[str]]) -> None:
-            nonlocal next_log, done
-            tokens, pos, reasons, notes = result
-            row = len(kept_ids)
-            mm[row : row + len(pos)] = tokens
-            for k, reason in enumerate(reasons):
-                gid, rel = items[start + k]
-                if reason:
-                    rejected.append((gid, rel, reason))
-                else:
-                    kept_ids.append(gid)
-                    for note in notes[k].split(", ") if notes[k] else ():
-                        fixed[note] += 1
-            done += len(reasons)
-            if done / n_total >= next_log or done == n_total:
-                dt = time.perf_counter() - t0
-                rate = done / dt if dt > 0 else float("inf")
-                log(
-                    f"  {done}/{n_total} galaxies ({100 * done / n_total:.0f}%), "
-                    f"{rate:.0f}/s, ETA {_fmt_s((n_total - done) / rate)}, {len(rejected)} rejected"
-                )
-                while next_log <= done / n_total:
-                    next_log += 0.1
-
-        args = (str(image_root),)
-        if workers <= 1:
-            for i, chunk in enumerate(chunks):
-                consume(i * chunk_size, _tokenise_chunk(*args, chunk, patch_size, image_size, opts))
-        else:
-            with cf.ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [
-                    pool.submit(_tokenise_chunk, *args, chunk, patch_size, image_size, opts)
-                    for chunk in chunks
-                ]
-                for i, fut in enumerate(futures):  # in order: rows do not depend on workers
-                    consume(i * chunk_size, fut.result())
-                    futures[i] = None  # type: ignore[call-overload]  # free the chunk
-
-        n_ok, n_rej = len(kept_ids), len(rejected)
-        if n_rej > max_reject_fraction * n_total:
-            first = "; ".join(f"{g} ({r})" for g, _, r in rejected[:5])
-            raise RuntimeError(
-                f"{n_rej} of {n_total} images under {image_root} were rejected "
-                f"(more than {max_reject_fraction:.0%}); first: {first}"
-            )
-        mm.flush()
-        del mm
-        _shrink_npy(tmp["tokens.npy"], (n_ok, T, D), store)
-
-        pd.DataFrame({"id": kept_ids, "row": np.arange(n_ok, dtype=np.int64)}).to_parquet(
-            tmp["index.parquet"], index=False
-        )
-        pd.DataFrame(rejected, columns=["id", "image_path", "reason"]).to_csv(
-            tmp["rejected.csv"], index=False
-        )
-        reasons = [r for _, _, r in rejected]
-        counts = {
-            "n_total": n_total,
-            "n_galaxies": n_ok,
-            "n_rejected": n_rej,
-            "n_missing": sum(r == "missing file" for r in reasons),
-            "n_unreadable": sum(r.startswith(("unreadable", "unsupported")) for r in reasons),
-            "n_wrong_size": sum(r.startswith("wrong size") for r in reasons),
-            "n_wrong_bands": sum(r.startswith("unexpected band count") for r in reasons),
-            "n_nan": sum(r.startswith("NaN pixels") for r in reasons),
-            "n_out_of_range": sum(r.startswith("values") for r in reasons),
-            "n_cropped": fixed["cropped"],
-            "n_resized": fixed["resized"],
-            "n_nan_zeroed": fixed["NaN zeroed"],
-        }
-        meta = {
-            "patch_size": int(patch_size),
-            "image_size": int(image_size),
-            "n_chan": n_chan,
-            "n_tokens": T,
-            "token_dim": D,
-            "dtype": dtype,
-            "fit": fit,
-            "nan": nan,
-            "order": "spiral",
-            "layout": "(h p1) (w p2) c -> (h w) (p1 p2 c)",
-            **counts,
-        }
-        tmp["meta.json"].write_text(json.dumps(meta, indent=2) + "\n")
-        for key in ("tokens.npy", "index.parquet", "rejected.csv", "meta.json"):  # meta last
-            os.replace(tmp[key], final[key])
-    finally:
-        for p in tmp.values():
-            p.unlink(missing_ok=True)
-
-    dt = time.perf_counter() - t0
-    extra = [
-        f"{counts[k]} {label}"
-        for k, label in (
-            ("n_wrong_bands", "with another band count"),
-            ("n_nan", "with NaN pixels"),
-            ("n_out_of_range", "out of the dtype's range"),
-            ("n_cropped", "cropped"),
-            ("n_resized", "resized"),
-            ("n_nan_zeroed", "with NaN pixels zeroed"),
-        )
-        if counts[k]
-    ]
-    log(
-        f"tokenised {n_ok} of {n_total} galaxies in {dt:.1f}s ({n_total / max(dt, 1e-9):.0f}/s); "
-        f"{counts['n_unreadable']} unreadable images skipped, {counts['n_missing']} missing, "
-        f"{counts['n_wrong_size']} wrong size"
-        + "".join(f", {e}" for e in extra)
-        + (f" (see {final['rejected.csv']})" if n_rej else "")
-    )
-    return counts
+    return merge_token_groups(out_dir, 1, max_reject_fraction, log=log)
 
 
 def _shrink_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
@@ -818,30 +1052,35 @@ def _copy_rows(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
 
 
 def load_tokens(split_dir: Path) -> TokenSplit:
-    """Open a split written by :func:`tokenise_split` (tokens memory-mapped, read-only).
-
-    Args:
-        split_dir: Folder holding ``tokens.npy``, ``index.parquet`` and ``meta.json``.
-
-    Returns:
-        The :class:`TokenSplit`.
+    """Open a split written by :func:`tokenise_split` / :func:`merge_token_groups` (shards
+    memory-mapped, read-only).
 
     Raises:
-        FileNotFoundError: If the folder or one of its files is missing.
-        ValueError: If the index and the token array disagree.
+        FileNotFoundError: If the folder, its index, meta or a shard is missing.
+        ValueError: If the index and the shards disagree.
     """
     split_dir = Path(split_dir)
-    needed = [split_dir / n for n in ("tokens.npy", "index.parquet", "meta.json")]
+    needed = [split_dir / n for n in ("index.parquet", "meta.json")]
     absent = [p.name for p in needed if not p.is_file()]
     if absent:
         raise FileNotFoundError(
-            f"Tokenised split {split_dir} is missing {', '.join(absent)}; run tokenise_split first"
+            f"Tokenised split {split_dir} is missing {', '.join(absent)}; run the tokenise rule (or tokenise_split) first"
         )
-    tokens = np.load(needed[0], mmap_mode="r")
-    index = pd.read_parquet(needed[1]).sort_values("row")
-    meta = json.loads(needed[2].read_text())
-    if len(index) != len(tokens) or not np.array_equal(index["row"].to_numpy(), np.arange(len(tokens))):
-        raise ValueError(
-            f"{split_dir}: index.parquet lists {len(index)} rows but tokens.npy has {len(tokens)}"
-        )
+    index = pd.read_parquet(needed[0])
+    meta = json.loads(needed[1].read_text())
+    if "shards" not in meta:
+        raise ValueError(f"{split_dir} was tokenised by an older version (no shards in meta.json): tokenise it again")
+    arrays = []
+    for k, s in enumerate(meta["shards"]):
+        path = split_dir / s["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"token shard {path} listed in {needed[1]} is missing: tokenise the split again")
+        arr = np.load(path, mmap_mode="r")
+        if len(arr) != s["n"]:
+            raise ValueError(f"token shard {path} has {len(arr)} rows, {needed[1]} lists {s['n']}")
+        arrays.append(arr)
+    tokens = ShardedTokens(arrays)
+    expect = np.concatenate([np.arange(s["n"]) for s in meta["shards"]]) if arrays else np.zeros(0)
+    if len(index) != len(tokens) or not np.array_equal(index["row"].to_numpy(), expect):
+        raise ValueError(f"{split_dir}: index.parquet lists {len(index)} rows but the shards hold {len(tokens)}")
     return TokenSplit(tokens=tokens, ids=np.asarray(index["id"].astype(str).tolist(), dtype=str), meta=meta)

@@ -7,9 +7,9 @@ stamps (1024 tokens x 768 values), side by side in one run:
    a PNG from disk with PIL, float tensor, patchify, per-patch ``(x - mean) / (std + 1e-8)``,
    spiral order by a Python sort over the patches' spiral ranks, ``X = x[:-1]``, ``Y = x[1:]``;
 2. this project's loader (``astropt.train``): the stamps tokenised once by
-   ``astropt.tokenise.tokenise_split`` into a ``uint8 (N, T, D)`` ``tokens.npy``, memory-mapped
+   ``astropt.tokenise.tokenise_split`` into ``uint8 (n, T, D)`` token shards, memory-mapped
    by ``load_tokens``; per step a batch of B galaxies drawn with ``sample_indices`` and gathered
-   (sorted rows, one ``np.take`` straight into a staging buffer, pinned on a GPU machine) by
+   (sorted rows, one ``np.take`` per shard straight into a staging buffer, pinned on a GPU machine) by
    ``astropt.loader.BatchGatherer``, exactly as ``train.py`` does. Two figures: *host only* (the CPU's whole share when normalisation runs on the
    GPU, the project's design) and *host + CPU normalise* (``normalise(..., "patch")`` on the
    CPU, for a CPU-only machine), both ending in ``X = x[:, :-1]``, ``Y = x[:, 1:]``.
@@ -18,7 +18,7 @@ Extra rows try host-side variants (the earlier fancy-index + copy, unsorted rows
 into the staging buffer, contiguous blocks of a block-shuffled order, a memmap whose
 pages are already mapped), to show what a faster loader would need.
 
-Before timing, the PNGs and ``tokens.npy`` are read once, so both paths read from the page
+Before timing, the PNGs and the token shards are read once, so both paths read from the page
 cache: the steady state of training on a data set that fits in RAM. Each timed repeat of the
 project's loader opens a fresh memmap and takes one epoch (every galaxy once), so each page is
 touched for the first time in that repeat (page faults included). The script first checks
@@ -135,8 +135,9 @@ def _host_unsorted(split, idx, step, staging, gather):
 
 
 def _host_take(split, idx, step, staging, gather):
+    # One shard's memmap gathered directly, without ShardedTokens (its overhead, by difference).
     # mode="clip": numpy buffers `out` (a second copy) in the default mode="raise"
-    np.take(split.tokens, np.sort(idx), axis=0, out=staging.numpy(), mode="clip")
+    np.take(split.tokens.shards[0], np.sort(idx), axis=0, out=staging.numpy(), mode="clip")
     return staging
 
 
@@ -153,19 +154,24 @@ class _Pread:
     """Host step reading each galaxy's rows with ``os.preadv`` straight into the staging buffer."""
 
     def __init__(self, tok_dir: Path) -> None:
-        path = Path(tok_dir) / "tokens.npy"
-        self.offset = np.load(path, mmap_mode="r").offset  # bytes of the .npy header
-        self.fd = os.open(path, os.O_RDONLY)
+        split = load_tokens(tok_dir)
+        self.starts = split.tokens.offsets
+        paths = [Path(tok_dir) / s["file"] for s in split.meta["shards"]]
+        self.header = [np.load(p, mmap_mode="r").offset for p in paths]  # bytes of each .npy header
+        self.fds = [os.open(p, os.O_RDONLY) for p in paths]
 
     def __call__(self, split, idx, _step, staging, _gather=None):
         row = int(np.prod(split.tokens.shape[1:]))  # bytes per galaxy (uint8)
         buf = staging.numpy()
-        for k, i in enumerate(np.sort(idx)):
-            os.preadv(self.fd, [buf[k]], self.offset + int(i) * row)
+        rows = np.sort(idx)
+        shard = np.searchsorted(self.starts, rows, side="right") - 1
+        for k, (i, s) in enumerate(zip(rows, shard)):
+            os.preadv(self.fds[s], [buf[k]], self.header[s] + int(i - self.starts[s]) * row)
         return staging
 
     def close(self) -> None:
-        os.close(self.fd)
+        for fd in self.fds:
+            os.close(fd)
 
 
 def _reference_runner(paths: list[Path], patch_size: int, per_repeat: int) -> Callable[[int], tuple[int, float]]:
@@ -232,6 +238,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--patch-size", type=int, default=16, help="patch side in pixels")
     p.add_argument("--ref-n", type=int, default=128, help="galaxies per reference repeat (it is slow)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-size", type=int, default=2048,
+                   help="galaxies per token shard (the config's tokens.shard_size)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes for the untimed set-up (writing and tokenising stamps)")
     p.add_argument("--data-dir", type=Path, default=None,
@@ -265,15 +273,16 @@ def _run(args: argparse.Namespace, root: Path) -> dict[str, float]:
 
     t0 = timer()
     meta = write_stamps(root, args.n, S, args.seed, args.workers)
-    tok_dir = root / f"tokens_p{P}"
+    tok_dir = root / f"tokens_p{P}_s{args.shard_size}"
     if not (tok_dir / "meta.json").is_file():
         tokenise_split(meta, root, tok_dir, patch_size=P, image_size=S, workers=args.workers,
-                       log=lambda *a: None)
+                       shard_size=args.shard_size, log=lambda *a: None)
     paths = [root / r for r in meta["image_path"]]
     png_bytes = warm_page_cache(paths)
-    tok_bytes = warm_page_cache([tok_dir / "tokens.npy"])
+    shards = load_tokens(tok_dir).meta["shards"]
+    tok_bytes = warm_page_cache([tok_dir / s["file"] for s in shards])
     print(f"set-up {timer() - t0:.0f}s (untimed): PNGs {png_bytes / args.n / 1e3:.0f} kB/galaxy, "
-          f"tokens.npy {tok_bytes / 1e6:.0f} MB; both read once, so timed reads come from the "
+          f"{len(shards)} token shard(s) {tok_bytes / 1e6:.0f} MB; both read once, so timed reads come from the "
           f"page cache (steady-state training on data that fits in RAM)")
 
     # Same galaxies, same X / Y: the speed comparison is fair only if this holds.
@@ -300,8 +309,9 @@ def _run(args: argparse.Namespace, root: Path) -> dict[str, float]:
         ("os.preadv straight into staging (1 copy)", pread, True),
         ("contiguous block into staging (block shuffle)", _host_block, True),
         ("as ours, memmap pages already mapped", _host, False),
-        ("np.take into staging, pages already mapped", _host_take, False),
     ]
+    if len(shards) == 1:
+        extra.append(("np.take on the shard memmap directly, pages mapped", _host_take, False))
     for name, fn, fresh in extra:
         runners["  " + name] = _epoch_runner(tok_dir, B, args.seed, fn, fresh)
     rates = time_interleaved(runners, args.repeats)

@@ -4,9 +4,9 @@ For synthetic 8-bit RGB PNG stamps (see ``_reference.py``) at the paper's size (
 patches: 1024 tokens x 768 values) and the embedded default's (64x64, 8 px patches: 64 x 192):
 
 * images/s on one core: ``astropt.tokenise.tokenise_split(..., workers=1)`` over N stamps
-  (decode, checks, patchify, spiral order, writing ``tokens.npy`` / index / meta), median of
+  (decode, checks, patchify, spiral order, writing the token shards / index / meta), median of
   ``--repeats`` runs with the PNGs in the page cache; PIL decode alone is shown for comparison;
-* bytes on disk per galaxy: the PNG, ``tokens.npy`` as ``tokenise_split`` writes it (uint8),
+* bytes on disk per galaxy: the PNG, the token shards as ``tokenise_split`` writes them (uint8),
   and the same tokens written by numpy as float16 and float32 ``.npy`` files (the real file
   sizes, headers included), plus what each would take for the 8.6M galaxies of the paper.
 
@@ -79,12 +79,12 @@ def bench_size(root: Path, image_size: int, patch_size: int, n: int, repeats: in
             raise RuntimeError(f"tokenise_split kept {counts['n_galaxies']} of {n} stamps in {out}")
         if r < repeats - 1:
             shutil.rmtree(out)
-    tokens = out / "tokens.npy"
+    shards = sorted((out / "shards").glob("*.npy"))
     sizes = {
         "png": sum(os.path.getsize(p) for p in paths) / n,
-        "uint8": os.path.getsize(tokens) / n,
-        "float16": _write_as(tokens, root / "tokens_f16.npy", np.float16) / n,
-        "float32": _write_as(tokens, root / "tokens_f32.npy", np.float32) / n,
+        "uint8": sum(os.path.getsize(f) for f in shards) / n,
+        "float16": sum(_write_as(f, root / "tokens_f16.npy", np.float16) for f in shards) / n,
+        "float32": sum(_write_as(f, root / "tokens_f32.npy", np.float32) for f in shards) / n,
     }
     for name in ("tokens_f16.npy", "tokens_f32.npy"):
         (root / name).unlink()
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
               f"{1e3 / r['rate']:8.2f} {r['rate_min']:8.1f}-{r['rate_max']:<8.1f}  "
               f"{r['decode']:9.1f} img/s")
     print()
-    print("bytes on disk per galaxy (uint8: tokens.npy from tokenise_split; float16/float32: the same "
+    print("bytes on disk per galaxy (uint8: the shards tokenise_split writes; float16/float32: the same "
           "tokens saved by numpy)")
     print(f"{'stamps':<9} {'PNG':>11} {'uint8':>11} {'float16':>11} {'float32':>11}   "
           f"{'uint8/PNG':>9}   {'8.6M galaxies: PNG / uint8 / float16 / float32':>46}")

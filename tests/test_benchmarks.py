@@ -78,7 +78,7 @@ def test_reference_and_loader_give_the_same_xy(stamps, position):
 
 def test_loader_host_path_matches_normalise_of_the_token_rows(stamps):
     _, tok_dir, _ = stamps
-    tokens = np.load(tok_dir / "tokens.npy", mmap_mode="r")
+    tokens = np.load(tok_dir / "shards/00000.npy", mmap_mode="r")
     idx = np.array([5, 1, 6])
     gather = BatchGatherer(tokens, 4, "cpu")
     raw = loader.ours_raw(gather, idx)

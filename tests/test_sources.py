@@ -173,7 +173,7 @@ def test_folder_resize_and_workers(mixed, tmp_path):
     c1 = tokenise_split(keep, tmp_path / "resources", tmp_path / "r1", **kw)
     c2 = tokenise_split(keep, tmp_path / "resources", tmp_path / "r2", workers=2, chunk_size=2, **kw)
     assert c1 == c2 and c1["n_galaxies"] == 6 and c1["n_resized"] == 3 and c1["n_nan_zeroed"] == 1
-    for name in ("tokens.npy", "rejected.csv", "meta.json"):
+    for name in ("shards/00000.npy", "rejected.csv", "meta.json"):
         assert (tmp_path / "r1" / name).read_bytes() == (tmp_path / "r2" / name).read_bytes(), name
     split = load_tokens(tmp_path / "r1")
     assert split.tokens.shape == (6, 16, 192)

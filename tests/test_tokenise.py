@@ -15,11 +15,15 @@ import torch
 from PIL import Image
 
 from astropt.tokenise import (
+    ShardedTokens,
     image_to_tokens,
     load_tokens,
+    merge_token_groups,
     normalise,
+    part_name,
     patchify,
     spiral_order,
+    tokenise_group,
     tokenise_split,
     tokens_to_image,
     unpatchify,
@@ -194,20 +198,23 @@ def test_tokenise_split_outputs(folder, tmp_path):
     counts = tokenise_split(meta, root, tmp_path / "out", patch_size=8, image_size=32, log=lines.append)
     out = tmp_path / "out"
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["index.parquet", "meta.json", "rejected.csv", "tokens.npy"]
+    assert names == ["index.parquet", "meta.json", "parts", "rejected.csv", "shards"]
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["00000.json", "00000.npy"]
     assert counts["n_galaxies"] == 12 and counts["n_rejected"] == 4
     assert counts["n_unreadable"] == 2 and counts["n_missing"] == 1 and counts["n_wrong_size"] == 1
-    assert "2 unreadable images skipped" in lines[-1]
+    assert any("2 unreadable images skipped" in line for line in lines)
+    assert "4 rejected" in lines[-1]
 
     rejected = pd.read_csv(out / "rejected.csv")
     assert list(rejected.columns) == ["id", "image_path", "reason"]
     assert dict(zip(rejected["id"], rejected["reason"].str.split(":").str[0])) == BAD
     assert "24x24" in rejected.set_index("id").loc["g014", "reason"]
 
-    tokens = np.load(out / "tokens.npy", mmap_mode="r")
+    tokens = np.load(out / "shards/00000.npy", mmap_mode="r")
     assert tokens.shape == (12, 16, 192) and tokens.dtype == np.uint8
     index = pd.read_parquet(out / "index.parquet")
-    assert list(index.columns) == ["id", "row"] and list(index["row"]) == list(range(12))
+    assert list(index.columns) == ["id", "split", "shard", "row"] and list(index["row"]) == list(range(12))
+    assert set(index["shard"]) == {0}
     for gid, row in zip(index["id"], index["row"]):
         np.testing.assert_array_equal(tokens[row], image_to_tokens(good[gid], 8))
 
@@ -218,16 +225,16 @@ def test_tokenise_split_outputs(folder, tmp_path):
     assert meta_json["order"] == "spiral" and meta_json["n_galaxies"] == 12 and meta_json["n_rejected"] == 4
 
     split = load_tokens(out)
-    assert len(split) == 12 and isinstance(split.tokens, np.memmap)
+    assert len(split) == 12 and isinstance(split.tokens, ShardedTokens)
     assert split.ids.tolist() == [f"g{i:03d}" for i in range(12)]
-    np.testing.assert_array_equal(split.tokens, tokens)
+    np.testing.assert_array_equal(np.asarray(split.tokens), tokens)
 
 
 def test_tokenise_split_workers_and_inferred_size(folder, tmp_path):
     root, meta, _ = folder
     tokenise_split(meta, root, tmp_path / "w1", patch_size=8, log=_quiet, chunk_size=5)
     tokenise_split(meta, root, tmp_path / "w2", patch_size=8, workers=2, log=_quiet, chunk_size=5)
-    for name in ("tokens.npy", "rejected.csv", "meta.json"):
+    for name in ("shards/00000.npy", "rejected.csv", "meta.json"):
         assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes(), name
     pd.testing.assert_frame_equal(
         pd.read_parquet(tmp_path / "w1" / "index.parquet"), pd.read_parquet(tmp_path / "w2" / "index.parquet")
@@ -245,15 +252,16 @@ def test_tokenise_split_no_rejects_and_too_many(folder, tmp_path):
     bad = meta.iloc[[0, 12, 13, 14, 15]]
     with pytest.raises(RuntimeError, match=r"4 of 5 .*g012"):
         tokenise_split(bad, root, tmp_path / "bad", patch_size=8, image_size=32, log=_quiet)
-    assert not any((tmp_path / "bad").iterdir())  # nothing half-written left behind
+    # No index or part claims success; the finished shard stays (a rerun with a lower bar
+    # reuses it) and nothing half-written is left behind.
+    assert sorted(p.name for p in (tmp_path / "bad").iterdir()) == ["shards"]
+    assert sorted(p.name for p in (tmp_path / "bad" / "shards").iterdir()) == ["00000.json", "00000.npy"]
 
 
 def test_tokenise_split_input_errors(folder, tmp_path):
     root, meta, _ = folder
     with pytest.raises(ValueError, match="image_path"):
         tokenise_split(meta[["id"]], root, tmp_path / "x", patch_size=8, log=_quiet)
-    with pytest.raises(ValueError, match="duplicate"):
-        tokenise_split(pd.concat([meta, meta.iloc[:1]]), root, tmp_path / "x", patch_size=8, log=_quiet)
     with pytest.raises(ValueError, match="divisible"):
         tokenise_split(meta, root, tmp_path / "x", patch_size=7, log=_quiet)
     with pytest.raises(FileNotFoundError, match="nowhere"):
@@ -286,15 +294,15 @@ def test_default_uint8_path_unchanged(folder, tmp_path):
     )
     expected = np.stack([image_to_tokens(good[g], 8) for g in ok["id"]])
     np.save(tmp_path / "expected.npy", expected)
-    data = (tmp_path / "d" / "tokens.npy").read_bytes()
+    data = (tmp_path / "d" / "shards/00000.npy").read_bytes()
     assert data == (tmp_path / "expected.npy").read_bytes()
-    assert data == (tmp_path / "e" / "tokens.npy").read_bytes()
+    assert data == (tmp_path / "e" / "shards/00000.npy").read_bytes()
     assert json.loads((tmp_path / "d" / "meta.json").read_text())["dtype"] == "uint8"
     # The same PNGs stored as float keep their 0-255 values.
     tokenise_split(ok, root, tmp_path / "f", patch_size=8, image_size=32, log=_quiet, dtype="float16")
     f16 = load_tokens(tmp_path / "f")
     assert f16.tokens.dtype == np.float16 and f16.meta["dtype"] == "float16"
-    np.testing.assert_array_equal(f16.tokens, expected.astype(np.float16))
+    np.testing.assert_array_equal(np.asarray(f16.tokens), expected.astype(np.float16))
     torch.testing.assert_close(normalise(torch.from_numpy(np.array(f16.tokens))), normalise(torch.from_numpy(expected)))
 
 
@@ -374,3 +382,203 @@ def test_sixteen_bit_png_and_bad_options(folder, tmp_path):
         tokenise_split(meta, root, tmp_path / "x", patch_size=8, fit="pad", log=_quiet)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="dtype must be one of"):
         tokenise_split(meta, root, tmp_path / "x", patch_size=8, dtype="int16", log=_quiet)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards: groups, duplicates, resuming, the sharded view
+# ---------------------------------------------------------------------------------------------
+def test_duplicate_ids_are_rejected_not_fatal(folder, tmp_path):
+    root, meta, good = folder
+    twice = pd.concat([meta.iloc[:3], meta.iloc[[1]].assign(image_path=meta["image_path"][4])], ignore_index=True)
+    counts = tokenise_split(twice, root, tmp_path / "d", patch_size=8, image_size=32, log=_quiet)
+    assert counts["n_galaxies"] == 3 and counts["n_duplicate"] == 1
+    rej = pd.read_csv(tmp_path / "d" / "rejected.csv")
+    assert rej.to_dict("records") == [
+        {"id": "g001", "image_path": "images/g004.png", "reason": "duplicate id (first at catalogue row 1 of the split)"}
+    ]
+    split = load_tokens(tmp_path / "d")
+    assert split.ids.tolist() == ["g000", "g001", "g002"]
+    np.testing.assert_array_equal(split.tokens[1], image_to_tokens(good["g001"], 8))  # the first one kept
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_groups_and_shard_sizes_give_the_same_split(folder, tmp_path, workers):
+    root, meta, _ = folder
+    kw = dict(patch_size=8, image_size=32, log=_quiet, max_reject_fraction=1)
+    whole = tokenise_split(meta, root, tmp_path / "one", shard_size=100, **kw)
+    out = tmp_path / "three"
+    for g in (2, 0, 1):  # any order, as independent jobs
+        tokenise_group(meta, root, out, group=g, groups=3, shard_size=3, workers=workers, chunk_size=2, split="train", **kw)
+    merged = merge_token_groups(out, 3, max_reject_fraction=1, log=_quiet)
+    assert len(merged["shards"]) == 6 and merged["groups"] == 3  # 16 rows / 3 per shard
+    assert {k: merged[k] for k in whole if k.startswith("n_") and k != "n_shards"} == {
+        k: whole[k] for k in whole if k.startswith("n_") and k != "n_shards"
+    }
+    a, b = load_tokens(tmp_path / "one"), load_tokens(out)
+    assert a.ids.tolist() == b.ids.tolist()
+    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+    index = pd.read_parquet(out / "index.parquet")
+    assert index["split"].eq("train").all() and index["shard"].is_monotonic_increasing
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "one" / "rejected.csv"), pd.read_csv(out / "rejected.csv"))
+    # An empty group (more jobs than shards) is fine.
+    tokenise_group(meta.iloc[:2], root, tmp_path / "few", group=1, groups=2, shard_size=8, **kw)
+    tokenise_group(meta.iloc[:2], root, tmp_path / "few", group=0, groups=2, shard_size=8, **kw)
+    assert merge_token_groups(tmp_path / "few", 2, log=_quiet)["n_galaxies"] == 2
+
+
+def test_merge_refuses_missing_or_mismatched_parts(folder, tmp_path):
+    root, meta, _ = folder
+    kw = dict(patch_size=8, image_size=32, log=_quiet, max_reject_fraction=1, shard_size=4)
+    out = tmp_path / "t"
+    tokenise_group(meta, root, out, group=0, groups=2, **kw)
+    with pytest.raises(FileNotFoundError, match=part_name(1, 2)):
+        merge_token_groups(out, 2, log=_quiet)
+    tokenise_group(meta, root, out, group=1, groups=2, **{**kw, "fit": "resize"})
+    with pytest.raises(ValueError, match="other settings.*fit"):
+        merge_token_groups(out, 2, log=_quiet)
+    tokenise_group(meta, root, out, group=1, groups=2, **kw)
+    (out / "shards" / "00003.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="00003.npy"):
+        merge_token_groups(out, 2, log=_quiet)
+
+
+def test_interrupted_job_keeps_finished_shards(folder, tmp_path, monkeypatch):
+    import astropt.tokenise as tk
+
+    root, meta, _ = folder
+    kw = dict(patch_size=8, image_size=32, max_reject_fraction=1, shard_size=4, chunk_size=2)
+    clean = tmp_path / "clean"
+    tokenise_split(meta, root, clean, log=_quiet, **kw)
+
+    calls = []
+    real = tk._tokenise_chunk
+
+    def dies_on_fifth(*args):
+        calls.append(len(args[1]))
+        if len(calls) == 5:  # inside shard 2: shards 0 and 1 are done
+            raise KeyboardInterrupt
+        return real(*args)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(tk, "_tokenise_chunk", dies_on_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        tokenise_split(meta, root, out, log=_quiet, **kw)
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["00000.json", "00000.npy", "00001.json", "00001.npy"]
+    assert not (out / "index.parquet").exists()
+
+    calls.clear()
+    lines: list[str] = []
+    monkeypatch.setattr(tk, "_tokenise_chunk", real)
+    monkeypatch.setattr(tk, "_tokenise_chunk", lambda *a: (calls.append(len(a[1])), real(*a))[1])
+    counts = tokenise_split(meta, root, out, log=lines.append, **kw)
+    assert sum(calls) == 8  # only shards 2 and 3 were read again
+    assert counts["n_reused"] == 2 and any("reusing 2 shard(s)" in line for line in lines)
+    for name in ("rejected.csv", "index.parquet", *(f"shards/{k:05d}.npy" for k in range(4))):
+        assert (out / name).read_bytes() == (clean / name).read_bytes(), name
+
+    # A changed stamp makes its shard be read again; other settings make every shard be.
+    calls.clear()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / meta["image_path"][5])
+    tokenise_split(meta, root, out, log=_quiet, **kw)
+    assert sum(calls) == 4
+    assert np.asarray(load_tokens(out).tokens[5]).max() == 0
+    calls.clear()
+    tokenise_split(meta, root, out, log=_quiet, **{**kw, "patch_size": 16})
+    assert sum(calls) == 16
+
+
+def test_killed_tokenise_process_resumes(tmp_path):
+    """SIGKILL mid-run (no cleanup at all), then rerun: finished shards are reused."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "img"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    n = 240
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    pd.DataFrame({"id": [str(i) for i in range(n)], "image_path": [f"{i}.png" for i in range(n)]}).to_parquet(
+        tmp_path / "cat.parquet"
+    )
+    code = (
+        "import sys, time, pandas as pd, astropt.tokenise as tk\n"
+        "real = tk._tokenise_chunk\n"
+        "def slow(*a):\n    time.sleep(float(sys.argv[2]))\n    return real(*a)\n"
+        "tk._tokenise_chunk = slow\n"
+        f"tk.tokenise_split(pd.read_parquet({str(tmp_path / 'cat.parquet')!r}), {str(root)!r}, sys.argv[1], "
+        "patch_size=8, image_size=64, shard_size=20, chunk_size=10, log=print)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out), "0.05"], env=env)
+    deadline = time.time() + 60
+    # Killed in the middle of a shard (its temporary file exists), after at least 3 finished.
+    while time.time() < deadline and not (
+        len(list((out / "shards").glob("*.json"))) >= 3 and list((out / "shards").glob("*.tmp-*"))
+    ):
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list((out / "shards").glob("*.json")))
+    assert 3 <= done_before < 12
+    res = subprocess.run([sys.executable, "-c", code, str(out), "0"], env=env, capture_output=True, text=True, check=True)
+    assert f"reusing {done_before} shard(s)" in res.stdout
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "clean"), "0"], env=env, capture_output=True, check=True)
+    a, b = load_tokens(out), load_tokens(tmp_path / "clean")
+    assert a.ids.tolist() == b.ids.tolist() and len(a) == n
+    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+    assert not list(out.rglob("*.tmp-*"))  # the killed run's temporary file was swept
+
+
+def test_sharded_tokens_indexing():
+    rng = np.random.default_rng(0)
+    parts = [rng.integers(0, 255, (n, 4, 3), dtype=np.uint8) for n in (3, 0, 5, 2)]
+    whole = np.concatenate(parts)
+    st = ShardedTokens(parts)
+    assert st.shape == (10, 4, 3) and len(st) == 10 and st.dtype == np.uint8
+    np.testing.assert_array_equal(np.asarray(st), whole)
+    for key in (0, 3, 9, -1, slice(2, 7), slice(3, 8), slice(None, None, 3), slice(5, 5)):
+        np.testing.assert_array_equal(st[key], whole[key], err_msg=str(key))
+    np.testing.assert_array_equal(st[2:9, :2], whole[2:9, :2])
+    np.testing.assert_array_equal(st[4, 1:], whole[4, 1:])
+    rows = np.array([9, 0, 4, 4, 3, 2])
+    np.testing.assert_array_equal(st[rows], whole[rows])  # unsorted, repeated
+    np.testing.assert_array_equal(st[whole[:, 0, 0] > 100], whole[whole[:, 0, 0] > 100])
+    out = np.empty((4, 4, 3), np.uint8)
+    assert st.take(np.array([1, 2, 3, 8]), out=out) is out
+    np.testing.assert_array_equal(out, whole[[1, 2, 3, 8]])
+    with pytest.raises(IndexError, match="outside 0..9"):
+        st.take(np.array([10]))
+    with pytest.raises(ValueError, match="shard 1"):
+        ShardedTokens([parts[0], parts[2].astype(np.float32)])
+
+
+def test_images_inside_parquet_shards(tmp_path):
+    """The HuggingFace layout: encoded images in row `image_row` of a parquet shard."""
+    import io
+
+    from hub_standin import make_standin_dataset
+
+    st = make_standin_dataset(tmp_path / "ds", n_per_split={"train": 20, "validation": 4, "test": 4},
+                              image_size=32, corrupt_image=True, null_image=True)
+    rows = st.rows.reset_index(drop=True)
+    meta = pd.DataFrame({"id": rows["dr8_id"].astype(str), "image_path": rows["file"], "image_row": rows["row"]})
+    meta = pd.concat([meta, pd.DataFrame({"id": ["gone"], "image_path": ["data/nowhere.parquet"], "image_row": [0]})],
+                     ignore_index=True)
+    counts = tokenise_split(meta, st.root, tmp_path / "t", patch_size=8, image_size=32, shard_size=7,
+                            workers=2, chunk_size=3, max_reject_fraction=1, log=_quiet)
+    rej = pd.read_csv(tmp_path / "t" / "rejected.csv").set_index("id")
+    corrupt, null = st.planted["corrupt_image"], st.planted["null_image"]
+    assert set(rej.index) == {corrupt, null, "gone"} and counts["n_galaxies"] == len(meta) - 3
+    assert rej.loc[corrupt, "reason"].startswith("unreadable") and rej.loc[null, "reason"] == "no image data"
+    assert rej.loc["gone", "reason"] == "missing file"
+    assert rej.loc[corrupt, "image_path"].endswith(".parquet (row 0)")
+    split = load_tokens(tmp_path / "t")
+    by_id = dict(zip(rows["dr8_id"].astype(str), rows["image"]))
+    for k, gid in enumerate(split.ids):
+        img = np.asarray(Image.open(io.BytesIO(by_id[gid])).convert("RGB"))
+        np.testing.assert_array_equal(split.tokens[k], image_to_tokens(img, 8), err_msg=gid)

@@ -18,9 +18,19 @@ from conftest import ROOT
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def snakemake(*args, cwd=ROOT, timeout=600):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def snakemake(*args, cwd=ROOT, timeout=600, env=None):
+    env = {**(env or os.environ), "PYTHONPATH": str(ROOT)}
     return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def _scratch_workflow(tmp_path: Path) -> Path:
+    """A copy of the workflow to run in (results land there, not in the repo)."""
+    work = tmp_path / "wf"
+    work.mkdir()
+    for item in ("Snakefile", "workflow", "config"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
+    return work
 
 
 def _jobs(dry_run_stdout: str) -> dict[str, int]:
@@ -43,7 +53,7 @@ def test_default_all_dry_run():
     assert proc.returncode == 0, proc.stderr
     jobs = _jobs(proc.stdout)
     assert jobs["train"] == 4 and jobs["embed"] == 4 and jobs["probe"] == 4
-    assert jobs["tokenise"] == 3 and jobs["download"] == 1 and jobs["figure_umap"] == 2
+    assert jobs["tokenise"] == 3 and jobs["token_index"] == 3 and jobs["download"] == 1 and jobs["figure_umap"] == 2
     assert jobs["rejected"] == 1
 
 
@@ -51,8 +61,9 @@ def test_paper_single_target_dry_run_on_slurm_profile():
     proc = snakemake("-n", "--forceall", "--profile", "profiles/slurm", "--configfile=config/paper.yaml", "results/probes/309M.csv")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = _jobs(proc.stdout)
-    # download, tokenise train + validation (training) and test (embedding), train, embed, probe
-    assert jobs == {"download": 1, "tokenise": 3, "train": 1, "embed": 1, "probe": 1, "total": 7}
+    # download; tokenise train (32 jobs, one per shard group) + validation (training) and test
+    # (embedding), one job each, and their indexes; train, embed, probe
+    assert jobs == {"download": 1, "tokenise": 34, "token_index": 3, "train": 1, "embed": 1, "probe": 1, "total": 41}
     assert "results/models/309M/ckpt.pt" in proc.stdout
 
 
@@ -69,11 +80,7 @@ def test_bad_config_stops_before_any_job(tmp_path):
 @pytest.mark.slow
 def test_micro_workflow_end_to_end(tmp_path):
     """The whole DAG on a micro config, in a scratch copy of the workflow."""
-    work = tmp_path / "wf"
-    work.mkdir()
-    for item in ("Snakefile", "workflow", "config"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
+    work = _scratch_workflow(tmp_path)
     proc = snakemake("--cores", "2", f"--configfile={ROOT / 'tests/data/micro.yaml'}", "all", cwd=work, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
@@ -90,8 +97,10 @@ def test_micro_workflow_end_to_end(tmp_path):
         assert (work / "results/figures" / fig).stat().st_size > 10_000
     assert not (work / "results/figures/umap_30K.png").exists()
     for split in ("train", "validation", "test"):
-        assert (work / f"results/tokens/{split}/tokens.npy").exists()
-    assert "unreadable" in (work / "logs/tokenise/train.log").read_text()
+        assert (work / f"results/tokens/{split}/shards/00000.npy").exists()
+    train_meta = json.loads((work / "results/tokens/train/meta.json").read_text())
+    assert len(train_meta["shards"]) == 4 and train_meta["groups"] == 2 and train_meta["n_galaxies"] == 384
+    assert "shards 2-3 of 4" in (work / "logs/tokenise/train/0001-of-0002.log").read_text()
     assert (work / "resources/galaxies/metadata.parquet").exists()
     # Settings that cannot change outputs rerun nothing (params carry only what matters).
     cfg = f"--configfile={ROOT / 'tests/data/micro.yaml'}"
@@ -148,11 +157,7 @@ def test_folder_source_through_the_workflow(tmp_path):
     config["probe"] = {"properties": None}  # every numeric catalogue column
     cfg = tmp_path / "folder.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    work = tmp_path / "wf"
-    work.mkdir()
-    for item in ("Snakefile", "workflow", "config"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
+    work = _scratch_workflow(tmp_path)
     proc = snakemake("--cores", "2", f"--configfile={cfg}", "results/tokens/rejected.csv", "results/probes/30K.csv", "results/figures/examples.png", cwd=work)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     rejected = pd.read_csv(work / "results/tokens/rejected.csv")
@@ -163,3 +168,65 @@ def test_folder_source_through_the_workflow(tmp_path):
     assert json.loads((work / "results/tokens/train/meta.json").read_text())["dtype"] == "float32"
     assert set(pd.read_csv(work / "results/probes/30K.csv")["property"]) == {"redshift", "mag_r"}
     assert (work / "results/figures/examples.png").stat().st_size > 10_000  # float (FITS) tokens shown
+
+
+@pytest.mark.slow
+def test_huggingface_source_through_the_workflow(tmp_path):
+    """The HF source offline: a stand-in of Smith42/galaxies (same schema, a few bad rows)
+    served by a fake Hub, downloaded, tokenised from inside its parquet shards, probed."""
+    import yaml
+    from hub_standin import FAKE_COMMIT, UNSET_ENV, fake_hub, hf_env_vars, make_standin_dataset
+
+    st = make_standin_dataset(
+        tmp_path / "repo", n_per_split={"train": 256, "validation": 32, "test": 96}, shards_per_split=3,
+        image_size=32, duplicate_id=True, missing_metadata=True, null_image=True, corrupt_image=True,
+    )
+    config = yaml.safe_load((ROOT / "tests/data/micro.yaml").read_text())
+    config["sizes"], config["umap"]["sizes"] = ["30K"], ["30K"]
+    config["probe"] = {"properties": ["redshift", "mag_r_desi"]}
+    env = {k: v for k, v in os.environ.items() if k not in UNSET_ENV}
+    env.update(hf_env_vars(tmp_path / "hf_home"))
+    work = _scratch_workflow(tmp_path)
+    with fake_hub(st.root) as hub:
+        config["data"] = {
+            "source": "huggingface",
+            "image_size": 32,
+            "huggingface": {"endpoint": hub.endpoint, "revision": FAKE_COMMIT, "token": "hf_SECRETtoken",
+                            "max_galaxies": {"train": 150}},
+        }
+        cfg = tmp_path / "hf.yaml"
+        cfg.write_text(yaml.safe_dump(config))
+        targets = ("results/tokens/rejected.csv", "results/probes/30K.csv", "results/figures/examples.png")
+        proc = snakemake("--cores", "2", f"--configfile={cfg}", *targets, cwd=work, env=env, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+        third = "data/train-00002-of-00003.parquet"
+        third_served, third_size = hub.bytes_served(third), (st.root / third).stat().st_size
+        # Changing only operational keys (workers, retries, the token) reruns nothing.
+        config["data"]["huggingface"].update(workers=2, retries=5, token="hf_OTHERtoken")
+        cfg.write_text(yaml.safe_dump(config))
+        dry = snakemake("-n", "--cores", "2", f"--configfile={cfg}", *targets, cwd=work, env=env)
+        assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-2000:]
+
+    # 150 of 256 training galaxies: of the 3rd of 3 shards (~86 rows each) only the footer is read
+    assert third_served < third_size / 2
+    rejected = pd.read_csv(work / "results/tokens/rejected.csv").set_index("id")
+    planted = st.planted
+    assert rejected.loc[planted["missing_metadata"], "reason"] == "no metadata row"
+    assert rejected.loc[planted["null_image"], "stage"] == "download"
+    assert rejected.loc[planted["corrupt_image"], "stage"] == "tokenise"
+    assert rejected.loc[planted["corrupt_image"], "reason"].startswith("unreadable")
+    assert rejected.loc[planted["duplicate_id"], "reason"].startswith("duplicate id")
+    meta = pd.read_parquet(work / "resources/galaxies/metadata.parquet")
+    assert (meta["split"] == "train").sum() <= 150 and meta["image_path"].str.startswith("hf/data/").all()
+    kept = {s: len(pd.read_parquet(work / f"results/tokens/{s}/index.parquet")) for s in ("train", "validation", "test")}
+    assert kept["validation"] == 31 and kept["test"] == (meta["split"] == "test").sum()
+    source = json.loads((work / "resources/galaxies/source.json").read_text())
+    assert source["commit"] == FAKE_COMMIT
+    probes = pd.read_csv(work / "results/probes/30K.csv")
+    assert set(probes["property"]) == {"redshift", "mag_r_desi"}
+    assert (work / "results/figures/examples.png").stat().st_size > 10_000
+    # The access token is never written anywhere Snakemake keeps things, nor logged.
+    for path in [*work.joinpath(".snakemake").rglob("*"), *work.joinpath("logs").rglob("*.log")]:
+        if path.is_file():
+            text = path.read_bytes()
+            assert b"SECRETtoken" not in text and b"OTHERtoken" not in text, path

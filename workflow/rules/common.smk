@@ -30,6 +30,7 @@ EMBED_SPLIT = CFG.embed["split"]
 wildcard_constraints:
     size=r"[A-Za-z0-9_.-]+",
     split="|".join(SPLITS),
+    part=r"\d{4}-of-\d{4}",
 
 
 def final_outputs():
@@ -106,10 +107,31 @@ def output_params(section, *operational):
     return json.loads(json.dumps(kept, sort_keys=True))
 
 
+def token_parts(wildcards):
+    """The files of every tokenise job (shard group) of a split."""
+    from astropt.tokenise import part_name
+
+    jobs = CFG.token_jobs(wildcards.split)
+    stems = [f"results/tokens/{wildcards.split}/parts/{part_name(g, jobs)}" for g in range(jobs)]
+    return [f"{s}{ext}" for s in stems for ext in (".parquet", ".rejected.csv", ".json")]
+
+
+def image_column():
+    """Column of encoded images in the HuggingFace source's parquet shards (unused otherwise)."""
+    hf = CFG.data.get("huggingface") or {}
+    return hf.get("image_column", "image") if CFG.data["source"] == "huggingface" else "image"
+
+
+# Settings of a data source that cannot change the download's outputs: passed to the job
+# through `snakemake.config`, never as params (params are stored under .snakemake/, and a
+# token must not be).
+OPERATIONAL_DATA_KEYS = {"synthetic": ("workers",), "folder": (), "huggingface": ("workers", "retries", "token", "endpoint")}
+
+
 def download_params():
     """The data settings the download's outputs depend on: only the chosen source's."""
     data, source = CFG.data, CFG.data["source"]
     chosen = {"source": source, "image_size": data["image_size"], "n_chan": data["n_chan"]}
     if source in data:
-        chosen[source] = output_params(data[source], "workers")
+        chosen[source] = output_params(data[source], *OPERATIONAL_DATA_KEYS.get(source, ()))
     return output_params(chosen)

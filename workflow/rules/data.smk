@@ -1,4 +1,7 @@
 rule download:
+    # Compute nodes are often cut off from the internet: on SLURM the HuggingFace download
+    # runs where Snakemake runs (see README, "Real data").
+    localrule: CFG.data["source"] == "huggingface"
     output:
         metadata="resources/galaxies/metadata.parquet",
         rejected="resources/galaxies/rejected.csv",
@@ -17,27 +20,50 @@ rule download:
 
 
 rule tokenise:
+    # One job per shard group ("part") of a split: `tokens.jobs` of them, in parallel.
     input:
         metadata=rules.download.output.metadata,
     output:
-        tokens="results/tokens/{split}/tokens.npy",
-        index="results/tokens/{split}/index.parquet",
-        meta="results/tokens/{split}/meta.json",
-        rejected="results/tokens/{split}/rejected.csv",
+        index="results/tokens/{split}/parts/{part}.parquet",
+        rejected="results/tokens/{split}/parts/{part}.rejected.csv",
+        summary="results/tokens/{split}/parts/{part}.json",
     params:
-        # norm is applied at load time and workers do not change the tokens: both left out.
-        tokens=output_params(CFG.tokens, "workers", "norm"),
+        # norm is applied at load time; workers and jobs do not change the tokens: left out.
+        tokens=output_params(CFG.tokens, "workers", "norm", "jobs"),
         image_size=CFG.data["image_size"],
         n_chan=CFG.data["n_chan"],
+        image_column=image_column(),
     log:
-        "logs/tokenise/{split}.log",
+        "logs/tokenise/{split}/{part}.log",
     benchmark:
-        "logs/benchmarks/tokenise/{split}.tsv"
+        "logs/benchmarks/tokenise/{split}/{part}.tsv"
     threads: max(1, CFG.tokens["workers"])
     resources:
         **job_resources("tokenise"),
     script:
+        # The shards themselves (results/tokens/{split}/shards/) are not outputs: Snakemake
+        # would delete them before rerunning an interrupted job, which instead keeps the
+        # shards it finished (each checked against a fingerprint of settings and inputs).
         "../scripts/tokenise.py"
+
+
+rule token_index:
+    input:
+        parts=token_parts,
+    output:
+        index="results/tokens/{split}/index.parquet",
+        meta="results/tokens/{split}/meta.json",
+        rejected="results/tokens/{split}/rejected.csv",
+    params:
+        max_reject_fraction=CFG.tokens["max_reject_fraction"],
+        jobs=lambda wc: CFG.token_jobs(wc.split),
+    log:
+        "logs/token_index/{split}.log",
+    threads: job_threads("token_index")
+    resources:
+        **job_resources("token_index"),
+    script:
+        "../scripts/token_index.py"
 
 
 rule rejected:

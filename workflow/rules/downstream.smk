@@ -1,7 +1,7 @@
 rule embed:
     input:
         ckpt="results/models/{size}/ckpt.pt",
-        tokens=f"results/tokens/{EMBED_SPLIT}/tokens.npy",
+        tokens=f"results/tokens/{EMBED_SPLIT}/index.parquet",
     output:
         "results/embeddings/{size}.parquet",
     params:

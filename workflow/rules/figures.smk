@@ -65,7 +65,7 @@ rule figure_umap:
 
 rule figure_examples:
     input:
-        tokens=f"results/tokens/{EMBED_SPLIT}/tokens.npy",
+        tokens=f"results/tokens/{EMBED_SPLIT}/index.parquet",
         metadata=rules.download.output.metadata,
     output:
         report(

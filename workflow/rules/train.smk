@@ -1,7 +1,7 @@
 rule train:
     input:
-        train="results/tokens/train/tokens.npy",
-        val="results/tokens/validation/tokens.npy",
+        train="results/tokens/train/index.parquet",
+        val="results/tokens/validation/index.parquet",
     output:
         ckpt="results/models/{size}/ckpt.pt",
         sidecar="results/models/{size}/ckpt.json",

@@ -1,0 +1,14 @@
+"""token_index rule: join a split's tokenise parts into its index.parquet and meta.json."""
+
+from pathlib import Path
+
+from astropt import pipeline
+from astropt.tokenise import merge_token_groups
+
+log = pipeline.script_log(snakemake)  # noqa: F821
+merge_token_groups(
+    Path(snakemake.output.index).parent,  # noqa: F821
+    snakemake.params.jobs,  # noqa: F821
+    snakemake.params.max_reject_fraction,  # noqa: F821
+    log=log,
+)
