@@ -39,7 +39,9 @@ import io
 import json
 import math
 import os
+import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -297,8 +299,12 @@ class ShardedTokens:
     ``tokens[a:b, :64]``) returns a numpy array; a slice inside one shard is a view of its
     memory map. :meth:`take` gathers rows straight into a caller's buffer.
 
+    Shards given as files (:meth:`open`, what :func:`load_tokens` uses) are memory-mapped on
+    first use. Each open map holds a file descriptor, so at most ``max_open`` stay open (least
+    recently used closed first): the paper's training split has over 4,000 shards.
+
     Args:
-        shards: One ``(n_k, T, D)`` array per shard (memory maps), all of the same T, D, dtype.
+        shards: One ``(n_k, T, D)`` array per shard, all of the same T, D and dtype.
     """
 
     ndim = 3
@@ -312,35 +318,86 @@ class ShardedTokens:
                 raise ValueError(
                     f"shard {k} is {a.shape} {a.dtype}, shard 0 is {first.shape} {first.dtype}"
                 )
-        self.shards = shards
-        self.offsets = np.cumsum([0] + [len(a) for a in shards]).astype(np.int64)
-        self.shape = (int(self.offsets[-1]), *first.shape[1:])
-        self.dtype = first.dtype
+        self._setup([len(a) for a in shards], first.shape[1:], first.dtype)
+        self._arrays: list[np.ndarray | None] = list(shards)
+        self._paths: list[Path] | None = None
+
+    @classmethod
+    def open(cls, paths: list[Path], lengths: list[int], row_shape: tuple[int, int], dtype,
+             max_open: int = 1024) -> "ShardedTokens":
+        """Shards in ``.npy`` files of ``lengths`` rows of ``row_shape`` (checked when opened)."""
+        if not paths or len(paths) != len(lengths):
+            raise ValueError(f"ShardedTokens.open needs one length per shard file ({len(paths)} files, {len(lengths)} lengths)")
+        self = cls.__new__(cls)
+        self._setup(lengths, tuple(row_shape), np.dtype(dtype))
+        self._paths = [Path(p) for p in paths]
+        self._arrays = [None] * len(paths)
+        self._max_open = max(1, int(max_open))
+        from collections import OrderedDict
+
+        self._lru: "OrderedDict[int, None]" = OrderedDict()
+        return self
+
+    def _setup(self, lengths: list[int], row_shape: tuple, dtype) -> None:
+        self.offsets = np.cumsum([0, *lengths]).astype(np.int64)
+        self.shape = (int(self.offsets[-1]), *row_shape)
+        self.dtype = np.dtype(dtype)
+
+    @property
+    def n_shards(self) -> int:
+        return len(self._arrays)
+
+    def shard(self, k: int) -> np.ndarray:
+        """Shard ``k``'s array (memory-mapped now if it is a file not open yet)."""
+        a = self._arrays[k]
+        if self._paths is None:
+            return a
+        if a is None:
+            path = self._paths[k]
+            a = np.load(path, mmap_mode="r")
+            expect = (int(self.offsets[k + 1] - self.offsets[k]), *self.shape[1:])
+            if a.shape != expect or a.dtype != self.dtype:
+                raise ValueError(f"token shard {path} is {a.shape} {a.dtype}, its split's meta.json lists {expect} {self.dtype}")
+            self._arrays[k] = a
+            if len(self._lru) >= self._max_open:
+                old, _ = self._lru.popitem(last=False)
+                self._arrays[old] = None  # closed once no view of it is left
+        self._lru[k] = None
+        self._lru.move_to_end(k)
+        return a
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __repr__(self) -> str:
-        return f"ShardedTokens(shape={self.shape}, dtype={self.dtype}, shards={len(self.shards)})"
+        return f"ShardedTokens(shape={self.shape}, dtype={self.dtype}, shards={self.n_shards})"
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         """Every row in memory (a whole split: mind its size)."""
         out = self.take(np.arange(len(self)))
         return out if dtype is None else out.astype(dtype)
 
-    def _locate(self, rows: np.ndarray) -> np.ndarray:
+    def _rows(self, rows) -> np.ndarray:
+        """Row indices as int64, negative ones counted from the end, checked."""
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            if rows.shape != (len(self),):
+                raise IndexError(f"boolean index of shape {rows.shape} does not match {len(self)} galaxies")
+            return np.flatnonzero(rows)
+        rows = rows.astype(np.int64, copy=False).reshape(-1)
+        rows = np.where(rows < 0, rows + len(self), rows)
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             bad = int(((rows < 0) | (rows >= len(self))).sum())
-            raise IndexError(f"{bad} galaxy indices outside 0..{len(self) - 1}")
-        return np.searchsorted(self.offsets, rows, side="right") - 1
+            raise IndexError(f"{bad} galaxy indices outside 0..{len(self) - 1} (or -{len(self)}..-1)")
+        return rows
 
     def take(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Rows ``rows`` (any order) as ``(len(rows), T, D)``, written into ``out`` if given.
 
-        Sorted rows are fastest (what the training loader passes): each shard is read with one
-        ``np.take`` in file order straight into ``out`` (no intermediate array).
+        Sorted rows are fastest (what the training loader passes): each shard hit is read with
+        one ``np.take`` in file order straight into ``out`` (no intermediate array).
         """
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        rows = self._rows(rows)
         if out is None:
             out = np.empty((len(rows), *self.shape[1:]), self.dtype)
         if len(rows) > 1 and np.any(rows[1:] < rows[:-1]):  # unsorted: gather sorted, then place
@@ -349,18 +406,15 @@ class ShardedTokens:
             return out
         if not len(rows):
             return out
-        if rows[0] < 0 or rows[-1] >= len(self):
-            bad = int(((rows < 0) | (rows >= len(self))).sum())
-            raise IndexError(f"{bad} galaxy indices outside 0..{len(self) - 1}")
-        first, last = np.searchsorted(self.offsets, rows[[0, -1]], side="right") - 1
-        if first == last:  # the usual case on a big split: one np.take
-            np.take(self.shards[first], rows - self.offsets[first], axis=0, out=out, mode="clip")
+        shard = np.searchsorted(self.offsets, rows, side="right") - 1
+        if shard[0] == shard[-1]:  # the usual case on a small split: one np.take
+            k = int(shard[0])
+            np.take(self.shard(k), rows - self.offsets[k], axis=0, out=out, mode="clip")
             return out
-        cuts = np.searchsorted(rows, self.offsets[first : last + 2])  # rows of each shard
-        for k in range(first, last + 1):
-            a, b = cuts[k - first], cuts[k - first + 1]
-            if b > a:
-                np.take(self.shards[k], rows[a:b] - self.offsets[k], axis=0, out=out[a:b], mode="clip")
+        cuts = np.flatnonzero(shard[1:] != shard[:-1]) + 1  # only the shards hit
+        for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(rows)]):
+            k = int(shard[a])
+            np.take(self.shard(k), rows[a:b] - self.offsets[k], axis=0, out=out[a:b], mode="clip")
         return out
 
     def __getitem__(self, key):
@@ -368,24 +422,22 @@ class ShardedTokens:
         if isinstance(key, tuple):
             key, rest = key[0], key[1:]
         if isinstance(key, (int, np.integer)):
-            i = int(key) + (len(self) if key < 0 else 0)
-            k = int(self._locate(np.array([i]))[0])
-            return self.shards[k][(i - int(self.offsets[k]), *rest)]
+            i = int(self._rows([key])[0])
+            k = int(np.searchsorted(self.offsets, i, side="right") - 1)
+            return self.shard(k)[(i - int(self.offsets[k]), *rest)]
         if isinstance(key, slice):
             start, stop, step = key.indices(len(self))
             if step == 1 and stop > start:  # each shard's piece sliced before it is read
-                first, last = self._locate(np.array([start, stop - 1]))
+                first, last = np.searchsorted(self.offsets, [start, stop - 1], side="right") - 1
                 pieces = [
-                    self.shards[k][(slice(max(start - int(self.offsets[k]), 0),
-                                          min(stop, int(self.offsets[k + 1])) - int(self.offsets[k])), *rest)]
+                    self.shard(k)[(slice(max(start - int(self.offsets[k]), 0),
+                                         min(stop, int(self.offsets[k + 1])) - int(self.offsets[k])), *rest)]
                     for k in range(int(first), int(last) + 1)
                 ]
                 return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)  # one shard: a view
             rows = np.arange(start, stop, step)
         else:
-            rows = np.asarray(key)
-            if rows.dtype == bool:
-                rows = np.flatnonzero(rows)
+            rows = self._rows(key)
         out = self.take(rows)
         return out[(slice(None), *rest)] if rest else out
 
@@ -555,16 +607,16 @@ def _fingerprint(settings: dict, image_root: Path, ids, rels, rows) -> str:
     return h.hexdigest()[:24]
 
 
-def _read_done(shard_dir: Path, k: int, fingerprint: str) -> dict | None:
-    """The record of shard ``k`` if an earlier run finished it with this fingerprint."""
+def _read_done(shard_dir: Path, k: int, fingerprint: str, row_shape: tuple[int, int], dtype) -> dict | None:
+    """The record of shard ``k`` if an earlier run finished it with this fingerprint (and its
+    ``.npy`` holds the rows the record lists)."""
     stem = _shard_stem(k)
     done, npy = shard_dir / f"{stem}.json", shard_dir / f"{stem}.npy"
     try:
         record = json.loads(done.read_text())
         if record.get("fingerprint") != fingerprint or record.get("format") != SHARD_FORMAT:
             return None
-        arr = np.load(npy, mmap_mode="r")
-        if arr.shape[0] != len(record["ids"]):
+        if _npy_header(npy) != ((len(record["ids"]), *row_shape), np.dtype(dtype)):
             return None
         return record
     except (OSError, ValueError, KeyError):
@@ -693,7 +745,7 @@ def tokenise_group(
     for k in mine:
         r = rows_of(k)
         fp = _fingerprint(settings, image_root, ids[r.start : r.stop], rels[r.start : r.stop], rows[r.start : r.stop])
-        rec = _read_done(shard_dir, k, fp)
+        rec = _read_done(shard_dir, k, fp, (T, D), store)
         if rec is not None:
             records[k] = rec
         else:
@@ -713,7 +765,9 @@ def tokenise_group(
             f"{patch_size}px patches: {T} tokens x {D} {dtype} values, {workers} worker(s))"
         )
 
-    # Work units: chunks of one shard's rows (duplicates are not read).
+    # Work units: chunks of one shard's rows (duplicates are not read), at most ~32 MB of
+    # tokens each, so 2 x workers results in flight stay small even for 512 px stamps.
+    chunk_size = max(1, min(chunk_size, (32 << 20) // (T * D * store.itemsize)))
     tasks, plan = [], []
     for k, fp in todo:
         r = rows_of(k)
@@ -725,10 +779,12 @@ def tokenise_group(
 
     t0, done, next_log, n_rej = time.perf_counter(), 0, 0.1, 0
     current: dict[str, Any] = {}
-    tmp_suffix = f".tmp-{os.getpid()}"
+    # Unique to this process on any node (jobs of a split share the folder, perhaps over NFS).
+    tmp_suffix = f".tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     def start_shard(k: int, fp: str) -> None:
         r = rows_of(k)
+        (shard_dir / f"{_shard_stem(k)}.json").unlink(missing_ok=True)  # no record for a changing .npy
         npy = shard_dir / (_shard_stem(k) + ".npy" + tmp_suffix)
         current.update(k=k, fp=fp, npy=npy, ids=[], rejected=[], fixed=dict.fromkeys(_FIX_NOTES, 0),
                        mm=np.lib.format.open_memmap(npy, mode="w+", dtype=store, shape=(len(r), T, D)))
@@ -883,9 +939,17 @@ def merge_token_groups(out_dir: Path, groups: int, max_reject_fraction: float = 
             diff = {k: (ref[k], other[k]) for k in _SETTING_KEYS if ref[k] != other[k]}
             raise ValueError(f"{p}.json was written with other settings than part 0: {diff}; rerun the tokenise jobs")
     shards = [s for summary in summaries for s in summary["shards"]]
-    if [s["shard"] for s in shards] != list(range(ref["n_shards"])):
-        raise ValueError(f"{out_dir}: the parts cover shards {[s['shard'] for s in shards]}, expected 0..{ref['n_shards'] - 1}")
+    covered = [s["shard"] for s in shards]
+    if covered != list(range(ref["n_shards"])):
+        wrong = sorted(set(covered) ^ set(range(ref["n_shards"])))[:10]
+        raise ValueError(
+            f"{out_dir}: the parts cover {len(covered)} shards, expected 0..{ref['n_shards'] - 1} "
+            f"once each (first differences: {wrong}); rerun the tokenise jobs"
+        )
     index = pd.concat([pd.read_parquet(p.with_suffix(".parquet")) for p in parts], ignore_index=True)
+    repeated = index["id"][index["id"].duplicated()]
+    if len(repeated):
+        raise ValueError(f"{out_dir}: galaxy ids in more than one shard, e.g. {repeated.head(5).tolist()}; rerun the tokenise jobs")
     T, D = ref["n_tokens"], ref["token_dim"]
     for s in shards:
         path = out_dir / s["file"]
@@ -905,6 +969,7 @@ def merge_token_groups(out_dir: Path, groups: int, max_reject_fraction: float = 
             f"{counts['n_rejected']} of {counts['n_total']} galaxies of {out_dir} were rejected "
             f"(more than {max_reject_fraction:.0%}); first: {first}"
         )
+    _remove_stale(out_dir, ref["n_shards"], groups, log)
     meta = {**ref, "shards": [{"file": s["file"], "n": s["n"]} for s in shards], "groups": groups, **counts}
     _atomic(out_dir / "index.parquet", lambda p: index.to_parquet(p, index=False))
     _atomic(out_dir / "rejected.csv", lambda p: rejected.to_csv(p, index=False))
@@ -915,6 +980,19 @@ def merge_token_groups(out_dir: Path, groups: int, max_reject_fraction: float = 
         + (f" (see {out_dir / 'rejected.csv'})" if counts["n_rejected"] else "")
     )
     return meta
+
+
+def _remove_stale(out_dir: Path, n_shards_: int, groups: int, log) -> None:
+    """Delete shards past the split's last one and parts of another job count: left by a
+    larger split or smaller ``shard_size`` before, they would only take disk space."""
+    stale = [p for p in (out_dir / "shards").glob("*.*")
+             if p.name.split(".")[0].isdigit() and int(p.name.split(".")[0]) >= n_shards_ and ".tmp-" not in p.name]
+    stale += [p for p in (out_dir / "parts").glob("*-of-*") if not p.name.split(".")[0].endswith(f"-of-{groups:04d}")]
+    if stale:
+        freed = sum(p.stat().st_size for p in stale)
+        for p in stale:
+            p.unlink(missing_ok=True)
+        log(f"{out_dir}: removed {len(stale)} stale shard/part files of an earlier layout ({freed / 1e9:.2f} GB)")
 
 
 def tokenise_split(
@@ -1051,9 +1129,43 @@ def _copy_rows(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
     os.replace(fresh, path)
 
 
-def load_tokens(split_dir: Path) -> TokenSplit:
-    """Open a split written by :func:`tokenise_split` / :func:`merge_token_groups` (shards
-    memory-mapped, read-only).
+def _open_file_budget(wanted: int) -> int:
+    """Memory maps a process may keep open: half of what its open-file limit leaves after some
+    headroom, the soft limit first raised towards the hard one if ``wanted`` needs more."""
+    headroom = 256
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return max(8, min(wanted, 256))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    if soft < 2 * wanted + headroom:
+        target = 2 * wanted + headroom if hard == resource.RLIM_INFINITY else min(hard, 2 * wanted + headroom)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):  # not allowed: live with the soft limit
+            pass
+    return max(8, min(wanted, (soft - headroom) // 2))
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a .npy file, from its header alone."""
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        version = fmt.read_magic(f)
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = read(f)
+    return tuple(shape), np.dtype(dtype)
+
+
+def load_tokens(split_dir: Path, max_open: int | None = None) -> TokenSplit:
+    """Open a split written by :func:`tokenise_split` / :func:`merge_token_groups`.
+
+    Every shard's header is checked against ``meta.json``; the shards are memory-mapped
+    (read-only) when first read, at most ``max_open`` at a time (default: as many as the
+    process's open-file limit allows, which is raised towards its hard limit if needed).
 
     Raises:
         FileNotFoundError: If the folder, its index, meta or a shard is missing.
@@ -1066,21 +1178,26 @@ def load_tokens(split_dir: Path) -> TokenSplit:
         raise FileNotFoundError(
             f"Tokenised split {split_dir} is missing {', '.join(absent)}; run the tokenise rule (or tokenise_split) first"
         )
-    index = pd.read_parquet(needed[0])
+    index = pd.read_parquet(needed[0], columns=["id", "row"])
     meta = json.loads(needed[1].read_text())
     if "shards" not in meta:
         raise ValueError(f"{split_dir} was tokenised by an older version (no shards in meta.json): tokenise it again")
-    arrays = []
-    for k, s in enumerate(meta["shards"]):
+    row_shape, dtype = (meta["n_tokens"], meta["token_dim"]), np.dtype(meta["dtype"])
+    paths, lengths = [], []
+    for s in meta["shards"]:
         path = split_dir / s["file"]
         if not path.is_file():
             raise FileNotFoundError(f"token shard {path} listed in {needed[1]} is missing: tokenise the split again")
-        arr = np.load(path, mmap_mode="r")
-        if len(arr) != s["n"]:
-            raise ValueError(f"token shard {path} has {len(arr)} rows, {needed[1]} lists {s['n']}")
-        arrays.append(arr)
-    tokens = ShardedTokens(arrays)
-    expect = np.concatenate([np.arange(s["n"]) for s in meta["shards"]]) if arrays else np.zeros(0)
-    if len(index) != len(tokens) or not np.array_equal(index["row"].to_numpy(), expect):
-        raise ValueError(f"{split_dir}: index.parquet lists {len(index)} rows but the shards hold {len(tokens)}")
+        shape, got = _npy_header(path)
+        if shape != (s["n"], *row_shape) or got != dtype:
+            raise ValueError(f"token shard {path} is {shape} {got}, {needed[1]} lists {(s['n'], *row_shape)} {dtype}")
+        paths.append(path)
+        lengths.append(s["n"])
+    tokens = ShardedTokens.open(paths, lengths, row_shape, dtype,
+                                max_open=max_open or _open_file_budget(len(paths)))
+    expect = np.concatenate([np.arange(n) for n in lengths]) if lengths else np.zeros(0)
+    if len(index) != len(tokens):
+        raise ValueError(f"{split_dir}: index.parquet lists {len(index)} galaxies but the shards hold {len(tokens)}")
+    if not np.array_equal(index["row"].to_numpy(), expect):
+        raise ValueError(f"{split_dir}: index.parquet's rows do not follow the shards' order; rerun token_index")
     return TokenSplit(tokens=tokens, ids=np.asarray(index["id"].astype(str).tolist(), dtype=str), meta=meta)

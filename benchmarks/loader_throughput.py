@@ -137,7 +137,7 @@ def _host_unsorted(split, idx, step, staging, gather):
 def _host_take(split, idx, step, staging, gather):
     # One shard's memmap gathered directly, without ShardedTokens (its overhead, by difference).
     # mode="clip": numpy buffers `out` (a second copy) in the default mode="raise"
-    np.take(split.tokens.shards[0], np.sort(idx), axis=0, out=staging.numpy(), mode="clip")
+    np.take(split.tokens.shard(0), np.sort(idx), axis=0, out=staging.numpy(), mode="clip")
     return staging
 
 

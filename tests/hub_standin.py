@@ -17,13 +17,14 @@
 
 Example (a workflow test)::
 
-    from hub_standin import FAKE_COMMIT, fake_hub, hf_env_vars, make_standin_dataset
+    from hub_standin import FAKE_COMMIT, UNSET_ENV, fake_hub, hf_env_vars, make_standin_dataset
 
     standin = make_standin_dataset(tmp_path / "repo", n_per_split={"train": 64, "validation": 16, "test": 32})
     with fake_hub(standin.root) as hub:
         config["data"] = {"source": "huggingface", "image_size": 32,
                           "huggingface": {"endpoint": hub.endpoint, "revision": FAKE_COMMIT}}
-        subprocess.run([... "snakemake" ...], env={**os.environ, **hf_env_vars(tmp_path / "hf_home")})
+        env = {k: v for k, v in os.environ.items() if k not in UNSET_ENV}  # no HF_TOKEN etc.
+        subprocess.run([... "snakemake" ...], env={**env, **hf_env_vars(tmp_path / "hf_home")})
 """
 
 from __future__ import annotations
@@ -479,8 +480,8 @@ def hf_env_vars(hf_home: str | Path) -> dict[str, str]:
     """Environment for a process that must talk only to a fake Hub: a fresh HF_HOME (no token,
     no cache under ~), online, no telemetry, no proxy for 127.0.0.1.
 
-    Unset ``HF_TOKEN``, ``HUGGING_FACE_HUB_TOKEN``, ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT`` as well
-    (see :data:`UNSET_ENV`)."""
+    These are only the variables to set: also remove the ones in :data:`UNSET_ENV` (``HF_TOKEN``,
+    ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``...) from the environment you pass on."""
     return {
         "HF_HOME": str(hf_home),
         "HF_HUB_DISABLE_TELEMETRY": "1",

@@ -551,8 +551,11 @@ def test_sharded_tokens_indexing():
     out = np.empty((4, 4, 3), np.uint8)
     assert st.take(np.array([1, 2, 3, 8]), out=out) is out
     np.testing.assert_array_equal(out, whole[[1, 2, 3, 8]])
+    np.testing.assert_array_equal(st[np.array([-1, -10, 2])], whole[[-1, -10, 2]])  # as numpy
     with pytest.raises(IndexError, match="outside 0..9"):
         st.take(np.array([10]))
+    with pytest.raises(IndexError, match="boolean index"):
+        st[np.array([True, False])]
     with pytest.raises(ValueError, match="shard 1"):
         ShardedTokens([parts[0], parts[2].astype(np.float32)])
 
@@ -582,3 +585,43 @@ def test_images_inside_parquet_shards(tmp_path):
     for k, gid in enumerate(split.ids):
         img = np.asarray(Image.open(io.BytesIO(by_id[gid])).convert("RGB"))
         np.testing.assert_array_equal(split.tokens[k], image_to_tokens(img, 8), err_msg=gid)
+
+
+def test_sharded_tokens_from_files_keep_few_maps_open(tmp_path):
+    rng = np.random.default_rng(1)
+    parts = [rng.integers(0, 255, (n, 4, 3), dtype=np.uint8) for n in (3, 5, 2, 4)]
+    paths = []
+    for k, a in enumerate(parts):
+        np.save(tmp_path / f"{k}.npy", a)
+        paths.append(tmp_path / f"{k}.npy")
+    whole = np.concatenate(parts)
+    st = ShardedTokens.open(paths, [len(a) for a in parts], (4, 3), np.uint8, max_open=2)
+    for _ in range(3):  # cycling through every shard, more than max_open of them
+        for rows in (np.array([0, 4, 9, 12]), np.array([13, 1]), np.arange(14)):
+            np.testing.assert_array_equal(st[rows], whole[rows])
+            assert sum(a is not None for a in st._arrays) <= 2
+    np.testing.assert_array_equal(st[2:11, 1:], whole[2:11, 1:])
+    bad = ShardedTokens.open(paths, [3, 5, 3, 4], (4, 3), np.uint8)  # shard 2 does not hold 3 rows
+    with pytest.raises(ValueError, match=r"2.npy is \(2, 4, 3\)"):
+        bad[9]
+
+
+def test_jobs_leave_each_others_files_alone_and_stale_shards_go(folder, tmp_path):
+    root, meta, _ = folder
+    kw = dict(patch_size=8, image_size=32, log=_quiet, max_reject_fraction=1)
+    out = tmp_path / "t"
+    (out / "shards").mkdir(parents=True)
+    busy = out / "shards" / "00005.npy.tmp-othernode-123-abcd"  # job 1 of 2 is writing shard 5
+    busy.write_bytes(b"in progress")
+    tokenise_group(meta, root, out, group=0, groups=2, shard_size=2, **kw)  # shards 0-3 of 8
+    assert busy.exists()
+    tokenise_group(meta, root, out, group=1, groups=2, shard_size=2, **kw)  # its own leftovers go
+    assert not busy.exists()
+    merge_token_groups(out, 2, max_reject_fraction=1, log=_quiet)
+    assert len(list((out / "shards").glob("*.npy"))) == 8
+    lines: list[str] = []
+    tokenise_split(meta, root, out, shard_size=8, **{**kw, "log": lines.append})  # 2 shards now
+    assert sorted(p.name for p in (out / "shards").glob("*.npy")) == ["00000.npy", "00001.npy"]
+    assert sorted(p.name for p in (out / "parts").iterdir()) == [f"0000-of-0001{e}" for e in (".json", ".parquet", ".rejected.csv")]
+    assert any("removed 18 stale shard/part files" in line for line in lines)
+    assert load_tokens(out).meta["n_galaxies"] == 12

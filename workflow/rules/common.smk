@@ -122,10 +122,14 @@ def image_column():
     return hf.get("image_column", "image") if CFG.data["source"] == "huggingface" else "image"
 
 
-# Settings of a data source that cannot change the download's outputs: passed to the job
-# through `snakemake.config`, never as params (params are stored under .snakemake/, and a
-# token must not be).
-OPERATIONAL_DATA_KEYS = {"synthetic": ("workers",), "folder": (), "huggingface": ("workers", "retries", "token", "endpoint")}
+# Settings of a data source that cannot change the download's outputs (or only decide
+# whether it fails): passed to the job through `snakemake.config`, never as params (params
+# are stored under .snakemake/, and a token must not be).
+OPERATIONAL_DATA_KEYS = {
+    "synthetic": ("workers",),
+    "folder": (),
+    "huggingface": ("workers", "retries", "token", "endpoint", "max_reject_fraction"),
+}
 
 
 def download_params():

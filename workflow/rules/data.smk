@@ -1,6 +1,6 @@
 rule download:
     # Compute nodes are often cut off from the internet: on SLURM the HuggingFace download
-    # runs where Snakemake runs (see README, "Real data").
+    # runs where Snakemake runs (see README, "The paper's data").
     localrule: CFG.data["source"] == "huggingface"
     output:
         metadata="resources/galaxies/metadata.parquet",
@@ -28,8 +28,9 @@ rule tokenise:
         rejected="results/tokens/{split}/parts/{part}.rejected.csv",
         summary="results/tokens/{split}/parts/{part}.json",
     params:
-        # norm is applied at load time; workers and jobs do not change the tokens: left out.
-        tokens=output_params(CFG.tokens, "workers", "norm", "jobs"),
+        # Left out (read from the config by the script): norm, applied at load time; workers
+        # and jobs, which do not change the tokens; max_reject_fraction, a pass/fail bar.
+        tokens=output_params(CFG.tokens, "workers", "norm", "jobs", "max_reject_fraction"),
         image_size=CFG.data["image_size"],
         n_chan=CFG.data["n_chan"],
         image_column=image_column(),
@@ -55,7 +56,6 @@ rule token_index:
         meta="results/tokens/{split}/meta.json",
         rejected="results/tokens/{split}/rejected.csv",
     params:
-        max_reject_fraction=CFG.tokens["max_reject_fraction"],
         jobs=lambda wc: CFG.token_jobs(wc.split),
     log:
         "logs/token_index/{split}.log",

@@ -10,7 +10,8 @@ pipeline.tokenise(
     snakemake.input.metadata,  # noqa: F821
     snakemake.wildcards.split,  # noqa: F821
     Path(snakemake.output.index).parent.parent,  # noqa: F821
-    {**snakemake.params.tokens, "workers": snakemake.config["tokens"]["workers"]},  # noqa: F821
+    # Operational settings (not params, so changing them reruns nothing) from the config.
+    {**snakemake.params.tokens, **{k: snakemake.config["tokens"][k] for k in ("workers", "max_reject_fraction")}},  # noqa: F821
     snakemake.params.image_size,  # noqa: F821
     snakemake.params.n_chan,  # noqa: F821
     group=group,
