@@ -85,6 +85,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     compile: bool = False
+    peak_tflops: float | None = None
     # Filled from the top level of the config, not from `train:`.
     seed: int = 0
     norm: Literal["patch", "image"] = "image"
@@ -112,10 +113,11 @@ class TrainConfig:
 class Resources:
     """Cluster resources of one job."""
 
-    gpus: int = 0
-    cpus: int = 1
-    mem_mb: int = 4000
+    gpus: int = 0  # per node
+    cpus: int = 1  # per node
+    mem_mb: int = 4000  # per node
     runtime: int = 60
+    nodes: int = 1
 
 
 @dataclass
@@ -189,9 +191,11 @@ class Config:
 
     def train_config(self, name: str) -> TrainConfig:
         """The trainer's settings for one size (threads from that size's resources)."""
+        train = {k: v for k, v in self.raw["train"].items() if k != "sizes"}
         return TrainConfig.from_dict(
             {
-                **self.raw["train"],
+                **train,
+                **self.raw["train"]["sizes"].get(name, {}),
                 "seed": self.seed,
                 "norm": self.tokens["norm"],
                 "threads": self.resources("train", name).cpus,
@@ -418,18 +422,29 @@ def _check_semantics(cfg: Config) -> None:
         for s in raw["umap"]["sizes"] or []:
             if s not in raw["sizes"]:
                 problems.append(f"config key '{key}': {s!r} is not one of sizes {raw['sizes']}")
+    for s in raw["train"]["sizes"]:
+        if s not in raw["sizes"] and s not in custom and s not in PRESETS:
+            problems.append(f"config key 'train.sizes.{s}': unknown size {s!r}")
     for rule in PER_SIZE_RULES:
         for s in raw["resources"][rule]["sizes"]:
             if s not in custom and s not in PRESETS:
                 problems.append(f"config key 'resources.{rule}.sizes.{s}': unknown size {s!r}")
     for s in raw["sizes"]:
         if s in custom or s in PRESETS:
-            gpus = cfg.resources("train", s).gpus
-            if gpus > 1 and raw["train"]["grad_accum"] % gpus:
+            res = cfg.resources("train", s)
+            ranks = max(res.gpus, 1) * res.nodes
+            if res.nodes > 1 and res.gpus < 1:
+                problems.append(f"config key 'resources.train' of size {s}: nodes {res.nodes} needs gpus >= 1 per node")
+            accum = cfg.train_config(s).grad_accum
+            if ranks > 1 and accum % ranks:
+                key = f"train.sizes.{s}.grad_accum" if "grad_accum" in raw["train"]["sizes"].get(s, {}) else "train.grad_accum"
                 problems.append(
-                    f"config key 'train.grad_accum': {raw['train']['grad_accum']} is not divisible "
-                    f"by the {gpus} GPUs of size {s} (resources.train)"
+                    f"config key '{key}': {accum} is not divisible "
+                    f"by the {ranks} ranks ({res.gpus} GPUs x {res.nodes} node(s)) of size {s} (resources.train)"
                 )
+    for s in raw["sizes"]:
+        if (s in custom or s in PRESETS) and cfg.resources("embed", s).nodes > 1:
+            problems.append(f"config key 'resources.embed' of size {s}: only training runs on several nodes (nodes must be 1)")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 

@@ -16,7 +16,17 @@ Files in ``out_dir``:
                  atomically every ``checkpoint_interval`` steps; a rerun resumes from it.
     ckpt.pt      the final model (v1 checkpoint layout, no optimiser), written at the end.
     ckpt.json    a readable sidecar: size, parameters, steps, final losses, config.
-    metrics.csv  step, tokens_seen, flops, train_loss, val_loss, lr, elapsed_s, tokens_per_s.
+    metrics.csv  step, tokens_seen, flops, train_loss, val_loss, lr, elapsed_s, tokens_per_s,
+                 mfu, peak_mem_gb, gpu_hours.
+
+Faults: SIGUSR1 or SIGTERM (SLURM's warning before a time limit or on preemption, e.g.
+``sbatch --signal=USR1@600``) makes every rank stop at the next step boundary; rank 0 writes
+``last.pt`` and the process exits with status 75 (:data:`EXIT_CHECKPOINTED`), so the job
+fails and is retried, and the retry resumes where it stopped: model, optimiser, schedule
+position, data position and random state. A job killed outright (SIGKILL) loses at most the
+steps since the last ``checkpoint_interval``: checkpoints are written atomically, so
+``last.pt`` is always the last complete one. A non-finite loss stops the run with its step
+number and keeps the last good ``last.pt``.
 
 Run::
 
@@ -37,6 +47,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,6 +55,7 @@ import torch
 
 from astropt.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
 from astropt.config import SizeSpec, TrainConfig
+from astropt.hardware import peak_flops, peak_memory_gb
 from astropt.loader import BatchGatherer
 from astropt.model import GPT, GPTConfig
 from astropt.tokenise import load_tokens, normalise
@@ -57,13 +69,66 @@ METRIC_COLUMNS = [
     "lr",
     "elapsed_s",
     "tokens_per_s",
+    "mfu",
+    "peak_mem_gb",
+    "gpu_hours",
 ]
 # Settings that do not change what is learned: a resumed run may differ in these.
-OPERATIONAL_KEYS = {"eval_interval", "log_interval", "checkpoint_interval", "device", "compile", "threads"}
+OPERATIONAL_KEYS = {"eval_interval", "log_interval", "checkpoint_interval", "device", "compile", "threads",
+                    "peak_tflops"}
+EXIT_CHECKPOINTED = 75
+"""Exit status after a stop signal was handled by checkpointing (EX_TEMPFAIL: retry me)."""
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class Checkpointed(Exception):
+    """Training stopped at a step boundary after a stop signal; ``last.pt`` holds the state."""
+
+    def __init__(self, step: int, signame: str) -> None:
+        super().__init__(f"stopped by {signame} at step {step}; resumable state in last.pt")
+        self.step, self.signame = step, signame
+
+
+class StopRequest:
+    """Remembers SIGUSR1 / SIGTERM instead of dying, so training can checkpoint first.
+
+    Installed for the duration of a ``with`` block (the previous handlers are put back).
+    """
+
+    SIGNALS = ("SIGUSR1", "SIGTERM")
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, _frame) -> None:
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        import signal
+
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    def __enter__(self) -> "StopRequest":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # handlers only there
+            for name in self.SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -177,18 +242,26 @@ def train(
 
     Returns:
         The metrics table (also written to ``metrics.csv``).
+
+    Raises:
+        Checkpointed: After SIGUSR1 / SIGTERM: ``last.pt`` was written at a step boundary
+            (the CLI exits with :data:`EXIT_CHECKPOINTED`).
+        NonFiniteLossError: If the training loss is NaN or infinite (``last.pt`` is kept).
     """
     out_dir = Path(out_dir)
     dist, device = _setup_distributed(cfg.device)
     say = log if dist.main else (lambda *a, **k: None)
     try:
-        return _train(spec, cfg, Path(train_tokens), Path(val_tokens), out_dir, dist, device, say)
+        with StopRequest() as stop:
+            return _train(spec, cfg, Path(train_tokens), Path(val_tokens), out_dir, dist, device, say, stop)
     finally:
         if dist.world > 1:
+            global _STOP_GROUP
+            _STOP_GROUP = None
             torch.distributed.destroy_process_group()
 
 
-def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say) -> pd.DataFrame:
+def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say, stop: StopRequest) -> pd.DataFrame:
     torch.set_num_threads(max(1, cfg.threads))
     train_split, val_split = load_tokens(train_tokens), load_tokens(val_tokens)
     n_tok, dim = train_split.tokens.shape[1:]
@@ -218,11 +291,14 @@ def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say) -> p
     n_params = model.get_num_params()
     flops_per_token = model.flops_per_token(seq)
     fingerprint = run_fingerprint(spec, cfg, data_identity(train_split) + data_identity(val_split))
+    peak = peak_flops(device, cfg.peak_tflops)  # per device; None: no MFU (CPU, unknown GPU)
+    n_gpus = dist.world if device.type == "cuda" else 0
 
     # ---------------------------------------------------------------- resume
     out_dir.mkdir(parents=True, exist_ok=True)
     last = out_dir / "last.pt"
     step, rows, elapsed_before, best_val = 0, [], 0.0, float("inf")
+    window_resume = {"loss_sum": 0.0, "steps": 0}
     state = None
     if last.exists():
         try:
@@ -239,6 +315,7 @@ def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say) -> p
             rows = list(state["metrics"])
             elapsed_before = float(state["elapsed_s"])
             best_val = float(state["best_val_loss"])
+            window_resume = state.get("window", {"loss_sum": 0.0, "steps": 0})
             torch.set_rng_state(state["rng"]["torch"])
             say(f"resuming {spec.name} from {last} at step {step}/{cfg.steps}")
         else:
@@ -253,7 +330,9 @@ def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say) -> p
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        model = DDP(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+        # Gradients live in DDP's buckets (no second copy of them: matters at 2100M).
+        model = DDP(model, device_ids=[dist.local_rank] if device.type == "cuda" else None,
+                    gradient_as_bucket_view=True)
 
     say(
         f"training {spec.name}: {n_params:,} parameters, {spec.model.n_layer} layers x "
@@ -302,6 +381,9 @@ def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say) -> p
                 "metrics": rows,
                 "elapsed_s": elapsed,
                 "rng": {"torch": torch.get_rng_state()},
+                # Losses of the steps since the last metrics row (non-empty only after a stop
+                # signal), so the resumed run's next row averages the same steps.
+                "window": {"loss_sum": float(window_loss), "steps": window_steps},
             },
         )
 
@@ -309,8 +391,8 @@ def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say) -> p
     model.train()
     t_start = time.perf_counter()
     elapsed = elapsed_before
-    window_loss = torch.zeros((), device=device)
-    window_steps, window_t0, window_step0 = 0, time.perf_counter(), step
+    window_loss = torch.full((), float(window_resume["loss_sum"]), device=device)
+    window_steps, window_t0, window_step0 = int(window_resume["steps"]), time.perf_counter(), step
     while step < cfg.steps:
         lr = lr_at(step, spec.lr, cfg)
         for group in optimizer.param_groups:
@@ -354,6 +436,7 @@ def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say) -> p
             now = time.perf_counter()
             elapsed = elapsed_before + (now - t_start)
             tok_s = (step - window_step0) * global_batch * seq / max(now - window_t0, 1e-9)
+            mfu = tok_s * flops_per_token / (peak * dist.world) if peak else float("nan")
             rows.append(
                 {
                     "step": step,
@@ -364,13 +447,18 @@ def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say) -> p
                     "lr": lr,
                     "elapsed_s": elapsed,
                     "tokens_per_s": tok_s,
+                    "mfu": mfu,
+                    "peak_mem_gb": peak_memory_gb(device),
+                    "gpu_hours": elapsed * n_gpus / 3600,
                 }
             )
             eta = (cfg.steps - step) * (now - window_t0) / max(step - window_step0, 1)
             say(
                 f"[{spec.name}] step {step}/{cfg.steps} | train loss {train_loss:.4f}"
                 + (f" | val loss {val_loss:.4f}" if do_eval else "")
-                + f" | lr {lr:.2e} | {tok_s / 1e3:.1f}k tokens/s | elapsed {_format_eta(elapsed)}"
+                + f" | lr {lr:.2e} | {tok_s / 1e3:.1f}k tokens/s"
+                + (f" | MFU {100 * mfu:.1f}%" if peak else "")
+                + f" | elapsed {_format_eta(elapsed)}"
                 + f" | ETA {_format_eta(eta)}"
             )
             window_loss.zero_()
@@ -378,6 +466,24 @@ def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say) -> p
         if dist.main and do_ckpt:
             elapsed = elapsed_before + (time.perf_counter() - t_start)
             save_state(last)
+        if not last_step and _stop_agreed(stop, dist):
+            # SLURM's warning before a time limit or preemption: save, exit, be retried.
+            if dist.world > 1:  # every rank then saves (and resumes with) the ranks' mean
+                torch.distributed.all_reduce(window_loss, op=torch.distributed.ReduceOp.AVG)
+            if window_steps and not math.isfinite(float(window_loss)):
+                raise NonFiniteLossError(
+                    f"non-finite training loss at step {step} of size {spec.name} (found while "
+                    f"stopping for {stop.name or 'a stop signal'}); the last good checkpoint ({last}) is kept"
+                )
+            if dist.main and not do_ckpt:
+                elapsed = elapsed_before + (time.perf_counter() - t_start)
+                save_state(last)
+            if dist.world > 1:
+                torch.distributed.barrier()
+            signame = stop.name or "a stop signal (on another rank)"
+            say(f"[{spec.name}] {signame}: checkpointed at step {step}/{cfg.steps} in {last}; "
+                f"exiting with status {EXIT_CHECKPOINTED} so the job is retried and resumes here")
+            raise Checkpointed(step, signame)
 
     # ---------------------------------------------------------------- outputs
     metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
@@ -402,6 +508,12 @@ def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say) -> p
             "final_val_loss": final_val,
             "best_val_loss": best_val,
             "elapsed_s": float(metrics["elapsed_s"].iloc[-1]) if len(metrics) else 0.0,
+            "gpu_hours": float(metrics["gpu_hours"].iloc[-1]) if len(metrics) else 0.0,
+            "peak_mem_gb": float(metrics["peak_mem_gb"].max()) if len(metrics) else 0.0,
+            "tokens_per_s": float(metrics["tokens_per_s"].median()) if len(metrics) else 0.0,
+            "mfu": float(metrics["mfu"].median()) if len(metrics) and peak else None,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "ranks": dist.world,
             "model_args": spec.model.to_dict(),
             "lr": spec.lr,
             "train": cfg.to_dict(),
@@ -418,6 +530,25 @@ def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say) -> p
         say(f"[{spec.name}] done: final val loss {final_val:.5f}, {n_params:,} parameters, "
             f"{_format_eta(sidecar['elapsed_s'])} of training")
     return metrics
+
+
+_STOP_GROUP = None
+
+
+def _stop_agreed(stop: StopRequest, dist: Dist) -> bool:
+    """Whether any rank was asked to stop (all ranks must stop at the same step).
+
+    Under DDP the ranks compare flags every step through a CPU (gloo) group of their own, so
+    the check never waits for the GPU: a NCCL collective read on the host would.
+    """
+    global _STOP_GROUP
+    if dist.world == 1:
+        return stop.signum is not None
+    if _STOP_GROUP is None:
+        _STOP_GROUP = torch.distributed.new_group(backend="gloo")
+    flag = torch.tensor([0 if stop.signum is None else 1], dtype=torch.int32)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=_STOP_GROUP)
+    return bool(flag[0])
 
 
 # --------------------------------------------------------------------------- CLI
@@ -441,7 +572,7 @@ def spec_to_json(spec: SizeSpec, cfg: TrainConfig) -> dict:
     return {"size": spec.name, "model": spec.model.to_dict(), "lr": spec.lr, "train": train}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", required=True, help="JSON (a string or a file path) from spec_to_json")
     p.add_argument("--train-tokens", required=True, type=Path)
@@ -457,8 +588,12 @@ def main(argv: list[str] | None = None) -> None:
         cfg.threads = max(1, args.threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     else:
         cfg.threads = torch.get_num_threads()
-    train(spec, cfg, args.train_tokens, args.val_tokens, args.out_dir,
-          log=lambda *a: print(*a, flush=True))
+    try:
+        train(spec, cfg, args.train_tokens, args.val_tokens, args.out_dir,
+              log=lambda *a: print(*a, flush=True))
+    except Checkpointed:
+        return EXIT_CHECKPOINTED
+    return 0
 
 
 if __name__ == "__main__":

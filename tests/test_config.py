@@ -68,6 +68,13 @@ def test_defaults_are_filled(default):
         (lambda c: c["train"].__setitem__("warmup_steps", 600), "train.warmup_steps"),
         (lambda c: c["train"].__setitem__("decay_steps", 700), "train.decay_steps"),
         (lambda c: c["train"].__setitem__("micro_batch", 16.5), "train.micro_batch"),
+        (lambda c: c["resources"]["train"]["sizes"].__setitem__("416K", {"nodes": 2}), "resources.train"),
+        (lambda c: c["resources"]["embed"]["sizes"].__setitem__("416K", {"nodes": 2, "gpus": 1}), "resources.embed"),
+        (lambda c: c["train"].__setitem__("sizes", {"3M": {"micro_batch": 4}}), "train.sizes.3M"),
+        (lambda c: c["train"].__setitem__("sizes", {"42K": {"steps": 4}}), "train.sizes.42K"),
+        (lambda c: (c["train"].__setitem__("sizes", {"416K": {"grad_accum": 3}}),
+                    c["resources"]["train"]["sizes"].__setitem__("416K", {"gpus": 2})), "train.sizes.416K.grad_accum"),
+        (lambda c: c["tokens"].__setitem__("jobs", {"train": 10000}), "tokens.jobs"),
     ],
 )
 def test_bad_config_names_the_key(default, edit, key):
@@ -116,3 +123,14 @@ def test_numeric_strings_for_integer_keys(default, value, expected):
 def test_non_finite_numbers_are_refused_by_key(default, value):
     with pytest.raises(ConfigError, match="'train.weight_decay'"):
         load_config(dict(default, train={**default["train"], "weight_decay": value}))
+
+
+def test_per_size_batch_split_and_nodes(default):
+    cfg = copy.deepcopy(default)
+    cfg["train"]["sizes"] = {"416K": {"micro_batch": 8, "grad_accum": 4}}
+    cfg["resources"]["train"]["sizes"] = {"416K": {"gpus": 2, "nodes": 2}}
+    c = load_config(cfg)
+    t = c.train_config("416K")
+    assert (t.micro_batch, t.grad_accum) == (8, 4) and c.train_config("42K").micro_batch == 32
+    r = c.resources("train", "416K")
+    assert (r.gpus, r.nodes) == (2, 2) and c.resources("train", "42K").nodes == 1

@@ -1,4 +1,4 @@
-"""Training: schedule, data order, outputs, resume after interruption, DDP equivalence.
+"""Training: schedule, data order, outputs, resume after interruption or a stop signal, DDP.
 
 Run: python -m pytest tests/test_train.py -q
 """
@@ -6,8 +6,12 @@ Run: python -m pytest tests/test_train.py -q
 import dataclasses
 import json
 import math
+import os
+import random
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -85,6 +89,78 @@ def test_interrupted_run_resumes_to_the_same_result(micro_tokens, tiny_spec, tin
     monkeypatch.setattr(T, "save_checkpoint", real_save)
 
     resumed = _run(tiny_spec, tiny_train, micro_tokens, tmp_path / "cut")
+    cols = ["step", "tokens_seen", "train_loss", "val_loss", "lr"]
+    pd.testing.assert_frame_equal(resumed[cols], ref[cols], rtol=1e-6)
+
+
+def test_stop_signal_checkpoints_at_the_step_and_resumes_exactly(micro_tokens, tiny_spec, tiny_train, tmp_path, monkeypatch):
+    """SIGUSR1 (SLURM's warning before a time limit) between checkpoints: state saved at the
+    next step boundary, including the half-filled loss window, and the resumed run's
+    metrics equal an uninterrupted run's."""
+    ref = _run(tiny_spec, tiny_train, micro_tokens, tmp_path / "ref")
+    before = signal.getsignal(signal.SIGUSR1)
+    real = T.lr_at
+
+    def signal_during_step_13(step, *args):
+        if step == 13:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(step, *args)
+
+    monkeypatch.setattr(T, "lr_at", signal_during_step_13)
+    with pytest.raises(T.Checkpointed, match="SIGUSR1 at step 14"):
+        _run(tiny_spec, tiny_train, micro_tokens, tmp_path / "cut")
+    assert signal.getsignal(signal.SIGUSR1) == before  # handler put back
+    state = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert state["iter_num"] == 14 and state["window"]["steps"] == 4  # steps 11-14 not logged yet
+    monkeypatch.setattr(T, "lr_at", real)
+    resumed = _run(tiny_spec, tiny_train, micro_tokens, tmp_path / "cut")
+    cols = ["step", "tokens_seen", "train_loss", "val_loss", "lr"]
+    pd.testing.assert_frame_equal(resumed[cols], ref[cols], rtol=1e-6)
+
+
+_SLOW_TRAIN = """
+import sys, time
+import astropt.train as T
+real = T.lr_at
+def slow(*args):  # ~30 ms per step, so the test can hit a random one
+    time.sleep(0.03)
+    return real(*args)
+T.lr_at = slow
+sys.exit(T.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGUSR1", pytest.param("SIGTERM", marks=pytest.mark.slow)])
+def test_killed_or_signalled_process_resumes(micro_tokens, tiny_spec, tiny_train, tmp_path, sig):
+    """A training process hit at a random step: SIGKILL (no warning) loses at most the steps
+    since the last checkpoint, SIGUSR1 / SIGTERM checkpoint first and exit with status 75;
+    either way last.pt is intact and the rerun ends where an uninterrupted run ends."""
+    cfg = dataclasses.replace(tiny_train, steps=60, checkpoint_interval=5, log_interval=5, eval_interval=20)
+    ref = _run(tiny_spec, cfg, micro_tokens, tmp_path / "ref")
+    out = tmp_path / "run"
+    args = ["--spec", json.dumps(spec_to_json(tiny_spec, cfg)), "--train-tokens", str(micro_tokens / "train"),
+            "--val-tokens", str(micro_tokens / "validation"), "--out-dir", str(out), "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_TRAIN, *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(random.Random(sig).uniform(0.0, 0.8))  # somewhere in steps ~5-35
+    proc.send_signal(getattr(signal, sig))
+    log, _ = proc.communicate(timeout=120)
+    state = load_checkpoint(out / "last.pt")  # never corrupt
+    assert 5 <= state["iter_num"] < 60, log
+    assert not (out / "ckpt.pt").exists()
+    if sig == "SIGKILL":
+        assert proc.returncode == -signal.SIGKILL and state["iter_num"] % 5 == 0
+    else:
+        assert proc.returncode == T.EXIT_CHECKPOINTED, log
+        assert f"{sig}: checkpointed at step {state['iter_num']}/60" in log
+    rerun = subprocess.run([sys.executable, "-m", "astropt.train", *args], env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert f"resuming 20K from {out / 'last.pt'} at step {state['iter_num']}/60" in rerun.stdout
+    resumed = pd.read_csv(out / "metrics.csv")
     cols = ["step", "tokens_seen", "train_loss", "val_loss", "lr"]
     pd.testing.assert_frame_equal(resumed[cols], ref[cols], rtol=1e-6)
 

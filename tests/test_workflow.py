@@ -67,6 +67,21 @@ def test_paper_single_target_dry_run_on_slurm_profile():
     assert "results/models/309M/ckpt.pt" in proc.stdout
 
 
+def test_paper_2100M_is_one_job_on_two_nodes():
+    """Multi-node: one srun task per node running astropt.launch; SLURM gets the nodes,
+    one task each and 8 GPUs per node."""
+    proc = snakemake("-n", "--forceall", "--profile", "profiles/slurm", "--configfile=config/paper.yaml",
+                     "-p", "results/models/2100M/ckpt.pt")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "exec srun --ntasks=2 --ntasks-per-node=1 --kill-on-bad-exit=1 " in out
+    assert "-m astropt.launch --nnodes=2 --nproc-per-node=8 -- -m astropt.train" in out
+    train = out[out.index("rule train:"):]
+    for res in ("gpu=0", "gres=gpu:8", "nodes=2", "tasks=2", "mpi=srun", "runtime=1440"):
+        assert res in train.split("resources:")[1].split("\n")[0], res
+    assert '"grad_accum": 32' in out and '"micro_batch": 10' in out
+
+
 def test_bad_config_stops_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("sizes: [42K, 3M]\ntrain: {steps: many}\n")

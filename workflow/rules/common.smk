@@ -62,31 +62,51 @@ def train_spec(wildcards):
 
 
 def train_launcher(wildcards):
-    """This Python for one process, torchrun (one rank per GPU) for more than one GPU.
+    """How the train rule starts the ranks of one size.
 
+    One process: this Python. Several GPUs on one node: astropt.launch (torchrun
+    --standalone, one rank per GPU). Several nodes: one srun task per node, each running
+    astropt.launch, which finds the rendezvous host inside the step (the SLURM executor
+    strips SLURM_* variables from the rule's shell, so it cannot be computed here).
     `sys.executable`, not `python`: the jobs must use the environment Snakemake runs in
     even when it is not activated (e.g. `.venv/bin/snakemake`).
     """
-    gpus = CFG.resources("train", wildcards.size).gpus
-    if gpus > 1:
-        return f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node={gpus}"
+    r = CFG.resources("train", wildcards.size)
+    if r.nodes > 1:
+        return (
+            f"srun --ntasks={r.nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 "
+            f"{sys.executable} -m astropt.launch --nnodes={r.nodes} --nproc-per-node={r.gpus} --"
+        )
+    if r.gpus > 1:
+        return f"{sys.executable} -m astropt.launch --nproc-per-node={r.gpus} --"
     return sys.executable
 
 
 def job_resources(rule_name):
-    """Snakemake/SLURM resources of a rule, per size for train and embed."""
+    """Snakemake/SLURM resources of a rule, per size for train and embed.
 
-    def _get(wildcards, attempt, key):
-        r = CFG.resources(rule_name, getattr(wildcards, "size", None))
-        value = getattr(r, key)
-        # A retried job (profile `retries`) gets more time.
-        return value * attempt if key == "runtime" else value
+    A multi-node training job asks for `nodes` nodes, one task each (`tasks`, with `mpi`
+    telling the SLURM executor that the rule's own `srun` places the tasks) and `gpus`
+    GPUs per node (`--gres=gpu:G`); one node asks for `--gpus=G`. Keys whose value is
+    None are left out of the submission.
+    """
+
+    def res(wildcards):
+        return CFG.resources(rule_name, getattr(wildcards, "size", None))
+
+    def multi(wildcards):
+        return rule_name == "train" and res(wildcards).nodes > 1
 
     return {
-        "runtime": lambda wc, attempt: _get(wc, attempt, "runtime"),
-        "mem_mb": lambda wc, attempt: _get(wc, attempt, "mem_mb"),
-        "gpu": lambda wc, attempt: _get(wc, attempt, "gpus"),
-        # One task per job; torchrun starts the ranks (don't ask for --ntasks-per-gpu).
+        # A retried job (profile `retries`) gets more time.
+        "runtime": lambda wc, attempt: res(wc).runtime * attempt,
+        "mem_mb": lambda wc: res(wc).mem_mb,
+        "gpu": lambda wc: 0 if multi(wc) else res(wc).gpus,
+        "gres": lambda wc: f"gpu:{res(wc).gpus}" if multi(wc) else None,
+        "nodes": lambda wc: res(wc).nodes if multi(wc) else None,
+        "tasks": lambda wc: res(wc).nodes if multi(wc) else None,
+        "mpi": lambda wc: "srun" if multi(wc) else None,
+        # torchrun starts the ranks: never ask for --ntasks-per-gpu.
         "tasks_per_gpu": 0,
     }
 

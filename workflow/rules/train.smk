@@ -23,6 +23,8 @@ rule train:
         # A restarted job resumes from {params.out_dir}/last.pt, which is not an output
         # (Snakemake would delete it), so an interrupted run loses at most one checkpoint
         # interval; the log is appended to, so it keeps the interrupted attempt's lines.
-        "{params.launcher} -m astropt.train --spec {params.spec:q}"
+        # `exec`: the trainer (or launcher) replaces the shell, so a signal reaches the
+        # process that checkpoints on it (SIGUSR1/SIGTERM: save last.pt, exit 75, retry).
+        "exec {params.launcher} -m astropt.train --spec {params.spec:q}"
         " --train-tokens {params.train_dir} --val-tokens {params.val_dir}"
         " --out-dir {params.out_dir} --threads {threads} >> {log} 2>&1"
