@@ -405,6 +405,7 @@ def _check_semantics(cfg: Config) -> None:
             problems.append("config key 'data.folder.val_fraction': val_fraction + test_fraction must be below 1")
     if raw["data"]["source"] == "huggingface":
         problems += _check_huggingface(raw["data"]["huggingface"])
+    problems += _check_models(raw)
     tr = raw["train"]
     if tr["warmup_steps"] >= tr["steps"]:
         problems.append(f"config key 'train.warmup_steps': {tr['warmup_steps']} is not below train.steps ({tr['steps']})")
@@ -465,6 +466,16 @@ def _check_huggingface(hf: dict) -> list[str]:
             )
         first.setdefault(pattern, split)
     return problems
+
+
+def _check_models(raw: dict) -> list[str]:
+    """Checks of ``models`` the schema cannot express: with ``source: released``, only the paper's
+    sizes, and tokens that fit the released models (:func:`astropt.released.config_problems`)."""
+    if raw["models"]["source"] != "released":
+        return []
+    from astropt.released import config_problems
+
+    return config_problems(raw)
 
 
 def _format_count(n: int) -> str:

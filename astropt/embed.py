@@ -7,10 +7,20 @@ training (the mode is read from the checkpoint's config).
 
 Embeddings are stored as parquet: a string column ``id`` and a fixed-size list column
 ``embedding`` (float32), one row per galaxy, in the token split's order.
+
+Orientation: AstroPT v1 trained on transposed stamps (its training path cut patches from an
+HWC array ``.swapaxes(0, 2)``, i.e. C, W, H) but its probe path, behind the paper's downstream
+numbers, fed them untransposed. The released weights converted by :mod:`astropt.released` record
+``image_transpose: true`` in their checkpoint config. ``transpose`` (config key
+``embed.transpose``) chooses what the model is fed: :func:`resolve_transpose`. A transpose is a
+fixed permutation of the stored tokens (:func:`transpose_index`): which spiral token goes where,
+and the pixels inside each patch; it is applied to the raw tokens on the device, before the
+normalisation, so it equals tokenising the transposed stamps.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -21,7 +31,76 @@ import torch
 
 from astropt.checkpoint import load_checkpoint, model_from_checkpoint
 from astropt.model import GPT
-from astropt.tokenise import load_tokens, normalise
+from astropt.tokenise import load_tokens, normalise, spiral_order
+
+TRANSPOSE_SETTINGS = ("auto", True, False)
+
+
+def transpose_index(grid: int, patch_size: int, n_chan: int) -> tuple[np.ndarray, np.ndarray]:
+    """The permutation that turns a stamp's spiral tokens into those of the transposed stamp.
+
+    For tokens ``x`` (``(..., grid**2, patch_size**2 * n_chan)``, spiral order, patches laid out
+    ``(p1 p2 c)`` as :func:`astropt.tokenise.patchify` writes them)::
+
+        tokens, inner = transpose_index(grid, p, c)
+        x[..., tokens, :][..., inner] == image_to_tokens(image.swapaxes(-3, -2), p)
+
+    Patch (i, j) of the transposed stamp is patch (j, i) of the stamp, itself transposed.
+
+    Args:
+        grid: Patches per side (``image_size / patch_size``).
+        patch_size: Patch side in pixels.
+        n_chan: Bands.
+
+    Returns:
+        ``tokens`` (``grid**2``): token k of the transposed stamp is token ``tokens[k]`` of the
+        stamp; ``inner`` (``patch_size**2 * n_chan``): the values of a patch, transposed.
+    """
+    order = spiral_order(grid)  # token k <- raster patch order[k]
+    position = np.argsort(order)  # raster patch -> token
+    row, col = np.divmod(order, grid)  # the transposed stamp's patch of token k ...
+    tokens = position[col * grid + row]  # ... is the stamp's patch (col, row)
+    inner = np.arange(patch_size * patch_size * n_chan).reshape(patch_size, patch_size, n_chan)
+    return tokens, inner.transpose(1, 0, 2).reshape(-1)
+
+
+def transpose_tokens(tokens, patch_size: int, n_chan: int = 3):
+    """Spiral tokens ``(..., T, D)`` (numpy or torch) of stamps -> the tokens of the transposed stamps."""
+    side = math.isqrt(tokens.shape[-2])
+    if side * side != tokens.shape[-2]:
+        raise ValueError(f"{tokens.shape[-2]} tokens do not form a square spiral grid")
+    idx, inner = transpose_index(side, patch_size, n_chan)
+    if isinstance(tokens, torch.Tensor):
+        idx, inner = torch.from_numpy(idx).to(tokens.device), torch.from_numpy(inner).to(tokens.device)
+    return tokens[..., idx, :][..., inner]
+
+
+def resolve_transpose(setting: str | bool, ckpt_config: dict) -> tuple[bool, str]:
+    """Whether to feed a checkpoint transposed stamps, and why (a line for the log).
+
+    Args:
+        setting: ``embed.transpose``: ``"auto"`` (what the paper did: untransposed for the
+            released v1 weights, which the paper probed that way; otherwise the orientation the
+            model was trained on), ``True`` or ``False``.
+        ckpt_config: The checkpoint's ``config`` (``source``, ``image_transpose``).
+    """
+    if setting not in TRANSPOSE_SETTINGS:
+        raise ValueError(f"config key 'embed.transpose': {setting!r} is not one of auto, true, false")
+    trained_transposed = bool(ckpt_config.get("image_transpose", False))
+    released = ckpt_config.get("source") == "released"
+    seen = "transposed" if trained_transposed else "untransposed"
+    if setting == "auto":
+        transpose = False if released else trained_transposed
+        why = (
+            "embed.transpose auto: untransposed stamps, as the paper's probes fed the released weights "
+            "(they were trained on transposed ones; true feeds that orientation)"
+            if released else f"embed.transpose auto: the orientation the model was trained on ({seen})"
+        )
+        return transpose, why
+    transpose = bool(setting)
+    fed = "transposed" if transpose else "untransposed"
+    why = f"embed.transpose {str(setting).lower()}: {fed} stamps (the model was trained on {seen} ones)"
+    return transpose, why
 
 
 @torch.no_grad()
@@ -33,6 +112,7 @@ def extract_embeddings(
     norm: str = "patch",
     device: str | torch.device = "cpu",
     log=None,
+    transpose: bool = False,
 ) -> np.ndarray:
     """Mean of the last block's output over the first ``n_tokens`` tokens.
 
@@ -44,6 +124,8 @@ def extract_embeddings(
         norm: the patch normalisation the model was trained with.
         device: where to run.
         log: optional callable for progress lines.
+        transpose: feed the transposed stamps (:func:`transpose_index`, on the device): the first
+            ``n_tokens`` spiral tokens of each stamp's transpose.
 
     Returns:
         (N, n_embd) float32 embeddings.
@@ -56,11 +138,22 @@ def extract_embeddings(
     device = torch.device(device)
     model = model.to(device).eval()
     use_bf16 = device.type == "cuda"
+    read = n_tokens  # leading tokens read per galaxy
+    if transpose:
+        side = math.isqrt(t)
+        if side * side != t:
+            raise ValueError(f"{t} tokens per galaxy do not form a square grid: cannot transpose")
+        idx, inner = transpose_index(side, model.config.patch_size, model.config.n_chan)
+        idx = idx[:n_tokens]
+        read = int(idx.max()) + 1  # a full ring of the spiral maps onto itself: usually n_tokens
+        idx_t, inner_t = torch.from_numpy(idx).to(device), torch.from_numpy(inner).to(device)
     out = np.empty((n, model.config.n_embd), dtype=np.float32)
     t0, next_report = time.perf_counter(), 0.1
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        raw = torch.from_numpy(np.array(tokens[start:stop, :n_tokens])).to(device)
+        raw = torch.from_numpy(np.array(tokens[start:stop, :read])).to(device)
+        if transpose:
+            raw = raw.index_select(1, idx_t).index_select(2, inner_t)  # (B, n_tokens, D), transposed stamps
         x = normalise(raw, norm)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
             h = model.forward_features(x)  # (B, n_tokens, n_embd)
@@ -111,11 +204,17 @@ def embed_split(
     batch_size: int = 256,
     device: str = "auto",
     log=print,
+    transpose: str | bool = "auto",
 ) -> None:
-    """Embed every galaxy of a token split with a checkpoint and write the parquet."""
+    """Embed every galaxy of a token split with a checkpoint and write the parquet.
+
+    ``transpose`` is ``embed.transpose`` (``"auto"``, True, False): see :func:`resolve_transpose`.
+    """
     state = load_checkpoint(checkpoint)
+    ckpt_config = state.get("config") or {}
     # The normalisation the model was trained with; AstroPT v1 used the per-patch one.
-    norm = state.get("config", {}).get("norm", "patch")
+    norm = ckpt_config.get("norm", "patch")
+    flip, why = resolve_transpose(transpose, ckpt_config)
     model = model_from_checkpoint(state, source=checkpoint)
     del state
     split = load_tokens(token_dir)
@@ -124,6 +223,7 @@ def embed_split(
         f"embedding {len(split.ids):,} galaxies from {token_dir} with {checkpoint} "
         f"(first {n_tokens} tokens, last block, mean; norm '{norm}', device {dev})"
     )
-    X = extract_embeddings(model, split.tokens, n_tokens, batch_size, norm, dev, log=log)
+    log(why)
+    X = extract_embeddings(model, split.tokens, n_tokens, batch_size, norm, dev, log=log, transpose=flip)
     write_embeddings(out, split.ids, X)
     log(f"wrote {out}: {X.shape[0]:,} x {X.shape[1]} embeddings")

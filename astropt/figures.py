@@ -7,7 +7,8 @@ Agg canvas: no display, no pyplot global state, nothing left open.
 - :func:`plot_scaling`: final validation loss vs parameters with the saturating
   and plain power-law fits (the paper's scaling figure).
 - :func:`plot_downstream`: each model's probe score relative to the smallest
-  model, with Spearman's rho between size and score (the paper's downstream figure).
+  model, with Spearman's rho between size and score (the paper's downstream figure),
+  from the summary table of :func:`downstream_table`.
 - :func:`plot_umap`: hexbin panels of a 2-D UMAP of embeddings, coloured by the
   median of each property (the paper's UMAP figure).
 - :func:`plot_loss_curves`: train / validation loss against tokens seen, per size.
@@ -15,11 +16,12 @@ Agg canvas: no display, no pyplot global state, nothing left open.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import textwrap
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -163,86 +165,115 @@ def plot_scaling(table: pd.DataFrame, fit: dict | None, out: str | os.PathLike) 
     _save(fig, out)
 
 
-def downstream_table(probes: pd.DataFrame, metric: str = "median_abs_error") -> pd.DataFrame:
-    """Probe scores relative to the smallest model, with Spearman rho per property.
+#: Panels of the downstream figure, as (protocol, metric): each drawn when the summary has it.
+DOWNSTREAM_PANELS = (("paper", "median_abs_error"), ("ridge_cv", "r2"), ("logistic_cv", "roc_auc"))
 
-    Several rows for one (property, size) pair (e.g. seeds) are averaged.
+#: Columns of :func:`downstream_table` (``results/probes/summary.csv``).
+SUMMARY_COLUMNS = [
+    "property", "protocol", "metric", "higher_is_better", "size", "params",
+    "value", "relative", "spearman_rho", "spearman_p",
+]
+
+_METRIC_NAMES = {"median_abs_error": "median absolute error", "r2": "R²", "accuracy": "accuracy", "roc_auc": "ROC AUC"}
+
+_PROTOCOL_TITLES = {
+    "paper": "paper protocol (linear regression, held-out half)",
+    "ridge_cv": "ridge regression (k-fold cross-validation)",
+    "logistic_cv": "logistic regression of flags (k-fold cross-validation)",
+}
+
+# Up to this many sizes, Spearman's p-value is exact (every ordering enumerated: 8! = 40,320).
+_EXACT_SPEARMAN_MAX = 8
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Spearman's rho between ``x`` and ``y`` (finite pairs) and its two-sided p-value.
+
+    For up to :data:`_EXACT_SPEARMAN_MAX` pairs the p-value is exact: the fraction of all
+    orderings of ``y`` whose |rho| is at least the observed one (with 4 sizes the smallest
+    possible is 2/24 = 0.083); beyond that, scipy's t approximation. NaN when fewer than
+    two pairs or either side is constant.
+    """
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan"), float("nan")
+    rx, ry = stats.rankdata(x), stats.rankdata(y)  # average ranks for ties
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    norm = np.sqrt((rx @ rx) * (ry @ ry))
+    rho = float(rx @ ry / norm)
+    if len(x) > _EXACT_SPEARMAN_MAX:
+        return rho, float(stats.spearmanr(x, y).pvalue)
+    orderings = np.array(list(itertools.permutations(range(len(x)))))
+    null = ry[orderings] @ rx / norm
+    return rho, float(np.mean(np.abs(null) >= abs(rho) - 1e-12))
+
+
+def downstream_table(probes: pd.DataFrame) -> pd.DataFrame:
+    """Probe scores of every size relative to the smallest model, with Spearman's rho.
+
+    The paper's convention: ``relative`` is each size's score divided by the smallest
+    model's score for the same property, protocol and metric, whatever the metric's
+    direction. So for ``median_abs_error`` (lower is better) a probe that improves with
+    size has ``relative`` < 1 and ``spearman_rho`` < 0; for ``r2``, ``accuracy`` and
+    ``roc_auc`` (higher is better), ``relative`` > 1 and ``spearman_rho`` > 0. The
+    ``higher_is_better`` column says which. ``relative`` is NaN where the smallest
+    model's score is not finite or not positive (a ratio to an R^2 <= 0 means nothing).
+    Several rows for one (property, protocol, metric, size) (e.g. seeds) are averaged.
 
     Args:
-        probes: Columns ``size``, ``params``, ``property`` and ``metric``.
-        metric: The score column.
+        probes: The long probe tables of all sizes (``astropt.probe.PROBE_COLUMNS``)
+            with columns ``size`` and ``params`` added.
 
     Returns:
-        Columns ``property, size, params, value, relative, spearman_rho`` sorted by
-        property then params: ``relative`` is ``value`` over the value of the
-        smallest model for that property; ``spearman_rho`` is Spearman's rank
-        correlation between params and value for that property (NaN if undefined).
+        :data:`SUMMARY_COLUMNS`, one row per property, protocol, metric and size, in the
+        input order of (property, protocol, metric), then by params. ``spearman_rho`` and
+        ``spearman_p`` (see :func:`_spearman`) are between params and ``value``, repeated
+        on each size's row.
+
+    Raises:
+        ValueError: If a column is missing or a metric has no known direction.
     """
-    _require(probes, ["size", "params", "property", metric], "probe table")
-    agg = (
-        probes.groupby(["property", "size", "params"], sort=False)[metric]
-        .mean()
-        .reset_index()
-        .rename(columns={metric: "value"})
-    )
+    from astropt.probe import HIGHER_IS_BETTER
+
+    _require(probes, ["size", "params", "property", "protocol", "metric", "value"], "probe table")
+    unknown = sorted(set(probes["metric"]) - set(HIGHER_IS_BETTER))
+    if unknown:
+        raise ValueError(f"probe table has metrics {unknown} of unknown direction; known: {sorted(HIGHER_IS_BETTER)}")
+    keys = ["property", "protocol", "metric"]
+    agg = probes.groupby([*keys, "size", "params"], sort=False)["value"].mean().reset_index()
     parts = []
-    for _, grp in agg.groupby("property", sort=False):  # input order of properties
+    for (_, _, metric), grp in agg.groupby(keys, sort=False):
         grp = grp.sort_values("params", kind="stable")
         base = grp["value"].iloc[0]
-        grp["relative"] = grp["value"] / base if base and np.isfinite(base) else np.nan
-        ok = np.isfinite(grp["value"].to_numpy(dtype=float))
-        rho = np.nan
-        if ok.sum() >= 2:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # constant input -> NaN with a warning
-                rho = stats.spearmanr(grp["params"][ok], grp["value"][ok]).statistic
-        grp["spearman_rho"] = float(rho)
+        grp["relative"] = grp["value"] / base if np.isfinite(base) and base > 0 else np.nan
+        rho, p = _spearman(grp["params"].to_numpy(dtype=float), grp["value"].to_numpy(dtype=float))
+        grp["spearman_rho"], grp["spearman_p"] = rho, p
+        grp["higher_is_better"] = HIGHER_IS_BETTER[metric]
         parts.append(grp)
-    columns = ["property", "size", "params", "value", "relative", "spearman_rho"]
     if not parts:
-        return pd.DataFrame(columns=columns)
-    return pd.concat(parts, ignore_index=True)[columns]
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    return pd.concat(parts, ignore_index=True)[SUMMARY_COLUMNS]
 
 
-def plot_downstream(
-    probes: pd.DataFrame,
-    out: str | os.PathLike,
-    metric: str = "median_abs_error",
-    lower_is_better: bool = True,
-) -> None:
-    """Plot each property's probe score relative to the smallest model against size.
-
-    Args:
-        probes: Columns ``size``, ``params``, ``property`` and ``metric``.
-        out: PNG path.
-        metric: The score column.
-        lower_is_better: Direction of the metric, shown on the axis label.
-    """
-    table = downstream_table(probes, metric)
-    props = list(dict.fromkeys(table["property"]))
-    cmap_name = "tab10" if len(props) <= 10 else "tab20"
-    from matplotlib import colormaps
-
-    cmap = colormaps[cmap_name]
-    fig = Figure(figsize=(8.5, 4.8))
-    ax = fig.add_subplot()
+def _downstream_panel(ax, rows: pd.DataFrame, colours: dict, protocol: str, metric: str) -> None:
+    """One panel of :func:`plot_downstream`: a line per property, rho in the legend."""
     ax.set_xscale("log")
     ax.axhline(1.0, color="grey", lw=1, ls="--", zorder=1)
     markers = "osD^v<>ph*"
-    for i, prop in enumerate(props):
-        grp = table[table["property"] == prop]
-        rho = grp["spearman_rho"].iloc[0]
-        rho_txt = f"{rho:+.2f}" if np.isfinite(rho) else "n/a"
+    for i, (prop, grp) in enumerate(rows.groupby("property", sort=False)):
+        rho, p = grp["spearman_rho"].iloc[0], grp["spearman_p"].iloc[0]
+        stat = f"ρ = {rho:+.2f}, p = {p:.2g}" if np.isfinite(rho) else "ρ n/a"
         ax.plot(
             grp["params"],
             grp["relative"],
             marker=markers[i % len(markers)],
             ms=5,
             lw=1.5,
-            color=cmap(i % cmap.N),
-            label=f"{prop} (ρ = {rho_txt})",
+            color=colours[prop],
+            label=f"{prop} ({stat})",
         )
-    sizes = table.drop_duplicates("params").sort_values("params")
+    sizes = rows.drop_duplicates("params").sort_values("params")
     ax.set_xticks(sizes["params"].to_numpy(dtype=float))
     ax.set_xticklabels(
         [
@@ -255,20 +286,63 @@ def plot_downstream(
         lo, hi = sizes["params"].min(), sizes["params"].max()
         pad = (hi / lo) ** 0.06
         ax.set_xlim(lo / pad, hi * pad)
-    direction = "lower is better" if lower_is_better else "higher is better"
+    direction = "higher is better" if rows["higher_is_better"].iloc[0] else "lower is better"
+    nice = _METRIC_NAMES.get(metric, metric)
     ax.set_xlabel("model size (parameters)")
-    nice = metric.replace("_", " ")
     ax.set_ylabel(f"{nice} relative to smallest model\n({direction})")
-    ax.set_title(f"Linear probes: {nice} relative to the smallest model")
+    ax.set_title(f"{_PROTOCOL_TITLES.get(protocol, protocol)}: {nice}", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(
         title="property (Spearman ρ, size vs score)",
-        fontsize=8,
+        fontsize=7,
         title_fontsize=8,
         loc="upper left",
         bbox_to_anchor=(1.01, 1.0),
         borderaxespad=0,
     )
+
+
+def plot_downstream(
+    summary: pd.DataFrame,
+    out: str | os.PathLike,
+    panels: Sequence[tuple[str, str]] = DOWNSTREAM_PANELS,
+) -> None:
+    """The paper's downstream figure: each property's score relative to the smallest model
+    against size, one line per property with Spearman's rho (and p) in the legend.
+
+    One panel per (protocol, metric) of ``panels`` that the summary has, stacked: by
+    default the paper protocol's median absolute error (the paper's figure), the ridge
+    probe's R^2 and, when flags were probed, the logistic probe's ROC AUC. A property
+    keeps its colour across panels.
+
+    Args:
+        summary: :func:`downstream_table`'s output.
+        out: PNG path.
+        panels: (protocol, metric) pairs to draw, in order.
+
+    Raises:
+        ValueError: If a column is missing or the summary has none of ``panels``.
+    """
+    _require(summary, SUMMARY_COLUMNS, "downstream summary")
+    drawn = [
+        (protocol, metric)
+        for protocol, metric in panels
+        if ((summary["protocol"] == protocol) & (summary["metric"] == metric)).any()
+    ]
+    if not drawn:
+        have = sorted(set(zip(summary["protocol"], summary["metric"])))
+        raise ValueError(f"the downstream summary has none of the panels {list(panels)}; it has {have}")
+    from matplotlib import colormaps
+
+    props = list(dict.fromkeys(summary["property"]))
+    cmap = colormaps["tab10" if len(props) <= 10 else "tab20"]
+    colours = {prop: cmap(i % cmap.N) for i, prop in enumerate(props)}
+    fig = Figure(figsize=(8.5, 4.6 * len(drawn)))
+    axes = fig.subplots(len(drawn), 1, squeeze=False)[:, 0]
+    for ax, (protocol, metric) in zip(axes, drawn):
+        rows = summary[(summary["protocol"] == protocol) & (summary["metric"] == metric)]
+        _downstream_panel(ax, rows, colours, protocol, metric)
+    fig.subplots_adjust(hspace=0.45)
     _save(fig, out)
 
 

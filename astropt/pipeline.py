@@ -149,16 +149,56 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
     return meta
 
 
-def probe(embeddings: str | Path, metadata: str | Path, out_csv: str | Path, probe_cfg: dict, log=print) -> pd.DataFrame:
-    """Linear probes (the paper's protocol) of every property; one CSV row per property."""
+def probe(
+    embeddings: str | Path,
+    metadata: str | Path,
+    out_csv: str | Path,
+    probe_cfg: dict,
+    seed: int,
+    threads: int = 1,
+    log=print,
+) -> pd.DataFrame:
+    """Probes of every property: the paper's linear regression and k-fold ridge for
+    regression targets, k-fold logistic regression for binary flags, with bootstrap
+    intervals. Writes the long table (``astropt.probe.PROBE_COLUMNS``: one row per
+    property, protocol and metric).
+
+    ``probe_cfg`` is the config's ``probe`` section; ``seed`` sets the folds and the
+    bootstrap resamples; ``threads`` caps the BLAS threads (the job's CPUs).
+    """
+    import time
+
+    from threadpoolctl import threadpool_limits
+
     from astropt.probe import probe_properties
 
     ids, X = read_embeddings(embeddings)
     meta = read_metadata(metadata)
-    log(f"probing {len(ids):,} galaxies x {X.shape[1]} dims from {embeddings}")
-    table = probe_properties(ids, X, meta, properties=probe_cfg["properties"], mad_clip=probe_cfg["mad_clip"])
-    for row in table.itertuples():
-        log(f"  {row.property:<28} n={row.n:<6} median|err|={row.median_abs_error:.4f}  R2={row.r2:.3f}")
+    log(
+        f"probing {len(ids):,} galaxies x {X.shape[1]} dims from {embeddings}: "
+        f"{probe_cfg['folds']} folds, {probe_cfg['n_boot']} bootstrap resamples, seed {seed}"
+    )
+    t0 = time.perf_counter()
+    with threadpool_limits(max(1, int(threads))):
+        table = probe_properties(
+            ids,
+            X,
+            meta,
+            properties=probe_cfg["properties"],
+            flags=probe_cfg["flags"],
+            mad_clip=probe_cfg["mad_clip"],
+            folds=probe_cfg["folds"],
+            n_boot=probe_cfg["n_boot"],
+            min_class_count=probe_cfg["min_class_count"],
+            seed=seed,
+        )
+    for (prop, protocol), rows in table.groupby(["property", "protocol"], sort=False):
+        scores = "  ".join(
+            f"{r.metric}={r.value:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}]" for r in rows.itertuples()
+        )
+        note = rows["reason"].iloc[0]
+        log(f"  {prop:<28} {protocol:<11} n={rows['n'].iloc[0]:<6} {scores}" + (f"  ({note})" if note else ""))
+    log(f"probed {table['property'].nunique()} properties in {time.perf_counter() - t0:.1f} s")
     table.to_csv(out_csv, index=False)
     return table
 
@@ -210,8 +250,10 @@ def figure_scaling(fit_path, table_path, out, log=print) -> None:
     log(f"wrote {out}")
 
 
-def figure_downstream(probe_paths, sidecars, out_figure, out_table, metric="median_abs_error", log=print) -> pd.DataFrame:
-    """The paper's downstream figure: each property's score relative to the smallest model."""
+def figure_downstream(probe_paths, sidecars, out_figure, out_table, log=print) -> pd.DataFrame:
+    """The paper's downstream figure and ``summary.csv``: each size's probe scores relative
+    to the smallest model's, with Spearman's rho between parameters and score, for every
+    property, protocol and metric (``astropt.figures.downstream_table``)."""
     from astropt.figures import downstream_table, plot_downstream
 
     sizes = load_sidecars(sidecars).set_index("size")["params"]
@@ -221,10 +263,9 @@ def figure_downstream(probe_paths, sidecars, out_figure, out_table, metric="medi
         df = pd.read_csv(p)
         df["size"], df["params"] = size, int(sizes[size])
         frames.append(df)
-    probes = pd.concat(frames, ignore_index=True)
-    plot_downstream(probes, out_figure, metric=metric, lower_is_better=True)
-    summary = downstream_table(probes, metric)
+    summary = downstream_table(pd.concat(frames, ignore_index=True))
     summary.to_csv(out_table, index=False)
+    plot_downstream(summary, out_figure)
     log(f"wrote {out_figure} and {out_table}")
     return summary
 
@@ -234,7 +275,7 @@ def figure_umap(embeddings, probe_csv, metadata, out, umap_cfg: dict, seed: int,
     from astropt.figures import plot_umap, umap_embedding
 
     ids, X = read_embeddings(embeddings)
-    props = umap_cfg["properties"] or pd.read_csv(probe_csv)["property"].tolist()
+    props = umap_cfg["properties"] or pd.read_csv(probe_csv)["property"].unique().tolist()
     meta = read_metadata(metadata).set_index("id")
     missing = [p for p in props if p not in meta.columns]
     if missing:

@@ -1,88 +1,316 @@
-"""Linear probes of galaxy properties from embeddings, following the AstroPT paper.
+"""Probes of galaxy properties from embeddings: the AstroPT paper's protocol and stronger ones.
 
-The paper (arXiv:2405.14930, "Downstream tasks") probes each property with a plain
-linear regression on the mean-pooled embedding:
+Three protocols, each scored on galaxies its model did not see:
 
-1. drop galaxies whose target is missing (NaN / inf);
-2. drop outliers further than 3 median absolute deviations from the median;
-3. normalise the target as ``(y - median) / IQR``;
-4. fit ``sklearn.linear_model.LinearRegression`` on the first half of the rows;
-5. report the median absolute error on the second half.
+``paper`` (arXiv:2405.14930, "Downstream tasks"), kept exactly:
+    drop galaxies whose target is missing (NaN / inf), drop outliers further than
+    ``mad_clip`` median absolute deviations from the median, normalise the target as
+    ``(y - median) / IQR``, fit ``sklearn.linear_model.LinearRegression`` on the first
+    half of the rows (row order) and report the median absolute error (and R^2) on the
+    second half.
 
-Everything here is deterministic: the halves follow row order, so the caller
-shuffles (with a seed) beforehand if the order carries structure.
+``ridge_cv``:
+    the same rows and normalised target, scored by k-fold cross-validation (shuffled,
+    seeded folds). In each fold a ``Pipeline(StandardScaler, RidgeCV)`` is fitted on the
+    training folds only, so the standardisation and the penalty never see the held-out
+    fold. ``RidgeCV`` chooses the penalty from :data:`RIDGE_ALPHAS` by its exact,
+    efficient leave-one-out error (one SVD per fit gives the error of every alpha):
+    this is nested cross-validation at the cost of one fit per fold, where a nested
+    ``GridSearchCV`` would refit inner folds x alphas times for the same purpose. R^2
+    and the median absolute error are computed on the pooled out-of-fold predictions.
+    The target normalisation is an affine map, so R^2 and the chosen penalty do not
+    depend on it; it only puts the median absolute error in the paper's IQR units.
+
+``logistic_cv``, for binary flags (see :func:`is_flag`):
+    stratified k-fold cross-validation of a standardised, L2-penalised logistic
+    regression, its ``C`` chosen from :data:`LOGISTIC_CS` by the log loss of an inner
+    stratified k-fold split of the training folds (standardisation refitted in every
+    inner fold too). Accuracy (probability >= 0.5) and ROC AUC of the pooled
+    out-of-fold probabilities. A flag with fewer than ``min_class_count`` galaxies in
+    either class is not probed (NaN scores and a reason).
+
+95 % intervals (:data:`CI_LEVEL`) are percentile bootstraps over galaxies of the
+held-out predictions: ``n_boot`` resamples, with replacement, of the (target,
+prediction) pairs of the test half (``paper``) or of the out-of-fold predictions
+(``ridge_cv``, ``logistic_cv``), the metric recomputed on each, no model refitted.
+They measure the uncertainty from which galaxies were scored, conditional on the
+fitted models (not the variance of the fit itself, which shrinks as the training
+set grows). Every bootstrap resample is computed exactly as the metric on the
+resampled galaxies, as multiplicity weights, so it is cheap: see :func:`bootstrap`.
+
+Each result carries a ``reason``: why its scores are NaN (too few rows, a constant
+target, a flag class below ``min_class_count``), or notes (the MAD or IQR was 0; the
+penalty chosen was the strongest of its grid, i.e. little linear signal; for flags, the
+majority-class accuracy that the accuracy should be compared with).
+
+Everything is deterministic given ``seed``, which sets the folds and the bootstrap
+draws; the paper's halves follow row order, so the caller shuffles (with a seed)
+beforehand if the order carries structure.
 
 Example::
 
     from astropt.probe import probe_properties
-    table = probe_properties(ids, embeddings, metadata)  # one row per property
+    table = probe_properties(ids, embeddings, metadata, seed=0)  # long format, see PROBE_COLUMNS
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LinearRegression
-from sklearn.metrics import r2_score
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LinearRegression, LogisticRegression, RidgeCV
+from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-#: Fewer kept rows than this and a probe returns NaN scores instead of fitting.
+#: Fewer kept rows than this and a regression probe returns NaN scores instead of fitting
+#: (the cross-validated probes also need at least two rows per fold).
 MIN_ROWS = 10
 
-#: Columns of the table returned by :func:`probe_properties`.
-PROBE_COLUMNS = ["property", "n", "n_train", "n_test", "median_abs_error", "r2", "reason"]
+#: Coverage of the bootstrap intervals.
+CI_LEVEL = 0.95
+
+#: Ridge penalties tried in each fold, on standardised embeddings (half-decade steps). The
+#: smallest is about unpenalised for thousands of galaxies; the largest shrinks every
+#: coefficient to about 0.
+RIDGE_ALPHAS = np.logspace(-3, 7, 21)
+
+#: Inverse logistic penalties tried in each fold, on standardised embeddings (decade steps):
+#: from coefficients shrunk to about 0 to about unpenalised.
+LOGISTIC_CS = np.logspace(-4, 2, 7)
+
+#: The metrics of each protocol, in output order.
+PROTOCOL_METRICS = {
+    "paper": ("median_abs_error", "r2"),
+    "ridge_cv": ("r2", "median_abs_error"),
+    "logistic_cv": ("accuracy", "roc_auc"),
+}
+
+#: Direction of each metric: True if a higher value is a better probe.
+HIGHER_IS_BETTER = {"median_abs_error": False, "r2": True, "accuracy": True, "roc_auc": True}
+
+#: Columns of the long table returned by :func:`probe_properties` (one row per property,
+#: protocol and metric); ``reason`` is empty, or says why the value is NaN, or notes
+#: something about the fit.
+PROBE_COLUMNS = ["property", "n", "protocol", "metric", "value", "ci_low", "ci_high", "reason"]
+
+# Bootstrap weights are built in blocks of at most this many (resample x galaxy) cells.
+_BLOCK_CELLS = 1 << 21
 
 
-def _nan_result(n: int, reason: str) -> dict:
-    return {
-        "n": int(n),
-        "n_train": 0,
-        "n_test": 0,
-        "median_abs_error": float("nan"),
-        "r2": float("nan"),
-        "reason": reason,
-    }
+@dataclass(frozen=True)
+class Estimate:
+    """A score and its bootstrap interval (NaN where undefined)."""
+
+    value: float
+    ci_low: float = float("nan")
+    ci_high: float = float("nan")
 
 
-def paper_probe(X: np.ndarray, y: np.ndarray, mad_clip: float = 3.0) -> dict:
-    """Probe one property with the paper's linear-regression protocol.
+@dataclass
+class ProbeResult:
+    """One protocol's scores for one property.
 
-    Rows whose target or embedding is not finite are dropped, then rows with
-    ``|y - median(y)| > mad_clip * MAD`` (MAD unscaled; no clipping when the MAD is
-    0, as for vote fractions that are mostly 0). The target is normalised as
-    ``(y - median) / IQR`` (the standard deviation if the IQR is 0), a linear
-    regression is fitted on the first half of the remaining rows, in the given
-    order, and scored on the second half.
+    Attributes:
+        protocol: A key of :data:`PROTOCOL_METRICS`.
+        n: Galaxies used (after dropping missing targets and outliers).
+        scores: Metric name -> :class:`Estimate`, for every metric of the protocol.
+        reason: ``""``, or why the scores are NaN, or a note about the fit.
+    """
+
+    protocol: str
+    n: int
+    scores: dict[str, Estimate]
+    reason: str = ""
+
+    @classmethod
+    def skipped(cls, protocol: str, n: int, reason: str) -> ProbeResult:
+        """A result with NaN for every metric of ``protocol``, saying why."""
+        nan = Estimate(float("nan"))
+        return cls(protocol, int(n), {m: nan for m in PROTOCOL_METRICS[protocol]}, reason)
+
+    def records(self, prop: str) -> list[dict]:
+        """Rows of the long table (:data:`PROBE_COLUMNS`), one per metric, in the order of
+        :data:`PROTOCOL_METRICS`."""
+        return [
+            {
+                "property": prop,
+                "n": self.n,
+                "protocol": self.protocol,
+                "metric": metric,
+                "value": self.scores[metric].value,
+                "ci_low": self.scores[metric].ci_low,
+                "ci_high": self.scores[metric].ci_high,
+                "reason": self.reason,
+            }
+            for metric in PROTOCOL_METRICS[self.protocol]
+        ]
+
+
+class _Skip(Exception):
+    """A property that cannot be probed: NaN scores, with ``reason``."""
+
+    def __init__(self, n: int, reason: str):
+        super().__init__(reason)
+        self.n, self.reason = int(n), reason
+
+
+def _join(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics on weighted samples, and the bootstrap built on them
+# ---------------------------------------------------------------------------------------
+#
+# Each factory takes the scored galaxies' targets and predictions and returns
+# ``metric(w)``: for integer multiplicities ``w`` of shape (k, n) the metric of each of the
+# k resamples (resample j holds galaxy i ``w[j, i]`` times), shape (k,). A row of ones is
+# the plain metric. Work that does not depend on ``w`` (sorting) is done once.
+
+
+def weighted_r2(y: np.ndarray, pred: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """R^2 (``sklearn.metrics.r2_score``) of weighted samples; NaN for a constant target
+    (where ``r2_score`` returns 0 or 1 by convention)."""
+    mu = y.mean()  # centring first keeps the sums of squares accurate
+    yc, res2 = y - mu, (y - pred) ** 2
+
+    def metric(w: np.ndarray) -> np.ndarray:
+        total = w.sum(axis=1)
+        ss_tot = w @ (yc * yc) - (w @ yc) ** 2 / total
+        ss_res = w @ res2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.nan)
+
+    return metric
+
+
+def weighted_median(a: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """``np.median`` of weighted samples of ``a``: the middle value (mean of the two middle
+    values for an even count) of ``a`` with each value repeated its weight times."""
+    order = np.argsort(a, kind="stable")
+    a_sorted = a[order]
+
+    def metric(w: np.ndarray) -> np.ndarray:
+        cum = np.cumsum(w[:, order], axis=1)
+        m = cum[:, -1:]
+        lo = np.argmax(cum >= (m + 1) // 2, axis=1)  # 1-based ranks (m+1)//2 and m//2+1
+        hi = np.argmax(cum >= m // 2 + 1, axis=1)
+        return 0.5 * (a_sorted[lo] + a_sorted[hi])
+
+    return metric
+
+
+def weighted_accuracy(y: np.ndarray, label: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Fraction of weighted samples with ``label == y``."""
+    correct = (label == y).astype(np.float64)
+    return lambda w: (w @ correct) / w.sum(axis=1)
+
+
+def weighted_roc_auc(y: np.ndarray, score: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """ROC AUC (``sklearn.metrics.roc_auc_score``, ties counted one half) of weighted
+    samples of binary ``y`` (0/1) scored by ``score``; NaN where a class is absent.
+
+    AUC = sum over positives i of w_i x (negative weight scored below i + half the
+    negative weight scored equal to i), over (positive weight x negative weight).
+    """
+    order = np.argsort(score, kind="stable")
+    s = score[order]
+    pos = y[order] == 1
+    below = np.searchsorted(s, s[pos], side="left")  # negatives strictly below: cum[:, below]
+    upto = np.searchsorted(s, s[pos], side="right")  # ... and up to ties: cum[:, upto]
+
+    def metric(w: np.ndarray) -> np.ndarray:
+        ws = w[:, order].astype(np.float64)
+        neg = np.where(pos, 0.0, ws)
+        cum = np.zeros((len(w), len(s) + 1))
+        np.cumsum(neg, axis=1, out=cum[:, 1:])
+        wins = cum[:, below] + 0.5 * (cum[:, upto] - cum[:, below])
+        n_pos, n_neg = ws[:, pos].sum(axis=1), cum[:, -1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(n_pos * n_neg > 0, (ws[:, pos] * wins).sum(axis=1) / (n_pos * n_neg), np.nan)
+
+    return metric
+
+
+def bootstrap(
+    metrics: dict[str, Callable[[np.ndarray], np.ndarray]],
+    n: int,
+    n_boot: int,
+    seed: int,
+    level: float = CI_LEVEL,
+) -> dict[str, Estimate]:
+    """Each metric on all ``n`` galaxies, with a percentile bootstrap interval.
+
+    Galaxies are resampled with replacement ``n_boot`` times (the same resamples for
+    every metric) and each metric is recomputed on each resample; the interval is the
+    central ``level`` range of the finite resampled values. The resamples are drawn in
+    blocks (memory stays bounded for large ``n``); they depend only on ``seed``, ``n``
+    and ``n_boot``.
 
     Args:
-        X: Embeddings, shape (n, d).
-        y: Target property, shape (n,).
-        mad_clip: Outlier threshold in median absolute deviations; ``inf`` or a
-            non-positive value disables clipping.
+        metrics: Name -> weighted metric, as made by ``weighted_*``.
+        n: Number of scored galaxies.
+        n_boot: Resamples; 0 gives NaN intervals.
+        seed: Seed of the resamples.
+        level: Interval coverage.
 
     Returns:
-        ``{"n", "n_train", "n_test", "median_abs_error", "r2", "reason"}``: the
-        number of kept rows and of train / test rows, the median absolute error and
-        R^2 on the held-out half in normalised target units, and ``reason``: ``""``
-        when the scores are valid, else why they are NaN (or a note, e.g. that the
-        MAD was 0 so nothing was clipped).
-
-    Raises:
-        ValueError: If ``X`` is not 2-D or ``y`` does not have one value per row.
+        Name -> :class:`Estimate`.
     """
+    point = {name: float(f(np.ones((1, n), dtype=np.int64))[0]) for name, f in metrics.items()}
+    draws: dict[str, list[np.ndarray]] = {name: [] for name in metrics}
+    rng = np.random.default_rng(seed)
+    block = max(1, _BLOCK_CELLS // n)
+    for start in range(0, n_boot, block):
+        k = min(block, n_boot - start)
+        idx = rng.integers(0, n, size=(k, n)) + n * np.arange(k)[:, None]
+        w = np.bincount(idx.ravel(), minlength=k * n).reshape(k, n)
+        for name, f in metrics.items():
+            draws[name].append(f(w))
+    out = {}
+    tail = 100 * (1 - level) / 2
+    for name, value in point.items():
+        boot = np.concatenate(draws[name]) if draws[name] else np.empty(0)
+        boot = boot[np.isfinite(boot)]
+        lo, hi = np.percentile(boot, [tail, 100 - tail]) if len(boot) else (np.nan, np.nan)
+        out[name] = Estimate(value, float(lo), float(hi))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Protocols
+# ---------------------------------------------------------------------------------------
+
+
+def _finite_rows(X, y) -> tuple[np.ndarray, np.ndarray]:
+    """Check shapes; keep the rows whose target and embedding are finite."""
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D (n, d), got shape {X.shape}")
     if y.ndim != 1 or len(y) != len(X):
         raise ValueError(f"y must have shape ({len(X)},) to match X {X.shape}, got {y.shape}")
-
     keep = np.isfinite(y) & np.isfinite(X).all(axis=1)
-    X, y = X[keep], y[keep]
-    if len(y) < MIN_ROWS:
-        return _nan_result(len(y), f"only {len(y)} finite rows (< {MIN_ROWS})")
+    return X[keep], y[keep]
 
+
+def _regression_target(X, y, mad_clip: float, min_rows: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """The paper's target cleaning, shared by the regression protocols.
+
+    Returns ``(X, z, note)``: the kept rows, the normalised target ``(y - median) / IQR``
+    and a note (e.g. that nothing was clipped because the MAD is 0).
+
+    Raises:
+        _Skip: Fewer than ``min_rows`` rows, or a constant target.
+    """
+    X, y = _finite_rows(X, y)
+    if len(y) < min_rows:
+        raise _Skip(len(y), f"only {len(y)} finite rows (< {min_rows})")
     note = ""
     med = np.median(y)
     if np.isfinite(mad_clip) and mad_clip > 0:
@@ -93,31 +321,226 @@ def paper_probe(X: np.ndarray, y: np.ndarray, mad_clip: float = 3.0) -> dict:
             med = np.median(y)
         else:
             note = "MAD is 0: no outlier clipping"
-    n = len(y)
-    if n < MIN_ROWS:
-        return _nan_result(n, f"only {n} rows after outlier clipping (< {MIN_ROWS})")
-
+    if len(y) < min_rows:
+        raise _Skip(len(y), f"only {len(y)} rows after outlier clipping (< {min_rows})")
     q25, q75 = np.percentile(y, [25, 75])
     scale = q75 - q25
     if not scale > 0:
         scale = np.std(y)
         if not scale > 0:
-            return _nan_result(n, "target is constant (IQR and std are 0)")
-        note = "; ".join(filter(None, [note, "IQR is 0: normalised by std"]))
-    z = (y - med) / scale
+            raise _Skip(len(y), "target is constant (IQR and std are 0)")
+        note = _join(note, "IQR is 0: normalised by std")
+    return X, (y - med) / scale, note
 
-    n_train = n // 2
-    model = LinearRegression().fit(X[:n_train], z[:n_train])
-    pred = model.predict(X[n_train:])
-    z_test = z[n_train:]
-    return {
-        "n": int(n),
-        "n_train": int(n_train),
-        "n_test": int(n - n_train),
-        "median_abs_error": float(np.median(np.abs(pred - z_test))),
-        "r2": float(r2_score(z_test, pred)),
-        "reason": note,
+
+def _regression_scores(z, pred, n_boot: int, seed: int) -> dict[str, Estimate]:
+    metrics = {
+        "median_abs_error": weighted_median(np.abs(pred - z)),
+        "r2": weighted_r2(z, pred),
     }
+    return bootstrap(metrics, len(z), n_boot, seed)
+
+
+def paper_probe(X, y, mad_clip: float = 3.0, n_boot: int = 1000, seed: int = 0) -> ProbeResult:
+    """Probe one property with the paper's linear-regression protocol.
+
+    Rows whose target or embedding is not finite are dropped, then rows with
+    ``|y - median(y)| > mad_clip * MAD`` (MAD unscaled; no clipping when the MAD is 0,
+    as for vote fractions that are mostly 0). The target is normalised as
+    ``(y - median) / IQR`` (the standard deviation if the IQR is 0), a linear
+    regression is fitted on the first half of the remaining rows, in the given order,
+    and scored on the second half. The intervals bootstrap the second half's
+    (target, prediction) pairs.
+
+    Args:
+        X: Embeddings, shape (n, d).
+        y: Target property, shape (n,).
+        mad_clip: Outlier threshold in median absolute deviations; ``inf`` or a
+            non-positive value disables clipping.
+        n_boot: Bootstrap resamples of the test half (0: NaN intervals).
+        seed: Seed of the bootstrap.
+
+    Returns:
+        Scores ``median_abs_error`` and ``r2`` on the held-out half, in normalised
+        target units; ``n`` counts both halves (the first ``n // 2`` rows train).
+
+    Raises:
+        ValueError: If ``X`` is not 2-D or ``y`` does not have one value per row.
+    """
+    try:
+        X, z, note = _regression_target(X, y, mad_clip, MIN_ROWS)
+    except _Skip as skip:
+        return ProbeResult.skipped("paper", skip.n, skip.reason)
+    n_train = len(z) // 2
+    pred = LinearRegression().fit(X[:n_train], z[:n_train]).predict(X[n_train:])
+    return ProbeResult("paper", len(z), _regression_scores(z[n_train:], pred, n_boot, seed), note)
+
+
+def _strongest_penalty_note(chosen: list[float], strongest: float, name: str) -> str:
+    """Say in how many folds the chosen penalty was the grid's strongest, i.e. the model was
+    shrunk as far as the grid allows: the embedding carries little linear signal of the
+    target. (The weakest end is benign: the fit is then close to unpenalised.)"""
+    k = sum(bool(np.isclose(c, strongest)) for c in chosen)
+    if not k:
+        return ""
+    return f"{name} at the strongest penalty of the grid ({strongest:g}) in {k} of {len(chosen)} folds"
+
+
+def ridge_cv_probe(
+    X, y, mad_clip: float = 3.0, folds: int = 5, n_boot: int = 1000, seed: int = 0
+) -> ProbeResult:
+    """Probe one property with k-fold ridge regression, its penalty chosen inside each fold.
+
+    The rows and the normalised target are those of :func:`paper_probe`. Folds are
+    shuffled with ``seed``; each fold's model is ``StandardScaler`` then ``RidgeCV``
+    (leave-one-out choice of alpha from :data:`RIDGE_ALPHAS`), fitted on the other folds.
+    ``reason`` notes folds whose alpha was the grid's largest (the embedding carries
+    little linear signal of this property).
+
+    Args:
+        X: Embeddings, shape (n, d).
+        y: Target property, shape (n,).
+        mad_clip: Outlier threshold, as in :func:`paper_probe`.
+        folds: Cross-validation folds (at least 2).
+        n_boot: Bootstrap resamples of the out-of-fold predictions (0: NaN intervals).
+        seed: Seed of the folds and of the bootstrap.
+
+    Returns:
+        Out-of-fold ``r2`` and ``median_abs_error`` (normalised target units), pooled over
+        the folds; ``n`` galaxies, each predicted once.
+
+    Raises:
+        ValueError: If ``X`` is not 2-D or ``y`` does not have one value per row.
+    """
+    try:
+        X, z, note = _regression_target(X, y, mad_clip, max(MIN_ROWS, 2 * folds))
+    except _Skip as skip:
+        return ProbeResult.skipped("ridge_cv", skip.n, skip.reason)
+    pred = np.empty_like(z)
+    alphas = []
+    for train, test in KFold(folds, shuffle=True, random_state=seed).split(X):
+        model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(X[train], z[train])
+        pred[test] = model.predict(X[test])
+        alphas.append(float(model[-1].alpha_))
+    note = _join(note, _strongest_penalty_note(alphas, RIDGE_ALPHAS[-1], "ridge alpha"))
+    return ProbeResult("ridge_cv", len(z), _regression_scores(z, pred, n_boot, seed), note)
+
+
+def _logistic(C: float) -> LogisticRegression:
+    """An L2 logistic regression (of standardised embeddings).
+
+    Newton-Cholesky converges in a few exact Newton steps whatever the conditioning
+    (embedding dimensions are strongly correlated; L-BFGS needs hundreds of iterations
+    at weak penalties there), at a cost of one d x d system per step.
+    """
+    return LogisticRegression(C=C, solver="newton-cholesky", max_iter=100)
+
+
+def _log_loss_sum(y: np.ndarray, prob: np.ndarray) -> float:
+    """Summed binary log loss (``sklearn.metrics.log_loss`` without its per-call checks)."""
+    eps = np.finfo(np.float64).eps
+    prob = np.clip(prob, eps, 1 - eps)
+    return float(-(y * np.log(prob) + (1 - y) * np.log1p(-prob)).sum())
+
+
+def _choose_C(X, y, folds: int, seed: int) -> float:
+    """The C of :data:`LOGISTIC_CS` with the least log loss over an inner stratified k-fold
+    split (the standardisation fitted on each inner training part)."""
+    loss = np.zeros(len(LOGISTIC_CS))
+    for train, val in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y):
+        scaler = StandardScaler().fit(X[train])
+        X_train, X_val = scaler.transform(X[train]), scaler.transform(X[val])
+        for i, C in enumerate(LOGISTIC_CS):
+            prob = _logistic(C).fit(X_train, y[train]).predict_proba(X_val)[:, 1]
+            loss[i] += _log_loss_sum(y[val], prob)
+    return float(LOGISTIC_CS[np.argmin(loss)])
+
+
+def logistic_cv_probe(
+    X, y, folds: int = 5, n_boot: int = 1000, seed: int = 0, min_class_count: int = 20
+) -> ProbeResult:
+    """Probe one binary flag with stratified k-fold logistic regression, C chosen inside each fold.
+
+    Rows whose flag or embedding is not finite are dropped. Each outer fold chooses C
+    by an inner stratified ``folds``-fold log loss on its training folds, refits there
+    and predicts probabilities for the held-out fold. ``reason`` gives the majority-class
+    accuracy (the accuracy of always guessing the commoner class, the baseline to beat)
+    and notes folds whose C was the grid's smallest (little linear signal) or fits that
+    stopped at ``max_iter``.
+
+    Args:
+        X: Embeddings, shape (n, d).
+        y: Flag, shape (n,): 0 / 1 (or booleans), NaN where unknown.
+        folds: Outer and inner cross-validation folds (at least 2).
+        n_boot: Bootstrap resamples of the out-of-fold predictions (0: NaN intervals).
+        seed: Seed of the folds and of the bootstrap.
+        min_class_count: Fewer galaxies than this in either class and the flag is not
+            probed (NaN scores); must be at least ``2 * folds`` so that every inner and
+            outer training set holds both classes.
+
+    Returns:
+        Out-of-fold ``accuracy`` (probability >= 0.5) and ``roc_auc``.
+
+    Raises:
+        ValueError: On bad shapes, values other than 0 / 1, or ``min_class_count < 2 * folds``.
+    """
+    if min_class_count < 2 * folds:
+        raise ValueError(
+            f"min_class_count ({min_class_count}) must be at least 2 x folds ({2 * folds}) "
+            "so that every inner and outer training fold holds both classes"
+        )
+    X, y = _finite_rows(X, y)
+    bad = np.setdiff1d(np.unique(y), [0.0, 1.0])
+    if len(bad):
+        raise ValueError(f"a flag must be 0 or 1, found values {bad[:5].tolist()}")
+    y = y.astype(np.int64)
+    counts = np.bincount(y, minlength=2)
+    if counts.min() < min_class_count:
+        cls = int(np.argmin(counts))
+        return ProbeResult.skipped(
+            "logistic_cv", len(y), f"class {cls} has {counts[cls]} galaxies (< min_class_count {min_class_count})"
+        )
+    prob = np.empty(len(y))
+    chosen = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y):
+            C = _choose_C(X[train], y[train], folds, seed)
+            model = make_pipeline(StandardScaler(), _logistic(C)).fit(X[train], y[train])
+            prob[test] = model.predict_proba(X[test])[:, 1]
+            chosen.append(C)
+    not_converged = 0
+    for w in caught:  # convergence is reported in `reason`; anything else passes on
+        if issubclass(w.category, ConvergenceWarning):
+            not_converged += 1
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    note = _join(
+        f"majority-class accuracy {counts.max() / len(y):.3f}",
+        _strongest_penalty_note(chosen, LOGISTIC_CS[0], "logistic C"),
+        f"{not_converged} logistic fits stopped at max_iter" if not_converged else "",
+    )
+    metrics = {
+        "accuracy": weighted_accuracy(y, (prob >= 0.5).astype(np.int64)),
+        "roc_auc": weighted_roc_auc(y, prob),
+    }
+    return ProbeResult("logistic_cv", len(y), bootstrap(metrics, len(y), n_boot, seed), note)
+
+
+# ---------------------------------------------------------------------------------------
+# Tables of properties
+# ---------------------------------------------------------------------------------------
+
+
+def is_flag(values: pd.Series) -> bool:
+    """Whether a column is a binary flag: boolean, or numeric with every non-null value 0 or 1."""
+    if pd.api.types.is_bool_dtype(values):
+        return True
+    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_complex_dtype(values):
+        return False
+    v = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    v = v[~np.isnan(v)]
+    return len(v) > 0 and bool(np.isin(v, (0.0, 1.0)).all())
 
 
 def numeric_properties(
@@ -131,15 +554,15 @@ def numeric_properties(
         exclude: Column names never returned (identifiers, bookkeeping).
 
     Returns:
-        Numeric (integer or float, not boolean) columns, in table order, that are
-        not in ``exclude`` and have at least two distinct finite values.
+        Numeric (integer, float or boolean) columns, in table order, that are not in
+        ``exclude`` and have at least two distinct finite values.
     """
     names = []
     for name in metadata.columns:
         col = metadata[name]
-        if name in exclude or pd.api.types.is_bool_dtype(col):
+        if name in exclude or not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
             continue
-        if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_complex_dtype(col):
+        if pd.api.types.is_complex_dtype(col):
             continue
         values = col.to_numpy(dtype=np.float64, na_value=np.nan)
         values = values[np.isfinite(values)]
@@ -171,35 +594,53 @@ def probe_properties(
     X: np.ndarray,
     metadata: pd.DataFrame,
     properties: list[str] | None = None,
+    flags: list[str] | None = None,
     mad_clip: float = 3.0,
+    folds: int = 5,
+    n_boot: int = 1000,
+    min_class_count: int = 20,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Probe every property of the galaxies whose embeddings are given.
 
-    Rows of ``X`` are matched to metadata rows through ``ids`` (the metadata
-    ``id`` column, or its index if named ``id``); the order of ``ids`` is kept, so
-    the train / test halves are the first / second half of ``ids``.
+    Rows of ``X`` are matched to metadata rows through ``ids`` (the metadata ``id``
+    column, or its index if named ``id``); the order of ``ids`` is kept, so the paper's
+    train / test halves are the first / second half of ``ids``. Regression targets get
+    the ``paper`` and ``ridge_cv`` protocols, flags the ``logistic_cv`` one.
 
     Args:
         ids: Galaxy ids, shape (n,), one per row of ``X``.
         X: Embeddings, shape (n, d).
         metadata: Galaxy metadata with an ``id`` column; any row order.
         properties: Columns to probe; default :func:`numeric_properties`.
-        mad_clip: Outlier threshold, see :func:`paper_probe`.
+        flags: Which of ``properties`` are binary flags; default those that
+            :func:`is_flag`; ``[]``: none.
+        mad_clip: Outlier threshold of the regression targets, see :func:`paper_probe`.
+        folds: Cross-validation folds of ``ridge_cv`` and ``logistic_cv``.
+        n_boot: Bootstrap resamples for the intervals (0: NaN intervals).
+        min_class_count: Smallest class size for which a flag is probed.
+        seed: Seed of the folds and bootstrap resamples (the same for every property).
 
     Returns:
-        One row per property with columns ``property, n, n_train, n_test,
-        median_abs_error, r2, reason``.
+        The long table :data:`PROBE_COLUMNS`: per property (in order), its protocols and
+        their metrics (:data:`PROTOCOL_METRICS`).
 
     Raises:
-        ValueError: If ``ids`` and ``X`` disagree in length, ids are missing from
-            the metadata (the count and the first few are named), or a requested
-            property is not a metadata column.
+        ValueError: If ``ids`` and ``X`` disagree in length, ids are missing from the
+            metadata (the count and the first few are named), a requested property is
+            not a metadata column, a flag is not a probed property or not binary, or
+            ``min_class_count < 2 * folds``.
     """
     ids = np.asarray(ids)
     X = np.asarray(X)
     if ids.ndim != 1 or X.ndim != 2 or len(ids) != len(X):
         raise ValueError(
             f"ids (shape {ids.shape}) must list one id per row of X (shape {X.shape})"
+        )
+    if min_class_count < 2 * folds:
+        raise ValueError(
+            f"probe.min_class_count ({min_class_count}) must be at least 2 x probe.folds "
+            f"({2 * folds}) so that every inner and outer training fold holds both classes"
         )
     table = _metadata_by_id(metadata)
     missing_mask = ~pd.Index(ids).isin(table.index)
@@ -222,13 +663,31 @@ def probe_properties(
         unknown = [p for p in properties if p not in table.columns]
         if unknown:
             raise ValueError(
-                f"properties {unknown} are not metadata columns; available: "
+                f"probe.properties: {unknown} are not metadata columns; available: "
                 f"{list(table.columns)}"
             )
 
     rows = table.loc[ids]
+    if flags is None:
+        flags = [p for p in properties if is_flag(rows[p])]
+    else:
+        stray = [f for f in flags if f not in properties]
+        if stray:
+            raise ValueError(f"probe.flags: {stray} are not probed properties {list(properties)}")
+        not_binary = [f for f in flags if not is_flag(rows[f])]
+        if not_binary:
+            raise ValueError(f"probe.flags: {not_binary} have values other than 0 / 1 (or booleans)")
+
     records = []
     for prop in properties:
         y = pd.to_numeric(rows[prop], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        records.append({"property": prop, **paper_probe(X, y, mad_clip=mad_clip)})
+        if prop in flags:
+            results = [logistic_cv_probe(X, y, folds, n_boot, seed, min_class_count)]
+        else:
+            results = [
+                paper_probe(X, y, mad_clip, n_boot, seed),
+                ridge_cv_probe(X, y, mad_clip, folds, n_boot, seed),
+            ]
+        for res in results:
+            records.extend(res.records(prop))
     return pd.DataFrame.from_records(records, columns=PROBE_COLUMNS)

@@ -14,6 +14,8 @@
   (``206`` + ``Content-Range``, ``416`` past the end). No Xet headers are sent, so clients use plain
   HTTP. Every request is recorded (:attr:`FakeHub.requests`), and faults can be injected: wrong bytes
   (:attr:`FakeHub.corrupt`) or a connection dropped mid-file (:attr:`FakeHub.drop_after`).
+  ``repo_type="model"`` serves the folder as a model repo instead (``/api/models/...``,
+  ``/{repo}/resolve/...``).
 
 Example (a workflow test)::
 
@@ -252,8 +254,10 @@ class FakeHub:
         commit: str = FAKE_COMMIT,
         branches: tuple[str, ...] = ("main",),
         lfs_suffixes: tuple[str, ...] = (".parquet",),
+        repo_type: str = "dataset",
     ):
         self.root, self.repo, self.commit, self.branches = Path(root), repo, commit, branches
+        self.routes = _routes(repo_type)  # "model": /api/models/... and /{repo}/resolve/...
         self.files: dict[str, ServedFile] = {}
         for path in sorted(p for p in self.root.rglob("*") if p.is_file()):
             rel = path.relative_to(self.root).as_posix()
@@ -319,7 +323,8 @@ def fake_hub(root: str | Path, **kwargs) -> Iterator[FakeHub]:
 
     Args:
         root: The folder (e.g. :attr:`Standin.root`).
-        **kwargs: :class:`FakeHub` options (``repo``, ``commit``, ``branches``, ``lfs_suffixes``).
+        **kwargs: :class:`FakeHub` options (``repo``, ``commit``, ``branches``, ``lfs_suffixes``,
+            ``repo_type``: ``"dataset"`` (default) or ``"model"``).
 
     Yields:
         The running :class:`FakeHub`; ``hub.endpoint`` is its URL.
@@ -332,11 +337,18 @@ def fake_hub(root: str | Path, **kwargs) -> Iterator[FakeHub]:
         hub.close()
 
 
-_ROUTES = {
-    "info": re.compile(r"/api/datasets/(?P<repo>[^/]+/[^/]+)/revision/(?P<rev>[^/]+)"),
-    "tree": re.compile(r"/api/datasets/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?"),
-    "resolve": re.compile(r"/datasets/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)"),
-}
+def _routes(repo_type: str) -> dict[str, re.Pattern]:
+    """The Hub's URL patterns for a repo type: datasets under /api/datasets/ and /datasets/, models
+    under /api/models/ and at the top level."""
+    api, files = {"dataset": ("datasets", "/datasets"), "model": ("models", "")}[repo_type]
+    return {
+        "info": re.compile(rf"/api/{api}/(?P<repo>[^/]+/[^/]+)/revision/(?P<rev>[^/]+)"),
+        "tree": re.compile(rf"/api/{api}/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?"),
+        "resolve": re.compile(rf"{files}/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)"),
+    }
+
+
+_ROUTES = _routes("dataset")
 _CDN_ROUTE = re.compile(r"/lfs/(?P<sha>[0-9a-f]{64})")
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
@@ -365,7 +377,7 @@ def _handler(hub: FakeHub, server: str) -> type[BaseHTTPRequestHandler]:
                 if f is None:
                     return self._error(404, "EntryNotFound", "no such LFS object")
                 return self._content(f, {"ETag": f'"{f.sha256}"'})
-            for name, pattern in _ROUTES.items():
+            for name, pattern in hub.routes.items():
                 m = pattern.fullmatch(path)
                 if m:
                     break

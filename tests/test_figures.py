@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from astropt.figures import (
+    SUMMARY_COLUMNS,
     downstream_table,
     plot_downstream,
     plot_examples,
@@ -38,12 +39,22 @@ def scaling_table():
 
 @pytest.fixture
 def probes():
+    """Long probe tables (astropt.probe.PROBE_COLUMNS) of three sizes, with size and params."""
     rows = []
-    sizes = [("1M", 1_100_000), ("5M", 5_400_000), ("21M", 20_980_000), ("89M", 89_090_000)]
+    sizes = [("1M", 1_100_000), ("5M", 5_400_000), ("21M", 20_980_000)]
     for i, (size, n) in enumerate(sizes):
-        scores = {"redshift": 0.5 - 0.05 * i, "smooth": 0.3 + 0.01 * i, "flat": 0.2}
-        for prop, score in scores.items():
-            rows.append({"size": size, "params": n, "property": prop, "median_abs_error": score})
+        scores = {
+            ("redshift", "paper", "median_abs_error"): 0.5 - 0.05 * i,  # improves with size
+            ("redshift", "ridge_cv", "r2"): 0.6 + 0.1 * i,
+            ("smooth", "paper", "median_abs_error"): 0.3 + 0.01 * i,  # worsens
+            ("smooth", "ridge_cv", "r2"): [0.5, 0.7, 0.6][i],  # not monotone
+            ("flat", "paper", "median_abs_error"): 0.2,  # constant
+            ("flat", "ridge_cv", "r2"): [-0.1, 0.2, 0.3][i],  # smallest model below 0
+            ("has_bar", "logistic_cv", "roc_auc"): 0.7 + 0.05 * i,
+        }
+        for (prop, protocol, metric), value in scores.items():
+            rows.append({"size": size, "params": n, "property": prop, "n": 1000, "protocol": protocol,
+                         "metric": metric, "value": value, "ci_low": value - 0.01, "ci_high": value + 0.01})
     return pd.DataFrame(rows).sample(frac=1.0, random_state=0)  # order must not matter
 
 
@@ -67,33 +78,66 @@ def test_plot_scaling_degenerate_and_default_fit(tmp_path, scaling_table):
 
 
 def test_downstream_table(probes):
-    table = downstream_table(probes, "median_abs_error")
-    columns = ["property", "size", "params", "value", "relative", "spearman_rho"]
-    assert list(table.columns) == columns
-    by = {p: g.sort_values("params") for p, g in table.groupby("property")}
+    table = downstream_table(probes)
+    assert list(table.columns) == SUMMARY_COLUMNS
+    assert len(table) == 7 * 3
+    by = {key: g for key, g in table.groupby(["property", "protocol", "metric"])}
     for grp in by.values():
-        assert grp["relative"].iloc[0] == 1.0  # smallest model
-        assert grp["size"].iloc[0] == "1M"
-    assert by["smooth"]["spearman_rho"].iloc[0] == pytest.approx(1.0)  # monotone increasing
-    assert by["redshift"]["spearman_rho"].iloc[0] == pytest.approx(-1.0)
-    assert np.isnan(by["flat"]["spearman_rho"].iloc[0])  # constant: undefined
-    assert by["redshift"]["relative"].iloc[-1] == pytest.approx(0.35 / 0.5)
+        assert list(grp["size"]) == ["1M", "5M", "21M"]  # by params
+        assert grp["spearman_rho"].nunique(dropna=False) == 1  # repeated on each size's row
+    red = by["redshift", "paper", "median_abs_error"]
+    assert red["relative"].tolist() == pytest.approx([1.0, 0.45 / 0.5, 0.4 / 0.5])  # size / smallest
+    assert red["spearman_rho"].iloc[0] == pytest.approx(-1.0)  # error falls with size
+    assert red["spearman_p"].iloc[0] == pytest.approx(1 / 3)  # exact: 2 of the 3! orderings
+    assert not red["higher_is_better"].iloc[0]
+    r2 = by["redshift", "ridge_cv", "r2"]
+    assert r2["higher_is_better"].iloc[0] and r2["spearman_rho"].iloc[0] == pytest.approx(1.0)
+    assert r2["relative"].iloc[-1] == pytest.approx(0.8 / 0.6)
+    assert by["smooth", "paper", "median_abs_error"]["spearman_rho"].iloc[0] == pytest.approx(1.0)
+    smooth = by["smooth", "ridge_cv", "r2"]
+    assert smooth["spearman_rho"].iloc[0] == pytest.approx(0.5)
+    assert smooth["spearman_p"].iloc[0] == pytest.approx(1.0)  # |rho| >= 0.5 in every ordering
+    flat = by["flat", "paper", "median_abs_error"]
+    assert np.isnan(flat["spearman_rho"].iloc[0]) and np.isnan(flat["spearman_p"].iloc[0])
+    assert (flat["relative"] == 1.0).all()
+    assert by["flat", "ridge_cv", "r2"]["relative"].isna().all()  # ratio to an R^2 < 0: undefined
+    assert by["has_bar", "logistic_cv", "roc_auc"]["higher_is_better"].all()
 
 
-def test_downstream_table_averages_repeats(probes):
-    doubled = pd.concat([probes, probes.assign(median_abs_error=probes["median_abs_error"] + 0.1)])
+def test_downstream_table_averages_repeats_and_checks_input(probes):
+    doubled = pd.concat([probes, probes.assign(value=probes["value"] + 0.1)])
     table = downstream_table(doubled)
-    assert len(table) == 12
-    first = table[(table["property"] == "redshift") & (table["size"] == "1M")]
+    assert len(table) == 21
+    first = table[(table["property"] == "redshift") & (table["metric"] == "median_abs_error") & (table["size"] == "1M")]
     assert first["value"].iloc[0] == pytest.approx(0.55)
+    with pytest.raises(ValueError, match=r"lacks columns \['protocol'\]"):
+        downstream_table(probes.drop(columns="protocol"))
+    with pytest.raises(ValueError, match=r"metrics \['f1'\] of unknown direction"):
+        downstream_table(probes.assign(metric="f1"))
+
+
+def test_spearman_p_value_exact_and_asymptotic():
+    from scipy import stats
+
+    from astropt.figures import _spearman
+
+    rho, p = _spearman(np.arange(4.0), np.array([1.0, 2.0, 4.0, 3.0]))
+    ref = stats.spearmanr(np.arange(4.0), [1.0, 2.0, 4.0, 3.0])
+    assert rho == pytest.approx(ref.statistic)
+    assert p == pytest.approx(8 / 24)  # orderings with |rho| >= 0.8, of 4!
+    x, y = np.arange(12.0), np.array([1, 3, 2, 5, 4, 6, 8, 7, 9, 11, 10, 12.0])
+    assert _spearman(x, y) == pytest.approx(tuple(stats.spearmanr(x, y)))  # 12 sizes: scipy's p
+    assert np.isnan(_spearman(np.arange(3.0), np.array([1.0, np.nan, np.nan]))[0])
 
 
 def test_plot_downstream_writes_png(tmp_path, probes):
-    plot_downstream(probes, tmp_path / "downstream.png")
-    assert _is_png(tmp_path / "downstream.png")
-    r2 = probes.assign(r2=1 - probes["median_abs_error"])
-    plot_downstream(r2, tmp_path / "downstream_r2.png", metric="r2", lower_is_better=False)
-    assert _is_png(tmp_path / "downstream_r2.png")
+    summary = downstream_table(probes)
+    plot_downstream(summary, tmp_path / "sub" / "downstream.png")  # three panels, parent created
+    assert _is_png(tmp_path / "sub" / "downstream.png")
+    plot_downstream(summary, tmp_path / "paper_only.png", panels=[("paper", "median_abs_error")])
+    assert _is_png(tmp_path / "paper_only.png")
+    with pytest.raises(ValueError, match="none of the panels"):
+        plot_downstream(summary, tmp_path / "none.png", panels=[("ridge_cv", "accuracy")])
 
 
 def test_plot_umap_writes_png(tmp_path):

@@ -159,3 +159,24 @@ def download_params():
     if source in data:
         chosen[source] = output_params(data[source], *OPERATIONAL_DATA_KEYS.get(source, ()))
     return output_params(chosen)
+
+
+# Where the models come from: trained here (`train`) or the released AstroPT v1 weights
+# (`released_model`, workflow/rules/train.smk; README, "The released weights").
+MODELS_SOURCE = CFG.raw["models"]["source"]
+
+
+def released_params(wildcards):
+    """The released-weights settings one size's checkpoint depends on: repo, revision and its file.
+
+    The endpoint and cache folder are left out (read by the script from `snakemake.config`):
+    moving the cache or using a mirror does not fetch the models again.
+    """
+    from astropt.released import repo_file
+
+    released = CFG.raw["models"]["released"]
+    return {
+        "repo": released["repo"],
+        "revision": released["revision"],
+        "file": repo_file(wildcards.size, released["path"]),
+    }

@@ -25,6 +25,7 @@ rule probe:
         "results/probes/{size}.csv",
     params:
         probe=output_params(CFG.probe),
+        seed=CFG.seed,  # folds and bootstrap resamples
     log:
         "logs/probe/{size}.log",
     threads: job_threads("probe")

@@ -28,3 +28,31 @@ rule train:
         "exec {params.launcher} -m astropt.train --spec {params.spec:q}"
         " --train-tokens {params.train_dir} --val-tokens {params.val_dir}"
         " --out-dir {params.out_dir} --threads {threads} >> {log} 2>&1"
+
+
+if MODELS_SOURCE == "released":
+
+    # `models.source: released`: every size's model is the paper's released checkpoint, not
+    # trained. `released_model` writes the same three files as `train`, so everything
+    # downstream is unchanged; with this ruleorder it makes them and `train` never runs.
+    ruleorder: released_model > train
+
+    rule released_model:
+        # Downloads from the Hub: on SLURM it runs where Snakemake runs (compute nodes are
+        # often offline), like the huggingface download. It needs no tokens.
+        localrule: True
+        output:
+            ckpt="results/models/{size}/ckpt.pt",
+            sidecar="results/models/{size}/ckpt.json",
+            metrics="results/models/{size}/metrics.csv",
+        params:
+            released=released_params,
+        log:
+            "logs/released_model/{size}.log",
+        benchmark:
+            "logs/benchmarks/released_model/{size}.tsv"
+        threads: job_threads("released_model")
+        resources:
+            **job_resources("released_model"),
+        script:
+            "../scripts/released_model.py"

@@ -14,4 +14,6 @@ embed_split(
     n_tokens=cfg["n_tokens"],
     batch_size=snakemake.config["embed"]["batch_size"],  # noqa: F821  (not a param: no reruns)
     log=log,
+    # auto / true / false, from the validated config (the default filled in)
+    transpose=snakemake.config["embed"].get("transpose", "auto"),  # noqa: F821
 )

@@ -1,4 +1,4 @@
-"""figure_downstream rule: probe scores relative to the smallest model, per property."""
+"""figure_downstream rule: probe scores relative to the smallest model, per property, protocol and metric."""
 
 from astropt import pipeline
 

@@ -1,4 +1,4 @@
-"""probe rule: linear probes of every property from one size's embeddings."""
+"""probe rule: the paper's linear probes, k-fold ridge and logistic probes from one size's embeddings."""
 
 from astropt import pipeline
 
@@ -8,5 +8,7 @@ pipeline.probe(
     snakemake.input.metadata,  # noqa: F821
     snakemake.output[0],  # noqa: F821
     snakemake.params.probe,  # noqa: F821
+    seed=snakemake.params.seed,  # noqa: F821
+    threads=snakemake.threads,  # noqa: F821
     log=log,
 )
