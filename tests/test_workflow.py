@@ -77,7 +77,7 @@ def test_paper_2100M_is_one_job_on_two_nodes():
     assert "exec srun --ntasks=2 --ntasks-per-node=1 --kill-on-bad-exit=1 " in out
     assert "-m astropt.launch --nnodes=2 --nproc-per-node=8 -- -m astropt.train" in out
     train = out[out.index("rule train:"):]
-    for res in ("gpu=0", "gres=gpu:8", "nodes=2", "tasks=2", "mpi=srun", "runtime=1440"):
+    for res in ("gpu=0", "gres=gpu:8", "nodes=2", "tasks=2", "mpi=srun", "runtime=1440", "slurm_extra=--signal=USR1@600"):
         assert res in train.split("resources:")[1].split("\n")[0], res
     assert '"grad_accum": 32' in out and '"micro_batch": 10' in out
 

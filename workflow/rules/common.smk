@@ -108,7 +108,24 @@ def job_resources(rule_name):
         "mpi": lambda wc: "srun" if multi(wc) else None,
         # torchrun starts the ranks: never ask for --ntasks-per-gpu.
         "tasks_per_gpu": 0,
+        **({"slurm_extra": lambda wc: stop_signal(multi(wc))} if rule_name == "train" else {}),
     }
+
+
+def stop_signal(multi_node):
+    """sbatch --signal for a training job: SLURM's warning `train.signal_lead_s` before
+    the time limit, on which the trainer checkpoints and exits 75 (then the job is retried).
+
+    Measured on a real SLURM (tests/test_slurm.py): the warning reaches every process of the
+    job's steps, not the batch shell. A one-node job runs the rule inside the executor's
+    srun step under a second Snakemake, which SIGUSR1 would kill and SIGTERM leaves waiting
+    for the trainer: TERM (under torchrun, on one node with several GPUs, the agent also
+    gets TERM and kills ranks still running 30 s later: time enough to save up to 830M). A
+    multi-node job runs its own srun step holding only astropt.launch (which ignores USR1)
+    and the ranks: USR1, with no such deadline.
+    """
+    lead = CFG.raw["train"]["signal_lead_s"]
+    return f"--signal={'USR1' if multi_node else 'TERM'}@{lead}"
 
 
 def job_threads(rule_name):
