@@ -18,6 +18,7 @@ Files in ``out_dir``:
     ckpt.json    a readable sidecar: size, parameters, steps, final losses, config.
     metrics.csv  step, tokens_seen, flops, train_loss, val_loss, lr, elapsed_s, tokens_per_s,
                  mfu, peak_mem_gb, gpu_hours.
+    history.log  the progress lines of every attempt, appended (the CLI writes it).
 
 Faults: SIGUSR1 or SIGTERM (SLURM's warning before a time limit or on preemption, e.g.
 ``sbatch --signal=USR1@600``) makes every rank stop at the next step boundary; rank 0 writes
@@ -588,11 +589,20 @@ def main(argv: list[str] | None = None) -> int:
         cfg.threads = max(1, args.threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     else:
         cfg.threads = torch.get_num_threads()
-    try:
-        train(spec, cfg, args.train_tokens, args.val_tokens, args.out_dir,
-              log=lambda *a: print(*a, flush=True))
-    except Checkpointed:
-        return EXIT_CHECKPOINTED
+    # Also appended to out_dir/history.log: Snakemake deletes a rule's log before a retry,
+    # and the lines of an interrupted attempt are worth keeping.
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    with open(args.out_dir / "history.log", "a", buffering=1) as history:
+
+        def log(*a) -> None:
+            print(*a, flush=True)
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(time.strftime("%Y-%m-%d %H:%M:%S"), *a, file=history)
+
+        try:
+            train(spec, cfg, args.train_tokens, args.val_tokens, args.out_dir, log=log)
+        except Checkpointed:
+            return EXIT_CHECKPOINTED
     return 0
 
 

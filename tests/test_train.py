@@ -160,6 +160,8 @@ def test_killed_or_signalled_process_resumes(micro_tokens, tiny_spec, tiny_train
     rerun = subprocess.run([sys.executable, "-m", "astropt.train", *args], env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     assert f"resuming 20K from {out / 'last.pt'} at step {state['iter_num']}/60" in rerun.stdout
+    history = (out / "history.log").read_text()  # both attempts' lines
+    assert "training 20K" in history and f"at step {state['iter_num']}/60" in history
     resumed = pd.read_csv(out / "metrics.csv")
     cols = ["step", "tokens_seen", "train_loss", "val_loss", "lr"]
     pd.testing.assert_frame_equal(resumed[cols], ref[cols], rtol=1e-6)
