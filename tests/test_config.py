@@ -134,3 +134,10 @@ def test_per_size_batch_split_and_nodes(default):
     assert (t.micro_batch, t.grad_accum) == (8, 4) and c.train_config("42K").micro_batch == 32
     r = c.resources("train", "416K")
     assert (r.gpus, r.nodes) == (2, 2) and c.resources("train", "42K").nodes == 1
+
+
+def test_per_size_resources_inherit_the_rules_default(default):
+    cfg = copy.deepcopy(default)
+    cfg["resources"]["train"] = {"default": {"mem_mb": 600, "runtime": 7}, "sizes": {"416K": {"gpus": 1}}}
+    r = load_config(cfg).resources("train", "416K")
+    assert (r.gpus, r.mem_mb, r.runtime) == (1, 600, 7)  # not the schema's 4000 MB, 60 min

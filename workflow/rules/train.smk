@@ -22,7 +22,8 @@ rule train:
     shell:
         # A restarted job resumes from {params.out_dir}/last.pt, which is not an output
         # (Snakemake would delete it), so an interrupted run loses at most one checkpoint
-        # interval; the log is appended to, so it keeps the interrupted attempt's lines.
+        # interval. Snakemake deletes the log before a retry; every attempt's lines are
+        # also appended to {params.out_dir}/history.log.
         # `exec`: the trainer (or launcher) replaces the shell, so a signal reaches the
         # process that checkpoints on it (SIGUSR1/SIGTERM: save last.pt, exit 75, retry).
         "exec {params.launcher} -m astropt.train --spec {params.spec:q}"
