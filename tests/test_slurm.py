@@ -42,7 +42,6 @@ results/models/{size}/history.log, which the trainer appends to.
 """
 
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -55,19 +54,10 @@ import yaml
 
 from conftest import ROOT
 from slurm_cluster import clean_env, slurm_cluster  # noqa: F401  (session fixture)
+from test_workflow import _scratch_workflow
 
 PROFILE = ROOT / "tests" / "slurm" / "profile"
 SIZE = "30K"
-
-
-def _scratch_workflow(tmp_path: Path) -> Path:
-    """A copy of the workflow to run in (results land there, not in the repo)."""
-    work = tmp_path / "wf"
-    work.mkdir()
-    for item in ("Snakefile", "workflow", "config"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
-    return work
 
 
 def _config(work: Path, name: str, **train) -> Path:
