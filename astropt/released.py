@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from astropt.hf import _first_line  # the Hub errors are worded alike
 from astropt.model import PRESET_LR, PRESETS, GPT, GPTConfig
 
 __all__ = [
@@ -237,11 +238,6 @@ def _hub_errors(what: str, repo: str, endpoint: str) -> Iterator[None]:
             f"{what}: cannot reach {endpoint} ({type(err).__name__}: {err}); check the network and config key "
             f"'{_CONFIG}.endpoint', then rerun"
         ) from err
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _hash(path: Path, remote) -> tuple[int, str]:
