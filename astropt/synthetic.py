@@ -165,7 +165,8 @@ def _scene_draws(seed: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     Returns:
         Uniforms ``(N, _N_SCENE_U)`` (columns: 0-8 neighbour, 9-14 artefact, 15 star count),
         star uniforms ``(N, _MAX_STARS, 4)`` (x, y, magnitude, colour) and normals
-        ``(N, _N_SCENE_G)`` (vote scatter: featured, edge-on, artefact).
+        ``(N, _N_SCENE_G)`` (vote scatter: featured, edge-on, artefact, spiral winding). Draws
+        are sequential, so a column appended at the end leaves the earlier ones unchanged.
     """
     u = np.empty((len(idx), _N_SCENE_U))
     s = np.empty((len(idx), _MAX_STARS, 4))
@@ -336,6 +337,10 @@ def sample_properties(cfg: SyntheticConfig, start: int = 0, stop: int | None = N
     frac_art = _sigmoid(-3.5 + 4.2 * has_art + 1.5 * has_saturated + 0.5 * gs[:, 2])
     axis_ratio = bt * q_b + (1 - bt) * q_d  # light-weighted: what a volunteer sees
     frac_edge = _sigmoid((0.38 - axis_ratio) / 0.12 - 4.0 * np.maximum(bt - 0.5, 0.0) + 0.5 * gs[:, 1])
+    # Spiral arms wind tighter in bulgier discs (the Hubble sequence, Sa -> Sc): volunteers
+    # answering "tight" follow B/T with scatter. The stamps draw no arms, so the bulge is the
+    # only trace of it an image carries.
+    frac_tight = _sigmoid(5.0 * (bt - 0.3) + 0.6 * gs[:, 3])
 
     n_tr, n_va = cfg.n_train, cfg.n_val
     split = np.where(idx < n_tr, "train", np.where(idx < n_tr + n_va, "validation", "test"))
@@ -363,6 +368,7 @@ def sample_properties(cfg: SyntheticConfig, start: int = 0, stop: int | None = N
             "smooth-or-featured_featured-or-disk_fraction": (1 - frac_art) * p_feat,
             "smooth-or-featured_artifact_fraction": frac_art,
             "disk-edge-on_yes_fraction": frac_edge,
+            "spiral-winding_tight_fraction": frac_tight,
             "has_neighbour": has_nb.astype(np.int64),  # 0/1: a second galaxy off centre
             "has_artifact": has_art.astype(np.int64),  # 0/1: a trail, bad column or data gap
             "n_stars": n_stars,  # foreground stars in the stamp
@@ -625,7 +631,8 @@ def generate(out_dir: Path, cfg: SyntheticConfig, log: Callable[[str], Any] = pr
     (log10 sSFR/yr^-1), ``est_petro_th50`` (intrinsic half-light semi-major axis, arcsec),
     ``axis_ratio`` (light-weighted), ``bulge_fraction`` (r-band B/T), Galaxy Zoo DESI-like
     vote fractions ``smooth-or-featured_{smooth,featured-or-disk,artifact}_fraction`` (summing
-    to 1) and ``disk-edge-on_yes_fraction``, and the stamp's integer flags ``has_neighbour``
+    to 1), ``disk-edge-on_yes_fraction`` and ``spiral-winding_tight_fraction`` (rising with
+    B/T), and the stamp's integer flags ``has_neighbour``
     (0/1), ``has_artifact`` (0/1) and ``n_stars`` (a count). Left out on purpose:
     the position angle (circular, not a probe target) and a light-weighted Sersic index
     (1 + 3 B/T here, so it would only repeat ``bulge_fraction``).

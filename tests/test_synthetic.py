@@ -27,6 +27,7 @@ VOTES = [
     "smooth-or-featured_featured-or-disk_fraction",
     "smooth-or-featured_artifact_fraction",
     "disk-edge-on_yes_fraction",
+    "spiral-winding_tight_fraction",
 ]
 FLAGS = ["has_neighbour", "has_artifact", "n_stars"]
 OFF = {"neighbour_fraction": 0.0, "stars_per_stamp": 0.0, "artifact_fraction": 0.0}
@@ -201,6 +202,9 @@ def test_votes_and_flags_follow_the_truths():
     assert edge[discs & (m["axis_ratio"] < 0.25)].mean() > 0.7
     assert edge[discs & (m["axis_ratio"] > 0.7)].mean() < 0.1
     assert edge[m["bulge_fraction"] > 0.8].mean() < 0.05
+    # Tighter arms in bulgier galaxies (Sa -> Sc), with scatter.
+    tight = m["spiral-winding_tight_fraction"]
+    assert 0.7 < spearmanr(m["bulge_fraction"], tight)[0] < 0.99
 
     # Turning the stamp features off changes neither the truths nor anything else.
     off = sample_properties(SyntheticConfig(n_train=4000, n_val=0, n_test=0, **OFF))
