@@ -9,6 +9,9 @@ On a SLURM cluster with the paper's sweep:
     snakemake --profile profiles/slurm --configfile=config/paper.yaml all
 One target:
     snakemake --profile profiles/slurm --configfile=config/paper.yaml results/probes/309M.csv
+The report (every figure with its caption, the summary's numbers, each traced to its rule),
+after a run:
+    snakemake --report report.html
 """
 
 from snakemake.utils import min_version
@@ -17,6 +20,10 @@ min_version("9.0")
 
 
 configfile: "config/config.yaml"
+
+
+# `snakemake --report report.html`: this description, then every figure and the summary.
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"

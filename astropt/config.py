@@ -168,6 +168,15 @@ class Config:
     def umap_sizes(self) -> list[str]:
         return self.umap["sizes"] if self.umap["sizes"] is not None else self.sizes
 
+    @property
+    def predictions_size(self) -> str:
+        """The model shown in the next-patch prediction figure: `figures.predictions.size`,
+        else the largest size (by parameter count)."""
+        chosen = self.raw["figures"]["predictions"]["size"]
+        if chosen is not None:
+            return chosen
+        return max(self.sizes, key=lambda s: (parse_size_name(s) or 0.0))
+
     def size_spec(self, name: str) -> SizeSpec:
         """Architecture and LR of a size, adapted to this config's patches and image size."""
         custom = self.raw["custom_sizes"]
@@ -423,6 +432,22 @@ def _check_semantics(cfg: Config) -> None:
         for s in raw["umap"]["sizes"] or []:
             if s not in raw["sizes"]:
                 problems.append(f"config key '{key}': {s!r} is not one of sizes {raw['sizes']}")
+    shown = raw["figures"]["predictions"]["size"]
+    if shown is not None and shown not in raw["sizes"]:
+        problems.append(f"config key 'figures.predictions.size': {shown!r} is not one of sizes {raw['sizes']}")
+    if isinstance(raw["umap"]["properties"], str) and raw["umap"]["properties"] not in ("paper", "probed"):
+        problems.append(
+            f"config key 'umap.properties': {raw['umap']['properties']!r} is not 'paper', 'probed' or a list of columns"
+        )
+    for s in raw["sizes"]:
+        if (s in custom or s in PRESETS) and not problems:
+            n_layer = cfg.size_spec(s).model.n_layer
+            layer = raw["embed"]["layer"]
+            if not -n_layer <= layer < n_layer:
+                problems.append(
+                    f"config key 'embed.layer': {layer} is out of range for size {s} ({n_layer} blocks: "
+                    f"use 0..{n_layer - 1} or -1..-{n_layer})"
+                )
     for s in raw["train"]["sizes"]:
         if s not in raw["sizes"] and s not in custom and s not in PRESETS:
             problems.append(f"config key 'train.sizes.{s}': unknown size {s!r}")

@@ -103,6 +103,24 @@ def resolve_transpose(setting: str | bool, ckpt_config: dict) -> tuple[bool, str
     return transpose, why
 
 
+POOLINGS = ("mean", "max", "last")
+
+
+def pool(h: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Token outputs ``(B, T, C)`` -> one vector per galaxy ``(B, C)``.
+
+    ``mean`` (the paper) and ``max`` are over the T tokens; ``last`` is the output at the last
+    token, which under causal attention is the only one that has seen all of them.
+    """
+    if pooling == "mean":
+        return h.mean(dim=1)
+    if pooling == "max":
+        return h.amax(dim=1)
+    if pooling == "last":
+        return h[:, -1]
+    raise ValueError(f"config key 'embed.pooling': {pooling!r} is not one of {', '.join(POOLINGS)}")
+
+
 @torch.no_grad()
 def extract_embeddings(
     model: GPT,
@@ -113,8 +131,13 @@ def extract_embeddings(
     device: str | torch.device = "cpu",
     log=None,
     transpose: bool = False,
+    layer: int = -1,
+    pooling: str = "mean",
 ) -> np.ndarray:
-    """Mean of the last block's output over the first ``n_tokens`` tokens.
+    """One vector per galaxy from a block's output over the first ``n_tokens`` tokens.
+
+    The defaults are the paper's protocol: the last block's output, before the final
+    LayerNorm, averaged over the first 64 spiral tokens.
 
     Args:
         model: a trained GPT.
@@ -126,6 +149,8 @@ def extract_embeddings(
         log: optional callable for progress lines.
         transpose: feed the transposed stamps (:func:`transpose_index`, on the device): the first
             ``n_tokens`` spiral tokens of each stamp's transpose.
+        layer: block whose output is taken (0 the first, -1 the last; later blocks are skipped).
+        pooling: ``mean``, ``max`` or ``last`` (:func:`pool`).
 
     Returns:
         (N, n_embd) float32 embeddings.
@@ -135,6 +160,12 @@ def extract_embeddings(
         raise ValueError(f"token size ({d}) doesn't match the model's patch size ({model.config.input_dim})")
     if n_tokens > min(t, model.config.block_size):
         raise ValueError(f"n_tokens ({n_tokens}) exceeds the {min(t, model.config.block_size)} tokens available")
+    if pooling not in POOLINGS:
+        raise ValueError(f"config key 'embed.pooling': {pooling!r} is not one of {', '.join(POOLINGS)}")
+    if not -model.config.n_layer <= layer < model.config.n_layer:
+        raise ValueError(
+            f"config key 'embed.layer': {layer} is out of range for a model of {model.config.n_layer} blocks"
+        )
     device = torch.device(device)
     model = model.to(device).eval()
     use_bf16 = device.type == "cuda"
@@ -156,13 +187,21 @@ def extract_embeddings(
             raw = raw.index_select(1, idx_t).index_select(2, inner_t)  # (B, n_tokens, D), transposed stamps
         x = normalise(raw, norm)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            h = model.forward_features(x)  # (B, n_tokens, n_embd)
-        out[start:stop] = h.float().mean(dim=1).cpu().numpy()
+            h = model.forward_features(x, layer=layer)  # (B, n_tokens, n_embd)
+        out[start:stop] = pool(h.float(), pooling).cpu().numpy()
         if log and stop / n >= next_report:
             rate = stop / (time.perf_counter() - t0)
             log(f"embedded {stop:,}/{n:,} galaxies ({rate:,.0f}/s)")
             next_report += 0.1
     return out
+
+
+def _block_name(layer: int, n_layer: int) -> str:
+    """``layer`` in words for the log: 'block 3 of 4' or 'last block'."""
+    if not -n_layer <= layer < n_layer:
+        return f"block {layer} (out of range: {n_layer} blocks)"
+    index = layer % n_layer
+    return "last block" if index == n_layer - 1 else f"block {index + 1} of {n_layer}"
 
 
 def write_embeddings(path: str | Path, ids, embeddings: np.ndarray) -> None:
@@ -205,10 +244,13 @@ def embed_split(
     device: str = "auto",
     log=print,
     transpose: str | bool = "auto",
+    layer: int = -1,
+    pooling: str = "mean",
 ) -> None:
     """Embed every galaxy of a token split with a checkpoint and write the parquet.
 
-    ``transpose`` is ``embed.transpose`` (``"auto"``, True, False): see :func:`resolve_transpose`.
+    ``transpose`` is ``embed.transpose`` (``"auto"``, True, False): see :func:`resolve_transpose`;
+    ``layer`` and ``pooling`` as :func:`extract_embeddings`.
     """
     state = load_checkpoint(checkpoint)
     ckpt_config = state.get("config") or {}
@@ -221,9 +263,12 @@ def embed_split(
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     log(
         f"embedding {len(split.ids):,} galaxies from {token_dir} with {checkpoint} "
-        f"(first {n_tokens} tokens, last block, mean; norm '{norm}', device {dev})"
+        f"(first {n_tokens} tokens, {_block_name(layer, model.config.n_layer)}, {pooling}; "
+        f"norm '{norm}', device {dev})"
     )
     log(why)
-    X = extract_embeddings(model, split.tokens, n_tokens, batch_size, norm, dev, log=log, transpose=flip)
+    X = extract_embeddings(
+        model, split.tokens, n_tokens, batch_size, norm, dev, log=log, transpose=flip, layer=layer, pooling=pooling
+    )
     write_embeddings(out, split.ids, X)
     log(f"wrote {out}: {X.shape[0]:,} x {X.shape[1]} embeddings")

@@ -4,8 +4,9 @@ Each ``plot_*`` function writes one PNG (parent folders created) and returns
 nothing. Figures are built as ``matplotlib.figure.Figure`` objects rendered by the
 Agg canvas: no display, no pyplot global state, nothing left open.
 
-- :func:`plot_scaling`: final validation loss vs parameters with the saturating
-  and plain power-law fits (the paper's scaling figure).
+- :func:`plot_scaling`: final validation loss vs parameters and vs training compute
+  with the saturating and plain power-law fits, and the validation curves against
+  FLOPs (the paper's scaling figure).
 - :func:`plot_downstream`: each model's probe score relative to the smallest
   model, with Spearman's rho between size and score (the paper's downstream figure),
   from the summary table of :func:`downstream_table`.
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from scipy import stats
 
 from astropt.scaling import predict
@@ -89,79 +90,194 @@ def _plain_log_axis(axis) -> None:
         axis.set_minor_formatter(NullFormatter())
 
 
-def plot_scaling(table: pd.DataFrame, fit: dict | None, out: str | os.PathLike) -> None:
-    """Plot final validation loss against parameter count with the fitted laws.
+def _mantissa(v: float) -> int:
+    """The leading digit of ``v`` (2 for 200, 5 for 0.05)."""
+    return round(v / 10 ** math.floor(math.log10(v) + 1e-9))
 
-    Args:
-        table: One row per run, columns ``size`` (name such as ``"2M"``),
-            ``params`` and ``val_loss``; several runs (seeds) per size are fine.
-        fit: Result of :func:`astropt.scaling.fit_saturating_power_law`; ``None``
-            fits ``table`` here.
-        out: PNG path.
-    """
-    _require(table, ["size", "params", "val_loss"], "scaling table")
-    if fit is None:
-        from astropt.scaling import fit_saturating_power_law
 
-        fit = fit_saturating_power_law(table["params"], table["val_loss"])
-    N = table["params"].to_numpy(dtype=float)
-    L = table["val_loss"].to_numpy(dtype=float)
+def _scaling_fits(table: pd.DataFrame, fit: Mapping | None) -> dict[str, Mapping | None]:
+    """The fits against parameters ("N") and compute ("C") from ``fit`` in any of its forms:
+    ``fit.json`` of the scaling rule, one :func:`astropt.scaling.fit_scaling_laws` result, or
+    ``None``; a variable without a fit is fitted here from ``table``."""
+    from astropt.scaling import fit_scaling_laws
 
-    fig = Figure(figsize=(7, 4.8))
-    ax = fig.add_subplot()
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.scatter(N, L, s=36, color="black", zorder=4, label="runs (final val. loss)")
-    for size, grp in table.groupby("size", sort=False):
-        ax.annotate(
-            str(size),
-            (grp["params"].mean(), grp["val_loss"].mean()),
-            xytext=(6, 6),
-            textcoords="offset points",
-            fontsize=9,
-            zorder=5,
-        )
+    if fit is not None and ("params" in fit or "compute" in fit):
+        return {"N": fit.get("params"), "C": fit.get("compute")}
+    fits = {} if fit is None else {fit.get("variable", "N"): fit}
+    for variable, column in (("N", "params"), ("C", "flops")):
+        if variable not in fits and column in table.columns and table[column].nunique() > 1:
+            fits[variable] = fit_scaling_laws(table[column], table["val_loss"], variable=variable)
+    return fits
 
-    grid = np.logspace(np.log10(N.min()) - 0.3, np.log10(N.max()) + 0.3, 200)
+
+def _ci_text(params: Mapping, key: str) -> str:
+    """`` [lo, hi]`` of a fitted parameter at the decimals of its error; ``†`` marks a bound."""
+    ci = params.get(f"{key}_ci")
+    value, err = params.get(key), params.get(f"{key}_err")
+    if not ci or None in ci or value is None:
+        return ""
+    ref = err if err is not None and math.isfinite(err) and err > 0 else abs(value) / 10 or 1.0
+    d = max(0, min(8, 1 - math.floor(math.log10(ref))))
+    opened = (params.get("ci_open") or {}).get(key, [False, False])
+    ends = [f"{e:.{d}f}" + ("†" if o else "") for e, o in zip(ci, opened)]
+    return f" [{ends[0]}, {ends[1]}]"
+
+
+def _fit_labels(fit: Mapping, variable: str) -> tuple[str | None, str | None]:
+    """Legend labels of the saturating and the power-law line (None: nothing to draw)."""
     sat, pl = fit.get("saturating", {}), fit.get("power_law", {})
+    X = variable
+    sat_label = pl_label = None
     if sat.get("alpha") is not None and sat.get("L_inf") is not None:
-        label = (
-            f"$L_\\infty + (N_c/N)^\\alpha$: α = {_fmt_err(sat['alpha'], sat.get('alpha_err'))}, "
-            f"$L_\\infty$ = {_fmt_err(sat['L_inf'], sat.get('L_inf_err'))}"
+        sat_label = (
+            f"$L_\\infty + ({X}_c/{X})^\\alpha$: α = {_fmt_err(sat['alpha'], sat.get('alpha_err'))}"
+            f"{_ci_text(sat, 'alpha')}\n"
+            f"    $L_\\infty$ = {_fmt_err(sat['L_inf'], sat.get('L_inf_err'))}{_ci_text(sat, 'L_inf')}"
         )
         if sat.get("degenerate"):
-            reason = textwrap.fill(f"DEGENERATE: {sat.get('reason', '')}", 60)
-            label += "\n" + reason
-        ax.plot(grid, predict(fit, grid), color="C0", lw=2, label=label)
-        ax.axhline(sat["L_inf"], color="C0", ls="--", lw=1, label="$L_\\infty$ (irreducible loss)")
-    elif sat.get("reason"):
-        ax.plot([], [], " ", label=f"saturating fit: {sat['reason']}")
-    if pl.get("alpha") is not None and pl.get("log10_N_c") is not None:
-        ax.plot(
-            grid,
-            predict(fit, grid, law="power_law"),
-            color="C1",
-            lw=1.5,
-            ls="-.",
-            label=f"$(N_c/N)^\\alpha$: α = {_fmt_err(pl['alpha'], pl.get('alpha_err'))}",
+            sat_label += "\n" + textwrap.fill(f"DEGENERATE: {sat.get('reason', '')}", 58,
+                                              subsequent_indent="    ")
+    if pl.get("alpha") is not None and pl.get(f"log10_{X}_c") is not None:
+        pl_label = (
+            f"$({X}_c/{X})^\\alpha$: α = {_fmt_err(pl['alpha'], pl.get('alpha_err'))}{_ci_text(pl, 'alpha')}"
         )
+    return sat_label, pl_label
 
-    # Keep the view on the data (L_inf may sit far below the losses).
+
+def _scaling_panel(
+    ax,
+    table: pd.DataFrame,
+    column: str,
+    variable: str,
+    fit: Mapping | None,
+    colours: dict,
+    curves: Mapping[str, pd.DataFrame] | None = None,
+) -> None:
+    """One panel of :func:`plot_scaling`: final losses against ``column``, the fitted
+    laws, and (compute panel) each size's validation curve."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    X = table[column].to_numpy(dtype=float)
+    L = table["val_loss"].to_numpy(dtype=float)
+    for size, df in (curves or {}).items():
+        _require(df, ["flops", "val_loss"], f"metrics of size {size!r}")
+        ok = df[np.isfinite(df["val_loss"]) & (df["flops"] > 0)]
+        ax.plot(ok["flops"], ok["val_loss"], color=colours.get(size, "0.5"), lw=1.2, alpha=0.45,
+                marker="o", ms=2.5, zorder=2)
+    ax.scatter(X, L, s=44, c=[colours[s] for s in table["size"]], edgecolors="black", linewidths=0.8, zorder=4)
+    ax.plot([], [], ls="", marker="o", ms=6, mfc="white", mec="black", label="final validation loss of a size")
+    # Names above right of the points; below left where curves come in from the upper left
+    # (and the fit leaves to the lower right).
+    offset, ha = ((-6, -13), "right") if curves else ((5, 5), "left")
+    for size, grp in table.groupby("size", sort=False):
+        ax.annotate(str(size), (grp[column].mean(), grp["val_loss"].mean()), xytext=offset, ha=ha,
+                    textcoords="offset points", fontsize=8, zorder=5)
+    grid = np.logspace(np.log10(X.min()) - 0.3, np.log10(X.max()) + 0.3, 200)
+    if fit is not None and "error" not in fit:
+        sat_label, pl_label = _fit_labels(fit, variable)
+        sat = fit["saturating"]
+        if sat_label:
+            ax.plot(grid, predict(fit, grid), color="black", lw=1.8, label=sat_label, zorder=3)
+            ax.axhline(sat["L_inf"], color="black", ls=":", lw=1, label="$L_\\infty$ (irreducible loss)")
+        elif sat.get("reason"):
+            ax.plot([], [], " ", label=textwrap.fill(f"saturating fit: {sat['reason']}", 58))
+        if pl_label:
+            ax.plot(grid, predict(fit, grid, law="power_law"), color="C3", lw=1.4, ls="-.", label=pl_label,
+                    zorder=3)
+    elif fit is not None:
+        ax.plot([], [], " ", label=textwrap.fill(f"no fit: {fit['error']}", 58))
+    # Keep the view on the final losses (L_inf may sit far below them, early losses far above);
+    # curves: show their last stretch, up to 1.6x the largest final loss.
     lo, hi = L.min(), L.max()
-    span = max(hi / lo, 1.02)
-    ax.set_ylim(lo / span**0.25, hi * span**0.25)
-    # Show L_inf when it is near the data; far below, it is in the legend only.
-    if sat.get("L_inf") is not None and lo * 0.5 < sat["L_inf"] < lo:
-        ax.set_ylim(min(ax.get_ylim()[0], sat["L_inf"] * 0.98), None)
+    span = max(hi / lo, 1.1)
+    top = hi * span**0.35
+    if curves:
+        top_curves = max((df["val_loss"][df["flops"] > 0].max() for df in curves.values()), default=top)
+        top = max(top, min(top_curves * 1.02, hi * 1.6)) if np.isfinite(top_curves) else top
+    ax.set_ylim(lo / span**0.25, top)
+    L_inf = (fit or {}).get("saturating", {}).get("L_inf")
+    if L_inf is not None and lo * 0.7 < L_inf < lo:  # near the data: show it; far below: legend only
+        ax.set_ylim(min(ax.get_ylim()[0], L_inf * 0.98), None)
     _plain_log_axis(ax.yaxis)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _human(v)))
-    ax.xaxis.set_minor_formatter(NullFormatter())  # the points carry their size names
-    ax.set_xlabel("parameters N (excluding position embedding)")
-    ax.set_ylabel("final validation loss")
-    ax.set_title("Validation loss vs model size")
+    y0, y1 = ax.get_ylim()
+    if y1 / y0 < 3:  # under half a decade: evenly spaced plain ticks read better than 2x, 3x, 5x
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, which="major", alpha=0.3)
     ax.grid(True, which="minor", alpha=0.1)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=1, frameon=False)
+    ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(0.0, -0.13), ncols=1, frameon=False,
+              borderaxespad=0)
+
+
+def plot_scaling(
+    table: pd.DataFrame,
+    fit: Mapping | None,
+    out: str | os.PathLike,
+    metrics: Mapping[str, pd.DataFrame] | None = None,
+) -> None:
+    """Final validation loss against parameters and against training compute, with the fits.
+
+    Left: loss vs parameter count N; right (when ``table`` has ``flops``): loss vs
+    training FLOPs C, with each size's validation-loss curve against cumulative FLOPs
+    (faint, in the size's colour) when ``metrics`` are given. Each panel shows the
+    saturating and the plain power law fitted against its variable, with alpha ± its
+    standard error and interval in the legend.
+
+    Args:
+        table: One row per run, columns ``size`` (name such as ``"2M"``), ``params``,
+            ``val_loss`` and, for the compute panel, ``flops``; several runs (seeds)
+            per size are fine.
+        fit: ``results/scaling/fit.json`` (``{"params": ..., "compute": ...}``), a
+            single :func:`astropt.scaling.fit_scaling_laws` result (drawn in the panel of
+            its variable), or ``None``; a variable without a fit is fitted here.
+        out: PNG path.
+        metrics: Size -> its ``metrics.csv`` (columns ``flops``, ``val_loss``; NaN
+            where not evaluated), for the curves of the compute panel.
+
+    Raises:
+        ValueError: If a column is missing from ``table`` or a metrics table.
+    """
+    from matplotlib import colormaps
+    from matplotlib.lines import Line2D
+
+    _require(table, ["size", "params", "val_loss"], "scaling table")
+    fits = _scaling_fits(table, fit)
+    sizes = list(dict.fromkeys(table.sort_values("params", kind="stable")["size"]))
+    cmap = colormaps["viridis"]
+    colours = {s: cmap(i / max(len(sizes) - 1, 1) * 0.9) for i, s in enumerate(sizes)}
+    compute = "flops" in table.columns
+    fig = Figure(figsize=(12.5, 6.2) if compute else (6.8, 6.2), layout="constrained")
+    axes = fig.subplots(1, 2 if compute else 1, squeeze=False)[0]
+    _scaling_panel(axes[0], table, "params", "N", fits.get("N"), colours)
+    axes[0].xaxis.set_major_formatter(FuncFormatter(lambda v, _: _human(v)))
+    n_lo, n_hi = axes[0].get_xlim()
+    axes[0].xaxis.set_minor_formatter(  # 2x and 5x labelled too when the sizes span under 2 decades
+        FuncFormatter(lambda v, _: _human(v) if n_hi / n_lo < 100 and _mantissa(v) in (2, 5) else ""))
+    axes[0].set_xlabel("parameters N (excluding position embedding)")
+    axes[0].set_ylabel("validation loss")
+    axes[0].set_title("Final validation loss vs model size", fontsize=11)
+    if compute:
+        ax = axes[1]
+        _scaling_panel(ax, table, "flops", "C", fits.get("C"), colours, curves=metrics)
+        ax.set_xlabel("training compute C (FLOPs)")
+        c_lo, c_hi = ax.get_xlim()
+
+        def flops(v: float, _: int) -> str:  # 2x and 5x labelled too when under 2 decades
+            m, e = _mantissa(v), math.floor(math.log10(v) + 1e-9)
+            return f"${m}{{\\times}}10^{{{e}}}$" if c_hi / c_lo < 100 and m in (2, 5) else ""
+
+        ax.xaxis.set_minor_formatter(FuncFormatter(flops))
+        ax.tick_params(axis="x", which="minor", labelsize=8)
+        ax.set_title("Final validation loss vs training compute", fontsize=11)
+        ax.set_ylabel("validation loss")
+        names = [s for s in sizes if s in (metrics or {})]
+        if names:  # the curves' key, below the panel beside the fits' legend
+            fits_legend = ax.get_legend()
+            handles = [Line2D([], [], color=colours[s], lw=1.5, marker="o", ms=3, alpha=0.6) for s in names]
+            ax.legend(handles, names, title="validation loss\nduring training", fontsize=7.5, title_fontsize=7.5,
+                      loc="upper right", bbox_to_anchor=(1.0, -0.13), ncols=2 if len(names) > 4 else 1,
+                      frameon=False, borderaxespad=0)
+            ax.add_artist(fits_legend)
     _save(fig, out)
 
 

@@ -218,24 +218,33 @@ class GPT(nn.Module):
                 f"Input sequence length ({T}) exceeds model block_size ({self.config.block_size})"
             )
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
         """Run the trunk: tokeniser, positions and blocks, without the final LayerNorm.
 
-        This is the representation the paper's embeddings are taken from.
+        This is the representation the paper's embeddings are taken from (``layer=-1``).
 
         Args:
             x: Patch vectors, shape (B, T, input_dim).
+            layer: Block whose output is returned: 0 the first, -1 the last (Python indexing);
+                later blocks are not run.
 
         Returns:
-            Output of the last transformer block, shape (B, T, n_embd).
+            Output of that transformer block, shape (B, T, n_embd).
+
+        Raises:
+            ValueError: If ``layer`` is outside ``-n_layer .. n_layer - 1``.
         """
         self._check_input(x)
+        n_layer = len(self.transformer.h)
+        if not -n_layer <= layer < n_layer:
+            raise ValueError(f"layer {layer} is out of range for a model of {n_layer} blocks")
+        last = layer % n_layer
         T = x.shape[1]
         pos = torch.arange(T, dtype=torch.long, device=x.device)  # (T,)
         tok_emb = self.transformer.wte(x)  # (B, T, C)
         pos_emb = self.transformer.wpe(pos)  # (T, C)
         h = self.transformer.drop(tok_emb + pos_emb)  # (B, T, C)
-        for block in self.transformer.h:
+        for block in self.transformer.h[: last + 1]:
             h = block(h)
         return h  # (B, T, C)
 

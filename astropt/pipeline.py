@@ -217,37 +217,157 @@ def load_sidecars(paths) -> pd.DataFrame:
                 "flops": d["flops"],
                 "tokens_seen": d["tokens_seen"],
                 "elapsed_s": d["elapsed_s"],
+                # None for the released weights (their cost is not recorded)
+                "gpu_hours": d.get("gpu_hours"),
             }
         )
-    return pd.DataFrame(rows).sort_values("params", ignore_index=True)
+    table = pd.DataFrame(rows).sort_values("params", ignore_index=True)
+    for col in ("elapsed_s", "gpu_hours"):  # None (released weights) -> NaN
+        table[col] = pd.to_numeric(table[col], errors="coerce")
+    return table
 
 
-def scaling(sidecars, out_fit: str | Path, out_table: str | Path, log=print) -> dict:
-    """Fit the saturating power law to final validation loss vs parameters."""
-    from astropt.scaling import fit_saturating_power_law, to_jsonable
+def scaling(sidecars, out_fit, out_table, out_md, out_tex, out_csv=None, log=print) -> dict:
+    """Fit final validation loss against parameters N and against training compute C.
+
+    Both laws of :mod:`astropt.scaling` (saturating and plain power law), with standard
+    errors and 95 % intervals, against each variable. Writes ``losses.csv`` (one row
+    per size, :func:`load_sidecars`), ``fit.json``::
+
+        {"sizes": [...], "n_points": int, "ci_level": 0.95,
+         "params": fit_scaling_laws(params, val_loss, "N"),
+         "compute": fit_scaling_laws(flops, val_loss, "C")}
+
+    and the fit table as markdown and LaTeX (:func:`astropt.scaling.fit_table`), and as CSV
+    cells (``out_csv``, :func:`astropt.scaling.table_cells`: the report's caption shows it). With
+    a single size there is nothing to fit: each of ``params`` / ``compute`` is
+    ``{"variable", "variable_name", "n_points", "ci_level", "error", "data"}`` and the
+    tables say so.
+    """
+    from astropt.scaling import CI_LEVEL, VARIABLES, fit_scaling_laws, fit_table, table_latex, table_markdown, to_jsonable
 
     table = load_sidecars(sidecars)
     table.to_csv(out_table, index=False)
     for row in table.itertuples():
-        log(f"  {row.size:>6}: {row.params:>12,} parameters, final val loss {row.val_loss:.5f}")
+        log(f"  {row.size:>6}: {row.params:>12,} parameters, {row.flops:.3g} training FLOPs, "
+            f"final val loss {row.val_loss:.5f}")
+    bad = table[~(table["flops"] > 0)]
+    if len(bad):
+        raise ValueError(f"sizes {bad['size'].tolist()} have no positive 'flops' in their ckpt.json "
+                         f"({[str(p) for p in sidecars]}): retrain them to record the training compute")
+    sizes = table["size"].tolist()
+    fit = {"sizes": sizes, "n_points": len(table), "ci_level": CI_LEVEL}
+    for key, column, variable in (("params", "params", "N"), ("compute", "flops", "C")):
+        if len(table) < 2:
+            fit[key] = {
+                "variable": variable, "variable_name": VARIABLES[variable], "n_points": len(table),
+                "ci_level": CI_LEVEL,
+                "error": f"a scaling fit needs at least two sizes, got {len(table)} ({', '.join(sizes)})",
+                "data": {variable: table[column].tolist(), "L": table["val_loss"].tolist()},
+            }
+        else:
+            fit[key] = fit_scaling_laws(table[column].to_numpy(float), table["val_loss"].to_numpy(float),
+                                        variable=variable, ci_level=CI_LEVEL)
+    fit = to_jsonable(fit)
+    Path(out_fit).write_text(json.dumps(fit, indent=2) + "\n")
+    fits = fit_table(fit)
+    md = table_markdown(fits)
+    Path(out_md).write_text(md)
+    Path(out_tex).write_text(table_latex(fits))
+    if out_csv is not None:
+        from astropt.scaling import table_cells
+
+        header, rows, _ = table_cells(fits)
+        pd.DataFrame(rows, columns=header).to_csv(out_csv, index=False)
     if len(table) < 2:
-        fit = {"n_points": len(table), "error": "a scaling fit needs at least two sizes", "data": {
-            "N": table["params"].tolist(), "L": table["val_loss"].tolist()}}
-        log("only one size: no fit")
-    else:
-        fit = fit_saturating_power_law(table["params"].to_numpy(float), table["val_loss"].to_numpy(float))
-        log(json.dumps(to_jsonable(fit), indent=2))
-    fit["sizes"] = table["size"].tolist()
-    Path(out_fit).write_text(json.dumps(to_jsonable(fit), indent=2) + "\n")
+        log(f"only one size ({', '.join(sizes)}): no fit; {out_fit} and the tables say so")
+    log(md)
+    log(f"wrote {out_fit}, {out_md} and {out_tex}")
     return fit
 
 
-def figure_scaling(fit_path, table_path, out, log=print) -> None:
+def figure_scaling(fit_path, table_path, metrics_paths, out, log=print) -> None:
+    """The scaling figure: final validation loss against parameters and against training
+    compute with the fits of ``fit.json``, and each size's validation curve against
+    cumulative FLOPs from its ``metrics.csv`` (size = the file's folder name)."""
     from astropt.figures import plot_scaling
 
     fit = json.loads(Path(fit_path).read_text())
-    plot_scaling(pd.read_csv(table_path), fit, out)
+    metrics = {Path(p).parent.name: pd.read_csv(p) for p in metrics_paths}
+    plot_scaling(pd.read_csv(table_path), fit, out, metrics=metrics)
     log(f"wrote {out}")
+
+
+def _layer_words(layer: int) -> str:
+    """``embed.layer`` in words: -1 'the last block', -2 'the block before the last', 0 'block 1'."""
+    if layer == -1:
+        return "the last block's output"
+    if layer < 0:
+        return f"the output of block {-layer} from the end"
+    return f"the output of block {layer + 1}"
+
+
+def run_context(config: dict) -> dict[str, str]:
+    """A few words on what was run (data, tokens, models), for the summary's first lines."""
+    data, sizes = config["data"], config["sizes"]
+    source = data["source"]
+    where = {
+        "synthetic": "synthetic Legacy-Survey-like galaxies",
+        "folder": f"the stamps in {data.get('folder', {}).get('images')}",
+        "huggingface": f"the HuggingFace dataset {data.get('huggingface', {}).get('repo', '')}",
+    }.get(source, source)
+    models = config.get("models", {}).get("source", "train")
+    trained = (
+        f"trained here for {config['train']['steps']:,} steps each"
+        if models != "released" else "the released AstroPT v1 weights (not trained here)"
+    )
+    return {
+        "data": f"Data: {where}, {data['image_size']} px stamps, {config['tokens']['patch_size']} px patches.",
+        "models": f"Models: {', '.join(sizes)}, {trained}.",
+        "embed": (
+            f"Embeddings: {config['embed']['split']} split, first {config['embed']['n_tokens']} tokens, "
+            f"{_layer_words(config['embed'].get('layer', -1))}, {config['embed'].get('pooling', 'mean')} pooling."
+        ),
+    }
+
+
+def summary(sidecars, fit_path, probe_paths, downstream_csv, out_md, out_html, config: dict, log=print) -> str:
+    """``results/summary.md`` (and the same as HTML for the report): the headline numbers and
+    their tables (:mod:`astropt.summary`), every number read from the files named in it."""
+    from astropt.summary import build_summary, to_html, to_markdown
+
+    losses = load_sidecars(sidecars)
+    fit = json.loads(Path(fit_path).read_text())
+    probes = {Path(p).stem: pd.read_csv(p, keep_default_na=True) for p in probe_paths}
+    downstream = pd.read_csv(downstream_csv)
+    blocks = build_summary(losses, fit, probes, downstream, context=run_context(config), fit_table=_fit_table(fit))
+    text = to_markdown(blocks)
+    Path(out_md).write_text(text)
+    Path(out_html).write_text(to_html(blocks))
+    log(text)
+    return text
+
+
+def _fit_table(fit: dict):
+    """The fitted parameters as (header, rows, notes) for the summary: astropt.scaling's table."""
+    from astropt.scaling import fit_table, table_cells
+
+    return table_cells(fit_table(fit))
+
+
+def figure_loss_curves(metrics_paths, sidecars, out, log=print) -> None:
+    """Training and validation loss curves of every size (``results/models/{size}/metrics.csv``),
+    smallest model first."""
+    from astropt.figures import plot_loss_curves
+
+    order = load_sidecars(sidecars)["size"].tolist()
+    by_size = {Path(p).parent.name: p for p in metrics_paths}
+    unknown = sorted(set(by_size) - set(order))
+    if unknown:
+        raise ValueError(f"metrics of sizes {unknown} have no ckpt.json sidecar among {list(sidecars)}")
+    curves = {size: pd.read_csv(by_size[size]) for size in order if size in by_size}
+    plot_loss_curves(curves, out)
+    log(f"wrote {out}: loss curves of {', '.join(curves)}")
 
 
 def figure_downstream(probe_paths, sidecars, out_figure, out_table, log=print) -> pd.DataFrame:
@@ -270,22 +390,60 @@ def figure_downstream(probe_paths, sidecars, out_figure, out_table, log=print) -
     return summary
 
 
+def _panel_title(column: str) -> str:
+    """A UMAP panel's title: the paper's label over the column name (M_g, then
+    mag_abs_g_photoz on a second line) for the paper's properties, else the column name."""
+    from astropt.probe import PAPER_PROPERTIES
+
+    label = PAPER_PROPERTIES.get(column, column)
+    return column if label == column else f"{label}\n({column})"
+
+
+def umap_properties(setting, meta_columns, probe_csv) -> tuple[dict[str, str], list[str]]:
+    """The UMAP panels: ``{column: panel title}`` and the paper's properties the catalogue lacks.
+
+    ``setting`` is ``umap.properties``: ``"paper"`` (the paper's twelve, :data:`PAPER_PROPERTIES`,
+    those in the catalogue), ``"probed"`` (every property in ``probe_csv``) or a list of columns
+    (each must be in the catalogue).
+    """
+    from astropt.probe import PAPER_PROPERTIES
+
+    columns = set(meta_columns)
+    if setting == "paper":
+        kept = {c: _panel_title(c) for c in PAPER_PROPERTIES if c in columns}
+        lacking = [c for c in PAPER_PROPERTIES if c not in columns]
+        if not kept:
+            raise ValueError(
+                f"config key 'umap.properties': the catalogue has none of the paper's properties "
+                f"{list(PAPER_PROPERTIES)}; list columns to map instead"
+            )
+        return kept, lacking
+    props = pd.read_csv(probe_csv)["property"].unique().tolist() if setting == "probed" else list(setting)
+    missing = [p for p in props if p not in columns]
+    if missing:
+        raise ValueError(f"config key 'umap.properties': {missing} not in the catalogue")
+    return {p: _panel_title(p) for p in props}, []
+
+
 def figure_umap(embeddings, probe_csv, metadata, out, umap_cfg: dict, seed: int, title: str = "", log=print) -> None:
-    """UMAP of one size's embeddings as hexbin panels coloured by property."""
+    """UMAP of one size's embeddings as hexbin panels coloured by property (by default the
+    paper's twelve, :func:`umap_properties`)."""
     from astropt.figures import plot_umap, umap_embedding
 
     ids, X = read_embeddings(embeddings)
-    props = umap_cfg["properties"] or pd.read_csv(probe_csv)["property"].unique().tolist()
     meta = read_metadata(metadata).set_index("id")
-    missing = [p for p in props if p not in meta.columns]
-    if missing:
-        raise ValueError(f"config key 'umap.properties': {missing} not in {metadata}")
+    panels, lacking = umap_properties(umap_cfg["properties"], meta.columns, probe_csv)
+    props = list(panels)
+    if lacking:
+        log(f"the catalogue {metadata} lacks {len(lacking)} of the paper's properties: {', '.join(lacking)}")
+        title = f"{title}\n(not in the catalogue: {', '.join(lacking)})" if title else f"not in the catalogue: {', '.join(lacking)}"
     if len(ids) > umap_cfg["max_points"]:
         keep = np.sort(np.random.default_rng(seed).choice(len(ids), umap_cfg["max_points"], replace=False))
         ids, X = ids[keep], X[keep]
     log(f"UMAP of {len(ids):,} embeddings ({X.shape[1]} dims), n_neighbors={umap_cfg['n_neighbors']}")
     coords = umap_embedding(X, seed=seed, n_neighbors=umap_cfg["n_neighbors"])
-    plot_umap(coords, meta.loc[list(ids), props].reset_index(drop=True), out, title=title)
+    values = meta.loc[list(ids), props].reset_index(drop=True).rename(columns=panels)
+    plot_umap(coords, values, out, title=title)
     log(f"wrote {out}")
 
 
@@ -302,3 +460,58 @@ def figure_examples(token_dir, metadata, out, n: int = 16, seed: int = 0, log=pr
     patch, n_chan = split.meta["patch_size"], split.meta["n_chan"]
     plot_examples(lambda row: tokens_to_image(np.asarray(split.tokens[row]), patch, n_chan), meta, out, n=n, columns=columns, seed=seed)
     log(f"wrote {out}: {min(n, len(meta))} galaxies of {token_dir}")
+
+
+def figure_predictions(
+    checkpoint, token_dir, out, galaxies: int = 6, seed: int = 0, size: str = "", log=print
+) -> pd.DataFrame:
+    """Galaxies of a split beside a model's next-patch predictions and their difference
+    (:mod:`astropt.predict`), normalised and oriented as the checkpoint was trained.
+
+    ``galaxies`` rows are drawn at random (``seed``) and shown in split order; ``size`` names
+    the model in the title (default: the checkpoint's folder). Returns the galaxies shown:
+    ``id`` and ``loss`` (each one's Huber loss in normalised units, as in training)."""
+    import torch
+
+    from astropt.checkpoint import load_checkpoint, model_from_checkpoint
+    from astropt.predict import next_patch_predictions, plot_predictions
+    from astropt.tokenise import load_tokens
+
+    state = load_checkpoint(checkpoint)
+    ckpt_config = state.get("config") or {}
+    norm = ckpt_config.get("norm", "patch")  # AstroPT v1 used the per-patch one
+    transpose = bool(ckpt_config.get("image_transpose", False))
+    step = state.get("iter_num")
+    model = model_from_checkpoint(state, source=checkpoint)
+    del state
+    split = load_tokens(token_dir)
+    patch, n_chan = split.meta["patch_size"], split.meta["n_chan"]
+    if (patch, n_chan) != (model.config.patch_size, model.config.n_chan):
+        raise ValueError(
+            f"{token_dir} holds {patch}px patches of {n_chan} bands but {checkpoint} was trained on "
+            f"{model.config.patch_size}px patches of {model.config.n_chan}: tokenise with the model's settings"
+        )
+    n = min(galaxies, len(split.ids))
+    if n < 1:
+        raise ValueError(f"{token_dir} holds no galaxies to show")
+    rows = np.sort(np.random.default_rng(seed).choice(len(split.ids), size=n, replace=False))
+    raw = np.asarray(split.tokens[rows])  # (n, T, D) as stored
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    log(
+        f"next-patch predictions of {n} galaxies of {token_dir} by {checkpoint} (norm '{norm}', "
+        f"{'transposed' if transpose else 'untransposed'} stamps fed, device {device})"
+    )
+    pred, loss = next_patch_predictions(model, raw, norm=norm, transpose=transpose, device=device)
+    name = size or Path(checkpoint).parent.name
+    at = f", step {step:,}" if isinstance(step, int) else ""
+    how = "image normalisation" if norm == "image" else "per-patch normalisation: patch shapes only"
+    title = (
+        f"{name} model ({model.get_num_params():,} parameters{at}), {how}; mean loss {loss.mean():.4f}\n"
+        "each patch predicted from the true patches before it in the centre-out spiral"
+        + (" of the transposed stamp (trained so)" if transpose else "")
+        + "; dashed box: the first patch, with nothing to predict it from"
+    )
+    ids = [str(i) for i in split.ids[rows]]
+    plot_predictions(raw, pred, ids, out, patch, n_chan, title=title, losses=loss)
+    log(f"wrote {out}: per-galaxy loss {', '.join(f'{v:.4f}' for v in loss)}")
+    return pd.DataFrame({"id": ids, "loss": loss})

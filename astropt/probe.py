@@ -74,6 +74,23 @@ MIN_ROWS = 10
 #: Coverage of the bootstrap intervals.
 CI_LEVEL = 0.95
 
+#: The paper's twelve probe targets (its downstream and UMAP figures), as metadata columns of
+#: Smith42/galaxies_metadata (the synthetic default uses the same names), with short labels.
+PAPER_PROPERTIES = {
+    "mag_abs_g_photoz": "M_g",
+    "mag_abs_z_photoz": "M_z",
+    "g_r": "g - r",
+    "r_z": "r - z",
+    "redshift": "redshift",
+    "ssfr_med_photoz": "sSFR",
+    "mass_med_photoz": "M*",
+    "smooth-or-featured_smooth_fraction": "smooth",
+    "smooth-or-featured_featured-or-disk_fraction": "disc",
+    "smooth-or-featured_artifact_fraction": "artefact",
+    "disk-edge-on_yes_fraction": "edge-on",
+    "spiral-winding_tight_fraction": "tight spiral",
+}
+
 #: Ridge penalties tried in each fold, on standardised embeddings (half-decade steps). The
 #: smallest is about unpenalised for thousands of galaxies; the largest shrinks every
 #: coefficient to about 0.

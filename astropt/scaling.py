@@ -1,43 +1,111 @@
-"""Scaling-law fits of final validation loss against parameter count.
+"""Scaling-law fits of final validation loss against parameters or training compute.
 
-Two laws are fitted, side by side:
+Two laws are fitted, side by side, against any positive variable ``X``: the parameter
+count ``N`` or the training compute ``C`` (FLOPs):
 
 - the saturating power law of Henighan et al. (2020), used by the AstroPT paper,
-  ``L(N) = L_inf + (N_c / N)^alpha``, by bounded non-linear least squares on
-  ``log L`` (losses carry multiplicative noise) from several starting points;
-- the plain power law ``L(N) = (N_c / N)^alpha``, a straight line in log-log
+  ``L(X) = L_inf + (X_c / X)^alpha``, by bounded non-linear least squares on
+  ``log L`` (losses carry multiplicative noise), globally over ``alpha``: the loss
+  is minimised over ``(L_inf, X_c)`` on a grid of ``alpha``, and the best grid
+  points are polished over all three parameters (a small Levenberg-Marquardt);
+- the plain power law ``L(X) = (X_c / X)^alpha``, a straight line in log-log
   space fitted by linear regression: always well defined for two or more
   points, and the fallback when the saturating fit is degenerate.
 
-With few sizes the saturating fit is often degenerate: ``L_inf`` collapses onto
-the best model's loss or onto 0, or there are no spare degrees of freedom. The
-result then says so (``"degenerate": True`` and a ``reason``) instead of quoting
-meaningless uncertainties.
+Uncertainties. Every parameter gets a standard error (``*_err``, from the
+covariance of the fit scaled by the residual variance) and a confidence interval
+at ``ci_level`` (default 0.95; ``*_ci = [lo, hi]``), with the residual degrees of
+freedom ``dof``:
+
+- power law: Student-t intervals ``alpha +- t(dof) * err``, exact for a straight
+  line with Gaussian noise in ``log L``; for ``log10_X_c = -intercept / slope`` the
+  Fieller interval (also exact; ``None`` when the slope is not significant at
+  ``ci_level``, since the set is then unbounded).
+- saturating law: profile-likelihood intervals, ``{theta : RSS_profile(theta) <=
+  RSS_min (1 + t(dof)^2 / dof)}``, the F-calibrated profile-t intervals of Bates &
+  Watts (1988, ch. 6), which reduce to the exact t intervals for a linear model.
+  Why not covariance + t: the law is non-linear in ``(L_inf, alpha, X_c)``. Where
+  the data resolve the curvature well the two agree; where they barely do, the
+  symmetric intervals miss ``L_inf`` and ``X_c`` more often than stated, run below
+  ``L_inf = 0`` and ignore the asymmetry of the likelihood. Simulated, 7 sizes over
+  2.5 decades (N = 3e4 .. 1e7), 2 % log-normal noise, 400 data sets each, 95 %:
+
+  ====================================  ======================  ======================
+  true law                               covariance + t           profile (this module)
+                                         alpha / L_inf / X_c      alpha / L_inf / X_c
+  ====================================  ======================  ======================
+  0.05 + (1e3/N)^0.3                     0.963 / 0.963 / 0.970    0.963 / 0.955 / 0.970
+  0.04 + (1e2/N)^0.6 (floor reached)     0.958 / 0.950 / 0.958    0.960 / 0.960 / 0.963
+  0.05 + (1e3/N)^0.1 (weak curvature)    0.966 / 0.888 / 0.897    0.957 / 0.957 / 0.983
+  ====================================  ======================  ======================
+
+  (weak curvature: rates among the 233 of 400 fits that are not degenerate; the
+  others are flagged, mostly ``L_inf`` at 0, and have no intervals.)
+  ``tests/test_scaling.py`` checks the first row's law on 300 other data sets
+  (0.963 / 0.953 / 0.967) against a binomial band around 0.95.
+  The intervals are found on batches of held values (a Levenberg-Marquardt fit of
+  the two other parameters at each), bracketing where the profile-t statistic
+  ``tau = sqrt((RSS_profile - RSS_min) / s^2)`` crosses ``t(dof)`` and
+  interpolating; they are deterministic (no resampling, no seed).
+  An interval end that reaches a bound of the search (``0 <= L_inf <= max L``,
+  ``0 < alpha <= 5``, ``log10_X_c`` within 30 decades of the data) is that bound,
+  marked in ``ci_open`` (``{"alpha": [lower_open, upper_open], ...}``): the data
+  set no limit there.
+
+With few sizes the saturating fit is often degenerate: ``L_inf`` collapses onto 0
+(no saturation seen), ``alpha`` onto a bound (a step: the loss stops falling), the
+covariance is singular, or there are no spare degrees of freedom. The result then
+says so (``"degenerate": True`` and a ``reason``) and gives no intervals (``None``)
+instead of meaningless ones; the power law then remains.
+
+:func:`fit_table` turns fits into one tidy table (a row per variable and law);
+:func:`table_markdown` and :func:`table_latex` write it for a paper, :func:`table_cells`
+gives its cells as strings.
 
 Example::
 
-    fit = fit_saturating_power_law(table["params"], table["val_loss"])
+    fit = fit_scaling_laws(table["flops"], table["val_loss"], variable="C")
     json.dump(fit, open("fit.json", "w"), indent=2)
-    curve = predict(fit, np.logspace(5, 9))
+    curve = predict(fit, np.logspace(12, 15))
+    print(table_markdown(fit_table({"compute": fit})))
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
-from scipy import optimize, stats
+import pandas as pd
+from scipy import stats
 
-MODEL = "L = L_inf + (N_c/N)^alpha"
-POWER_LAW_MODEL = "L = (N_c/N)^alpha"
-
+#: The variables a law can be fitted against: symbol -> what it is.
+VARIABLES = {"N": "parameters", "C": "training compute (FLOPs)"}
+#: Default confidence level of the intervals.
+CI_LEVEL = 0.95
 #: Upper bound of the exponent in the saturating fit.
 ALPHA_MAX = 5.0
-#: Starting values of L_inf, as fractions of the smallest observed loss.
-L_INF_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
+#: Lower bound of the exponent in the saturating fit.
+ALPHA_MIN = 1e-6
+#: Exponents where the saturating loss is minimised over (L_inf, X_c) to find the global fit.
+ALPHA_GRID = np.geomspace(1e-3, ALPHA_MAX, 24)
+#: Profile intervals of log10 X_c are searched this many decades beyond the data.
+LOG10_SCALE_SPAN = 30.0
+
+Law = Literal["saturating", "power_law"]
+LN10 = math.log(10.0)
+
+
+def model_string(variable: str = "N", law: Law = "saturating") -> str:
+    """The formula of a law, e.g. ``"L = L_inf + (N_c/N)^alpha"``."""
+    reducible = f"({variable}_c/{variable})^alpha"
+    return f"L = L_inf + {reducible}" if law == "saturating" else f"L = {reducible}"
+
+
+#: Formulas of the laws against parameters (kept for older readers of fit.json).
+MODEL = model_string("N", "saturating")
+POWER_LAW_MODEL = model_string("N", "power_law")
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -73,99 +141,524 @@ def _as_float(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _check_inputs(N: Sequence[float], L: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    N = np.asarray(N, dtype=np.float64).ravel()
+def _check_variable(variable: str) -> None:
+    if variable not in VARIABLES:
+        raise ValueError(f"variable must be one of {sorted(VARIABLES)} ({VARIABLES}), got {variable!r}")
+
+
+def _check_inputs(X: Sequence[float], L: Sequence[float], variable: str = "N") -> tuple[np.ndarray, np.ndarray]:
+    _check_variable(variable)
+    X = np.asarray(X, dtype=np.float64).ravel()
     L = np.asarray(L, dtype=np.float64).ravel()
-    if len(N) != len(L):
-        raise ValueError(f"N and L differ in length: {len(N)} parameter counts, {len(L)} losses")
-    if len(N) < 2:
-        raise ValueError(f"a scaling fit needs at least 2 (N, L) points, got {len(N)}")
-    for name, values in (("N (parameter counts)", N), ("L (losses)", L)):
+    what = f"{variable} ({VARIABLES[variable]})"
+    if len(X) != len(L):
+        raise ValueError(f"{variable} and L differ in length: {len(X)} values of {what}, {len(L)} losses")
+    if len(X) < 2:
+        raise ValueError(f"a scaling fit needs at least 2 ({variable}, L) points, got {len(X)}")
+    for name, values in ((what, X), ("L (losses)", L)):
         bad = ~np.isfinite(values) | (values <= 0)
         if bad.any():
             raise ValueError(
                 f"{name} must be finite and positive; bad values at positions "
                 f"{np.flatnonzero(bad).tolist()}: {values[bad].tolist()}"
             )
-    if np.unique(N).size < 2:
-        raise ValueError(f"N needs at least 2 distinct parameter counts, got {np.unique(N)}")
-    return N, L
+    if np.unique(X).size < 2:
+        raise ValueError(f"{variable} needs at least 2 distinct values of {VARIABLES[variable]}, got {np.unique(X)}")
+    return X, L
 
 
-def _saturating_log(
-    log10_N: np.ndarray, L_inf: float, log10_N_c: float, alpha: float
-) -> np.ndarray:
-    # log L for L = L_inf + 10^(alpha (log10 N_c - log10 N)); parameters are O(1).
-    return np.log(L_inf + 10.0 ** (alpha * (log10_N_c - log10_N)))
+def _t_quantile(ci_level: float, dof: int) -> float:
+    return float(stats.t.ppf(0.5 + ci_level / 2, dof)) if dof >= 1 else float("nan")
 
 
-def fit_power_law(N: Sequence[float], L: Sequence[float]) -> dict:
-    """Fit ``L = (N_c / N)^alpha`` by linear regression of log10 L on log10 N.
+def _check_level(ci_level: float) -> None:
+    if not 0 < ci_level < 1:
+        raise ValueError(f"ci_level must lie strictly between 0 and 1, got {ci_level}")
+
+
+# --------------------------------------------------------------------------- power law
+
+
+def fit_power_law(
+    X: Sequence[float], L: Sequence[float], variable: str = "N", ci_level: float = CI_LEVEL
+) -> dict:
+    """Fit ``L = (X_c / X)^alpha`` by linear regression of log10 L on log10 X.
 
     Args:
-        N: Parameter counts.
-        L: Losses, one per count.
+        X: Values of the variable (parameter counts for ``"N"``, FLOPs for ``"C"``).
+        L: Losses, one per value.
+        variable: ``"N"`` or ``"C"``: names the scale (``N_c`` or ``C_c``).
+        ci_level: Confidence level of the intervals.
 
     Returns:
-        ``{"N_c", "log10_N_c", "log10_N_c_err", "alpha", "alpha_err", "r2"}``;
-        standard errors are NaN with only two points. A negative ``alpha`` means
-        the loss grew with size.
+        ``{"model", "variable", "{X}_c", "log10_{X}_c", "log10_{X}_c_err",
+        "log10_{X}_c_ci", "{X}_c_ci", "alpha", "alpha_err", "alpha_ci", "ci_level",
+        "ci_method", "ci_open", "dof", "r2", "rss", "degenerate", "reason"}``
+        (``{X}`` the variable). With only two points (``dof`` 0) errors are NaN,
+        intervals ``None`` and ``degenerate`` True. ``alpha_ci`` is Student-t; the
+        scale's is Fieller's, ``None`` when unbounded. A negative ``alpha`` means
+        the loss grew with ``X``.
 
     Raises:
-        ValueError: For fewer than 2 points, non-positive values or mismatched lengths.
+        ValueError: For fewer than 2 points, non-positive values, mismatched lengths
+            or an unknown variable.
     """
-    N, L = _check_inputs(N, L)
-    x, y = np.log10(N), np.log10(L)
+    X, L = _check_inputs(X, L, variable)
+    _check_level(ci_level)
+    x, y = np.log10(X), np.log10(L)
     res = stats.linregress(x, y)
-    # log10 L = alpha log10 N_c - alpha log10 N: slope = -alpha, intercept = alpha log10 N_c.
+    # log10 L = alpha log10 X_c - alpha log10 X: slope = -alpha, intercept = alpha log10 X_c.
     alpha = -res.slope
     n = len(x)
-    if n > 2:
+    dof = n - 2
+    rss = float(np.sum((y - res.intercept - res.slope * x) ** 2))
+    if dof > 0:
         var_s, var_b = res.stderr**2, res.intercept_stderr**2
         cov_bs = -np.mean(x) * var_s  # OLS covariance of intercept and slope
     else:
         var_s = var_b = cov_bs = float("nan")
+    t = _t_quantile(ci_level, dof)
     if alpha != 0:
-        log10_N_c = res.intercept / alpha
-        # Delta method for log10_N_c = -b / s.
+        log10_c = res.intercept / alpha
+        # Delta method for log10_X_c = -b / s.
         db, ds = -1.0 / res.slope, res.intercept / res.slope**2
         var_c = db**2 * var_b + ds**2 * var_s + 2 * db * ds * cov_bs
-        log10_N_c_err = math.sqrt(var_c) if var_c >= 0 else float("nan")
+        log10_c_err = math.sqrt(var_c) if var_c >= 0 else float("nan")
     else:
-        log10_N_c = log10_N_c_err = float("nan")
+        log10_c = log10_c_err = float("nan")
+    alpha_err = math.sqrt(var_s)
+    alpha_ci = [alpha - t * alpha_err, alpha + t * alpha_err] if dof > 0 else None
+    c_ci = _fieller(res.intercept, res.slope, var_b, var_s, cov_bs, t) if dof > 0 else None
+    v = variable
     return {
-        "model": POWER_LAW_MODEL,
-        "N_c": 10.0**log10_N_c if abs(log10_N_c) < 300 else float("nan"),
-        "log10_N_c": log10_N_c,
-        "log10_N_c_err": log10_N_c_err,
+        "model": model_string(v, "power_law"),
+        "variable": v,
+        f"{v}_c": 10.0**log10_c if abs(log10_c) < 300 else float("nan"),
+        f"log10_{v}_c": log10_c,
+        f"log10_{v}_c_err": log10_c_err,
+        f"log10_{v}_c_ci": c_ci,
+        f"{v}_c_ci": _pow10(c_ci),
         "alpha": alpha,
-        "alpha_err": math.sqrt(var_s),
+        "alpha_err": alpha_err,
+        "alpha_ci": alpha_ci,
+        "ci_level": ci_level,
+        "ci_method": "Student-t (alpha), Fieller (scale): exact for Gaussian noise in log L",
+        "ci_open": {"alpha": [False, False], f"log10_{v}_c": [False, False]},
+        "dof": dof,
         "r2": res.rvalue**2,
+        "rss": rss,
+        "fit_space": "log10 L",
+        "degenerate": dof < 1,
+        "reason": "2 points for 2 parameters: no degrees of freedom left for errors" if dof < 1 else "",
     }
 
 
-def _start(log10_N: np.ndarray, L: np.ndarray, L_inf: float) -> tuple[float, float, float]:
-    """Starting (L_inf, log10_N_c, alpha) from a log-log line through L - L_inf."""
-    res = stats.linregress(log10_N, np.log10(L - L_inf))
-    alpha = float(np.clip(-res.slope, 0.01, ALPHA_MAX - 0.01))
-    log10_N_c = float(np.clip(res.intercept / alpha, -50.0, 100.0))
-    return L_inf, log10_N_c, alpha
+def _fieller(b: float, s: float, var_b: float, var_s: float, cov: float, t: float) -> list[float] | None:
+    """Fieller interval of ``x0 = -b / s`` (where the line ``b + s x`` crosses 0).
+
+    ``{x0 : (b + s x0)^2 <= t^2 var(b + s x0)}``, a quadratic inequality in ``x0``;
+    ``None`` when its solution is not a bounded interval (slope not significant).
+    """
+    qa = s * s - t * t * var_s
+    qb = 2 * (b * s - t * t * cov)
+    qc = b * b - t * t * var_b
+    disc = qb * qb - 4 * qa * qc
+    if not (np.isfinite(qa) and qa > 0 and disc >= 0):
+        return None
+    root = math.sqrt(disc)
+    return sorted([(-qb - root) / (2 * qa), (-qb + root) / (2 * qa)])
 
 
-def _fit_saturating(N: np.ndarray, L: np.ndarray) -> dict:
-    log10_N, log_L = np.log10(N), np.log(L)
-    L_min, n = float(L.min()), len(L)
+def _pow10(ci: Sequence[float] | None) -> list[float] | None:
+    if ci is None:
+        return None
+    return [10.0**v if abs(v) < 300 else float("nan") for v in ci]
+
+
+# --------------------------------------------------------------------------- saturating law
+
+
+def _lm(
+    fun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    p0: Sequence[float],
+    lo: np.ndarray,
+    hi: np.ndarray,
+    max_iter: int = 100,
+) -> tuple[np.ndarray, float]:
+    """Levenberg-Marquardt with box bounds (projected steps) for a few parameters.
+
+    ``fun(p)`` returns the residuals and their Jacobian. A parameter at a bound whose
+    gradient points outward is held there. Stops when the linearised model predicts
+    no appreciable decrease. Returns the parameters and the residual sum of squares.
+    """
+    p = np.minimum(np.maximum(np.asarray(p0, dtype=np.float64), lo), hi)
+    with np.errstate(all="ignore"):
+        r, J = fun(p)
+    cost = float(r @ r)
+    if not math.isfinite(cost):
+        return p, float("inf")
+    lam = 1e-4
+    for _ in range(max_iter):
+        if cost <= 1e-30:  # exact fit
+            break
+        g = J.T @ r
+        A = J.T @ J
+        free = ~(((p <= lo) & (g > 0)) | ((p >= hi) & (g < 0)))
+        if not free.all():
+            if not free.any():
+                break
+            A, g = A[free][:, free], g[free]
+        D = np.diag(np.maximum(A.diagonal(), 1e-12 * max(float(A.diagonal().max()), 1e-300)))
+        for _ in range(12):
+            try:
+                step = np.linalg.solve(A + lam * D, -g)
+            except np.linalg.LinAlgError:
+                lam *= 10
+                continue
+            # The decrease of the cost that the linearised model predicts for this step.
+            predicted = -2 * float(g @ step) - float(step @ A @ step)
+            if predicted <= 1e-12 * cost:
+                return p, cost  # converged: no step lowers the cost appreciably
+            p_new = p.copy()
+            p_new[free] += step
+            p_new = np.minimum(np.maximum(p_new, lo), hi)
+            with np.errstate(all="ignore"):
+                r_new, J_new = fun(p_new)
+            cost_new = float(r_new @ r_new)
+            if cost_new < cost:  # False for NaN
+                break
+            lam *= 10
+        else:
+            break  # no step lowers the cost: converged
+        small = cost - cost_new <= 1e-12 * cost
+        p, r, J, cost = p_new, r_new, J_new, cost_new
+        lam = max(lam / 10, 1e-12)
+        if small:
+            break
+    return p, cost
+
+
+def _lm2(
+    fun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    P0: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    max_iter: int = 100,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_lm` for K independent two-parameter problems at once.
+
+    ``fun(P)`` takes parameters (K, 2) and returns residuals (K, n) and the two
+    columns of their Jacobians, (K, n) each. Returns parameters (K, 2) and RSS (K,).
+    """
+    P = np.minimum(np.maximum(np.array(P0, dtype=np.float64), lo), hi)
+    with np.errstate(all="ignore"):
+        r, J0, J1 = fun(P)
+        cost = np.einsum("kn,kn->k", r, r)
+    done = ~np.isfinite(cost)
+    cost[done] = np.inf
+    lam = np.full(len(P), 1e-4)
+    for _ in range(max_iter):
+        done |= cost <= 1e-30
+        if done.all():
+            break
+        g = np.stack([np.einsum("kn,kn->k", J0, r), np.einsum("kn,kn->k", J1, r)], axis=1)
+        a00, a11, a01 = (np.einsum("kn,kn->k", J0, J0), np.einsum("kn,kn->k", J1, J1),
+                         np.einsum("kn,kn->k", J0, J1))
+        # Hold a parameter at a bound whose gradient points outward.
+        held = ((P <= lo) & (g > 0)) | ((P >= hi) & (g < 0))
+        g[held] = 0.0
+        a00 = np.where(held[:, 0], 1.0, a00)
+        a11 = np.where(held[:, 1], 1.0, a11)
+        a01 = np.where(held.any(axis=1), 0.0, a01)
+        tiny = 1e-12 * np.maximum(np.maximum(a00, a11), 1e-300)
+        m00, m11 = a00 + lam * np.maximum(a00, tiny), a11 + lam * np.maximum(a11, tiny)
+        with np.errstate(all="ignore"):
+            det = m00 * m11 - a01 * a01
+            s0 = (-g[:, 0] * m11 + a01 * g[:, 1]) / det
+            s1 = (-g[:, 1] * m00 + a01 * g[:, 0]) / det
+            # The decrease of the cost that the linearised model predicts for this step.
+            predicted = -2 * (g[:, 0] * s0 + g[:, 1] * s1) - (a00 * s0 * s0 + 2 * a01 * s0 * s1 + a11 * s1 * s1)
+        done |= ~(predicted > 1e-12 * cost)  # converged (or a singular system)
+        if done.all():
+            break
+        P_new = np.minimum(np.maximum(P + np.stack([s0, s1], axis=1), lo), hi)
+        with np.errstate(all="ignore"):
+            r_new, J0_new, J1_new = fun(P_new)
+            cost_new = np.einsum("kn,kn->k", r_new, r_new)
+        accept = ~done & (cost_new < cost)
+        small = accept & (cost - cost_new <= 1e-12 * cost)
+        P[accept], r[accept], J0[accept], J1[accept] = P_new[accept], r_new[accept], J0_new[accept], J1_new[accept]
+        cost[accept] = cost_new[accept]
+        lam = np.where(accept, np.maximum(lam / 10, 1e-12), lam * 10)
+        done |= small | (lam > 1e12)  # a tiny decrease, or no step lowers the cost
+    return P, cost
+
+
+class _Saturating:
+    """The saturating law fitted in ``log L``, as a function of ``x = log10 X``.
+
+    Internally the parameters are ``(L_inf, b, alpha)`` with the reducible loss
+    ``10^(b - alpha (x - xbar))``: ``b`` is its log10 at the data's centre ``xbar``,
+    which decorrelates it from ``alpha``; ``log10 X_c = xbar + b / alpha``. The
+    ``at_*`` methods give the profile, batched: the best fit with one parameter held,
+    as parameters (K, 3) and RSS (K,) for K held values.
+    """
+
+    def __init__(self, x: np.ndarray, L: np.ndarray):
+        self.x, self.L, self.y = x, L, np.log(L)
+        self.xbar = float(x.mean())
+        self.xc = x - self.xbar
+        # A floor above every loss is never optimal (lowering it lowers every residual):
+        # the largest loss bounds the search, not the fit.
+        self.L_inf_max = float(L.max())
+        self.lo = np.array([0.0, -60.0, ALPHA_MIN])
+        self.hi = np.array([self.L_inf_max, 60.0, ALPHA_MAX])
+
+    def model(self, L_inf: np.ndarray, b: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Residuals in log L (K, n) and their derivatives in L_inf, b and alpha (K, n) each."""
+        R = 10.0 ** (b[:, None] - alpha[:, None] * self.xc)
+        M = L_inf[:, None] + R
+        g = LN10 * R / M
+        return np.log(M) - self.y, 1.0 / M, g, -g * self.xc
+
+    def resid_jac(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Residuals (n,) and Jacobian (n, 3) at one parameter vector (L_inf, b, alpha)."""
+        r, *J = self.model(p[:1], p[1:2], p[2:])
+        return r[0], np.stack([j[0] for j in J], axis=1)
+
+    def full(self, start: Sequence[float]) -> tuple[np.ndarray, float]:
+        """Best (L_inf, b, alpha) and RSS from ``start``."""
+        return _lm(self.resid_jac, start, self.lo, self.hi)
+
+    def at_alpha(self, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Profile at fixed exponents ``alpha`` (K,)."""
+        alpha = np.atleast_1d(np.asarray(alpha, dtype=np.float64))
+        # Start: weighted least squares of L = L_inf + A u, weights 1/L (~ log L residuals).
+        w = 1.0 / self.L
+        wu = w * 10.0 ** (-alpha[:, None] * self.xc)  # (K, n)
+        s_aa, s_ac, s_cc = w @ w, wu @ w, np.einsum("kn,kn->k", wu, wu)
+        s_a, s_c = w.sum(), wu.sum(axis=1)
+        with np.errstate(all="ignore"):
+            det = s_aa * s_cc - s_ac**2
+            L_inf = np.clip((s_a * s_cc - s_ac * s_c) / det, 0.0, self.L_inf_max)
+            A = (s_aa * s_c - s_ac * s_a) / det
+        fallback = np.mean((self.L - L_inf[:, None]) * w / wu, axis=1)  # mean of (L - L_inf) / u
+        A = np.where(np.isfinite(A) & (A > 0), A, np.maximum(fallback, 1e-6 * self.L.min()))
+        L_inf = np.where(np.isfinite(L_inf), L_inf, 0.0)
+
+        def fun(Q):
+            r, dL, db, _ = self.model(Q[:, 0], Q[:, 1], alpha)
+            return r, dL, db
+
+        Q, rss = _lm2(fun, np.stack([L_inf, np.log10(A)], axis=1), self.lo[:2], self.hi[:2])
+        return np.column_stack([Q, alpha]), rss
+
+    def at_L_inf(self, L_inf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Profile at fixed floors ``L_inf`` (K,)."""
+        L_inf = np.atleast_1d(np.asarray(L_inf, dtype=np.float64))
+        # Start: a straight line through log10(L - L_inf) against the centred x.
+        excess = self.L - L_inf[:, None]
+        z = np.log10(np.maximum(excess, 0.05 * np.maximum(excess.max(axis=1, keepdims=True), 1e-12)))
+        start = np.stack([z.mean(axis=1), -(z @ self.xc) / (self.xc @ self.xc)], axis=1)
+
+        def fun(Q):
+            r, _, db, da = self.model(L_inf, Q[:, 0], Q[:, 1])
+            return r, db, da
+
+        Q, rss = _lm2(fun, start, self.lo[1:], self.hi[1:])
+        return np.column_stack([L_inf, Q]), rss
+
+    def at_log10_c(self, c: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Profile at fixed scales ``c`` = log10 X_c (K,), from parameters ``start`` (K, 3)."""
+        d = np.atleast_1d(np.asarray(c, dtype=np.float64)) - self.xbar  # b = alpha d
+
+        def fun(Q):
+            r, dL, db, da = self.model(Q[:, 0], Q[:, 1] * d, Q[:, 1])
+            return r, dL, da + d[:, None] * db
+
+        Q, rss = _lm2(fun, np.atleast_2d(start)[:, [0, 2]], self.lo[[0, 2]], self.hi[[0, 2]])
+        return np.column_stack([Q[:, 0], Q[:, 1] * d, Q[:, 1]]), rss
+
+    def fit(self) -> tuple[np.ndarray, float] | None:
+        """Global fit: the best exponents of :data:`ALPHA_GRID`, each polished over all
+        three parameters. Returns the parameters and their RSS; None if every fit failed."""
+        grid, rss = self.at_alpha(ALPHA_GRID)
+        if not np.isfinite(rss).any():
+            return None
+        # Local minima of the profile over the grid, best first (at most three).
+        padded = np.concatenate([[np.inf], rss, [np.inf]])
+        minima = [i for i in range(len(rss)) if padded[i + 1] <= padded[i] and padded[i + 1] <= padded[i + 2]]
+        best = None
+        for i in sorted(minima, key=lambda i: rss[i])[:3]:
+            p, r = self.full(grid[i])
+            if math.isfinite(r) and (best is None or r < best[1]):
+                best = (p, r)
+        return best
+
+    def log10_c(self, p: Sequence[float]) -> float:
+        return self.xbar + p[1] / p[2]
+
+
+#: Round 1 of a profile interval: tau at these multiples of the Wald half-width on each
+#: side, in stages (a later stage only for a side that has not crossed yet), then the bound.
+_PROFILE_OFFSETS = (np.array([0.5, 1.0, 1.5, 2.0]), np.array([3.0, 5.0, 8.0, 14.0, 25.0, 50.0]))
+#: Later rounds: this many equally spaced points inside each side's bracket, until tau
+#: changes by less than _PROFILE_TAU_STEP * t across it (or _PROFILE_ROUNDS rounds).
+_PROFILE_SUBDIVISIONS = 8
+_PROFILE_TAU_STEP = 0.05
+_PROFILE_ROUNDS = 6
+
+
+def _profile_interval(
+    tau: Callable[[np.ndarray], np.ndarray],
+    theta: float,
+    half_width: float,
+    bounds: tuple[float, float],
+    t: float,
+) -> tuple[list[float], list[bool]]:
+    """Where the profile-t statistic ``tau(v)`` is at most ``t``, around the optimum ``theta``.
+
+    ``tau(v) = sqrt((RSS_profile(v) - RSS_min) / s^2)`` (batched: an array of values
+    in, an array out) is nearly linear in ``v`` on each side. Round 1 evaluates it at
+    multiples of ``half_width`` (the Wald half-width) out to the bounds, until it
+    brackets the first crossing of ``t`` on each side; later rounds evaluate
+    :data:`_PROFILE_SUBDIVISIONS` points inside the brackets until ``tau`` changes
+    little across them; the end is then interpolated linearly in ``tau``. The
+    interval is the connected set of values around ``theta``.
+
+    Returns:
+        ``[lo, hi]`` and, per end, whether it is a bound of the search (``tau``
+        never reached ``t``: the data set no limit there) rather than a crossing.
+    """
+    sides = ((-1.0, bounds[0]), (1.0, bounds[1]))
+    brackets: list = [None, None]  # per side: (inner, tau_inner, outer, tau_outer); None: open
+    last = [(theta, 0.0), (theta, 0.0)]  # per side: the farthest value below t so far
+    for stage, offsets in enumerate(_PROFILE_OFFSETS):
+        todo = {}
+        for i, (sign, bound) in enumerate(sides):
+            if brackets[i] is not None or last[i][0] == bound:
+                continue
+            v = theta + sign * half_width * offsets
+            v = v[sign * (v - bound) < 0]
+            todo[i] = np.append(v, bound) if stage == len(_PROFILE_OFFSETS) - 1 or len(v) < len(offsets) else v
+        if not todo:
+            break
+        taus = tau(np.concatenate(list(todo.values())))
+        start = 0
+        for i, v in todo.items():
+            tv = taus[start:start + len(v)]
+            start += len(v)
+            above = np.flatnonzero(tv > t)
+            if len(above):
+                k = above[0]
+                inner, t_inner = (v[k - 1], tv[k - 1]) if k > 0 else last[i]
+                brackets[i] = (inner, t_inner, v[k], tv[k])
+            else:
+                last[i] = (v[-1], tv[-1])
+    for _ in range(_PROFILE_ROUNDS):
+        live = [i for i, b in enumerate(brackets) if b is not None and b[3] - b[1] > _PROFILE_TAU_STEP * t]
+        if not live:
+            break
+        inside = {i: np.linspace(brackets[i][0], brackets[i][2], _PROFILE_SUBDIVISIONS + 2)[1:-1] for i in live}
+        taus = tau(np.concatenate(list(inside.values())))
+        for j, i in enumerate(live):
+            inner, t_inner, outer, t_outer = brackets[i]
+            v = np.concatenate([[inner], inside[i], [outer]])
+            tv = np.concatenate([[t_inner], taus[j * _PROFILE_SUBDIVISIONS:(j + 1) * _PROFILE_SUBDIVISIONS], [t_outer]])
+            k = int(np.flatnonzero(tv > t)[0])
+            brackets[i] = (v[k - 1], tv[k - 1], v[k], tv[k])
+    ends, open_ = [], []
+    for b, bound in zip(brackets, bounds):
+        if b is None:
+            ends.append(bound)
+            open_.append(True)
+        else:
+            inner, t_inner, outer, t_outer = b
+            ends.append(inner + (t - t_inner) * (outer - inner) / (t_outer - t_inner))
+            open_.append(False)
+    return ends, open_
+
+
+def _saturating_intervals(
+    prob: _Saturating, p: np.ndarray, rss: float, errs: np.ndarray, dof: int, ci_level: float
+) -> tuple[dict, dict]:
+    """Profile-likelihood intervals of L_inf, log10 X_c and alpha at ``ci_level``."""
+    t = _t_quantile(ci_level, dof)
+    s2 = rss / dof
+    c_hat = prob.log10_c(p)
+    if s2 <= 1e-300:  # noiseless data: every interval is a point
+        return ({"L_inf": [p[0]] * 2, "log10_c": [c_hat] * 2, "alpha": [p[2]] * 2},
+                {k: [False, False] for k in ("L_inf", "log10_c", "alpha")})
+    pool = [p[None, :]]  # profile solutions so far: warm starts for log10 X_c
+
+    def tau_of(solve):
+        def tau(values):
+            q, rss_profile = solve(values)
+            pool.append(q)
+            return np.sqrt(np.maximum(rss_profile - rss, 0.0) / s2)
+        return tau
+
+    def half_width(err: float, span: float) -> float:
+        return t * err if math.isfinite(err) and err > 0 else 0.1 * span
+
+    def at_c(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Start each from the two solutions so far whose log10 X_c are nearest, and from
+        # the optimum; keep the best of the three (the profile can have several minima).
+        known = np.concatenate(pool)
+        with np.errstate(all="ignore"):
+            known_c = prob.xbar + known[:, 1] / known[:, 2]
+        order = np.argsort(np.abs(known_c[None, :] - c[:, None]), axis=1)[:, :2]
+        starts = np.concatenate([known[order[:, 0]], known[order[:, -1]], np.repeat(p[None, :], len(c), 0)])
+        q, r = prob.at_log10_c(np.tile(c, 3), starts)
+        best = np.argmin(r.reshape(3, len(c)), axis=0) * len(c) + np.arange(len(c))
+        return q[best], r[best]
+
+    ci, open_ = {}, {}
+    ci["L_inf"], open_["L_inf"] = _profile_interval(
+        tau_of(prob.at_L_inf), p[0], half_width(errs[0], prob.L_inf_max), (0.0, prob.L_inf_max), t
+    )
+    ci["alpha"], open_["alpha"] = _profile_interval(
+        tau_of(prob.at_alpha), p[2], half_width(errs[2], 1.0), (ALPHA_MIN, ALPHA_MAX), t
+    )
+    span = float(prob.x.max() - prob.x.min())
+    bounds = (float(prob.x.min()) - LOG10_SCALE_SPAN, float(prob.x.max()) + LOG10_SCALE_SPAN)
+    ci["log10_c"], open_["log10_c"] = _profile_interval(tau_of(at_c), c_hat, half_width(errs[1], span), bounds, t)
+    return ci, open_
+
+
+def _covariance_errors(prob: _Saturating, p: np.ndarray, rss: float, dof: int) -> np.ndarray:
+    """Standard errors of (L_inf, log10 X_c, alpha) from the scaled covariance (as curve_fit)."""
+    if dof < 1:
+        return np.full(3, np.nan)
+    alpha = p[2]
+    c = prob.log10_c(p)
+    _, J = prob.resid_jac(p)
+    # Chain rule to (L_inf, c, alpha): b = alpha (c - xbar).
+    J = np.column_stack([J[:, 0], alpha * J[:, 1], J[:, 2] + (c - prob.xbar) * J[:, 1]])
+    _, s, Vt = np.linalg.svd(J, full_matrices=False)
+    if not np.all(np.isfinite(s)) or s[-1] <= np.finfo(float).eps * max(J.shape) * s[0]:
+        return np.full(3, np.inf)  # singular: parameters not constrained
+    cov = (Vt.T / s**2) @ Vt * (rss / dof)
+    return np.sqrt(np.diag(cov))
+
+
+def _fit_saturating(X: np.ndarray, L: np.ndarray, variable: str, ci_level: float) -> dict:
+    v = variable
+    n = len(L)
+    dof = n - 3
+    nan = float("nan")
     out = {
-        "model": MODEL,
-        "L_inf": float("nan"),
-        "L_inf_err": float("nan"),
-        "N_c": float("nan"),
-        "N_c_err": float("nan"),
-        "log10_N_c": float("nan"),
-        "log10_N_c_err": float("nan"),
-        "alpha": float("nan"),
-        "alpha_err": float("nan"),
-        "rss": float("nan"),
+        "model": model_string(v, "saturating"),
+        "variable": v,
+        "L_inf": nan, "L_inf_err": nan, "L_inf_ci": None,
+        f"{v}_c": nan, f"{v}_c_err": nan, f"{v}_c_ci": None,
+        f"log10_{v}_c": nan, f"log10_{v}_c_err": nan, f"log10_{v}_c_ci": None,
+        "alpha": nan, "alpha_err": nan, "alpha_ci": None,
+        "ci_level": ci_level,
+        "ci_method": "profile likelihood (F-calibrated profile-t, Bates & Watts 1988)",
+        "ci_open": None,
+        "dof": max(dof, 0),
+        "rss": nan,
         "fit_space": "log L",
         "degenerate": True,
         "reason": "",
@@ -174,38 +667,21 @@ def _fit_saturating(N: np.ndarray, L: np.ndarray) -> dict:
         out["reason"] = f"{n} points cannot constrain 3 parameters"
         return out
 
-    L_inf_max = L_min * (1 - 1e-9)  # strictly below the smallest loss
-    lower = (0.0, -60.0, 1e-6)
-    upper = (L_inf_max, 110.0, ALPHA_MAX)
-    best = None
-    for frac in L_INF_FRACTIONS:
-        p0 = _start(log10_N, L, frac * L_min)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # OptimizeWarning on an undefined covariance
-                popt, pcov = optimize.curve_fit(
-                    _saturating_log, log10_N, log_L, p0=p0, bounds=(lower, upper),
-                    method="trf", max_nfev=20000,
-                )
-        except (RuntimeError, ValueError):
-            continue
-        rss = float(np.sum((_saturating_log(log10_N, *popt) - log_L) ** 2))
-        if np.isfinite(rss) and (best is None or rss < best[2]):
-            best = (popt, pcov, rss)
+    prob = _Saturating(np.log10(X), L)
+    best = prob.fit()
     if best is None:
-        out["reason"] = "curve_fit failed from every starting point"
+        out["reason"] = "the fit failed at every starting exponent"
         return out
-
-    (L_inf, log10_N_c, alpha), pcov, rss = best
-    errs = np.sqrt(np.diag(pcov)) if np.all(np.isfinite(pcov)) else np.full(3, np.nan)
+    p, rss = best
+    L_inf, _, alpha = p
+    log10_c = prob.log10_c(p)
+    errs = _covariance_errors(prob, p, rss, dof)
     reasons = []
     if n <= 3:
         reasons.append(f"{n} points for 3 parameters: no degrees of freedom left for errors")
     elif not np.all(np.isfinite(errs)):
         reasons.append("covariance is infinite (parameters not constrained by the data)")
-    spread = float(L.max() - L_min)
-    if L_min - L_inf <= max(1e-6 * L_min, 1e-3 * spread):
-        reasons.append("L_inf is at its upper bound (the smallest observed loss)")
+    L_min = float(L.min())
     if L_inf <= 1e-6 * L_min:
         reasons.append("L_inf is at its lower bound 0 (no saturation detected)")
     if alpha >= ALPHA_MAX * (1 - 1e-6):
@@ -213,81 +689,108 @@ def _fit_saturating(N: np.ndarray, L: np.ndarray) -> dict:
     if alpha <= 1e-5:
         reasons.append("alpha is at its lower bound 0")
 
-    N_c = 10.0**log10_N_c if abs(log10_N_c) < 300 else float("nan")
-    out.update(
-        L_inf=float(L_inf),
-        L_inf_err=float(errs[0]),
-        N_c=N_c,
-        N_c_err=float(N_c * math.log(10) * errs[1]),
-        log10_N_c=float(log10_N_c),
-        log10_N_c_err=float(errs[1]),
-        alpha=float(alpha),
-        alpha_err=float(errs[2]),
-        rss=rss,
-        degenerate=bool(reasons),
-        reason="; ".join(reasons),
-    )
+    X_c = 10.0**log10_c if abs(log10_c) < 300 else nan
+    out.update({
+        "L_inf": float(L_inf),
+        "L_inf_err": float(errs[0]),
+        f"{v}_c": X_c,
+        f"{v}_c_err": float(X_c * LN10 * errs[1]),
+        f"log10_{v}_c": float(log10_c),
+        f"log10_{v}_c_err": float(errs[1]),
+        "alpha": float(alpha),
+        "alpha_err": float(errs[2]),
+        "rss": float(rss),
+        "degenerate": bool(reasons),
+        "reason": "; ".join(reasons),
+    })
+    if not reasons:
+        ci, open_ = _saturating_intervals(prob, p, rss, errs, dof, ci_level)
+        out.update({
+            "L_inf_ci": ci["L_inf"],
+            f"log10_{v}_c_ci": ci["log10_c"],
+            f"{v}_c_ci": _pow10(ci["log10_c"]),
+            "alpha_ci": ci["alpha"],
+            "ci_open": {"L_inf": open_["L_inf"], f"log10_{v}_c": open_["log10_c"], "alpha": open_["alpha"]},
+        })
     return out
 
 
-def fit_saturating_power_law(N: Sequence[float], L: Sequence[float]) -> dict:
-    """Fit ``L = L_inf + (N_c / N)^alpha`` and, beside it, ``L = (N_c / N)^alpha``.
+def fit_scaling_laws(
+    X: Sequence[float], L: Sequence[float], variable: str = "N", ci_level: float = CI_LEVEL
+) -> dict:
+    """Fit ``L = L_inf + (X_c / X)^alpha`` and, beside it, ``L = (X_c / X)^alpha``.
 
-    The saturating law is fitted on ``log L`` with parameters ``(L_inf, log10 N_c,
-    alpha)``, bounds ``0 <= L_inf < min(L)`` and ``0 < alpha <= 5``, from several
-    starting points (``L_inf`` a grid of fractions of ``min(L)``); the fit with the
-    smallest residual sum of squares is kept. Standard errors come from the
-    covariance of that fit, scaled by the residual variance.
+    The saturating law is fitted on ``log L`` with bounds ``0 <= L_inf < min(L)``
+    and ``0 < alpha <= 5``, globally over alpha (see the module docstring); the
+    power law by linear regression in log-log space.
 
     Args:
-        N: Parameter counts, one per run (repeated counts, e.g. seeds, are fine).
+        X: Values of the variable, one per run (repeated values, e.g. seeds, are
+            fine): parameter counts for ``variable="N"``, training FLOPs for ``"C"``.
         L: Final validation losses, one per run.
+        variable: ``"N"`` (parameters) or ``"C"`` (compute); names the scale
+            parameter (``N_c`` / ``C_c``) and the data.
+        ci_level: Confidence level of the intervals.
 
     Returns:
-        A JSON-serialisable dict (NaN written as ``None``)::
+        A JSON-serialisable dict (NaN written as ``None``), for ``variable="N"``::
 
-            {"model": "L = L_inf + (N_c/N)^alpha", "n_points": int,
-             "saturating": {"L_inf", "L_inf_err", "N_c", "N_c_err", "log10_N_c",
-                            "log10_N_c_err", "alpha", "alpha_err", "rss", "fit_space",
-                            "degenerate": bool, "reason": str, "model"},
-             "power_law": {"N_c", "log10_N_c", "log10_N_c_err", "alpha",
-                           "alpha_err", "r2", "model"},
+            {"model": "L = L_inf + (N_c/N)^alpha", "variable": "N",
+             "variable_name": "parameters", "n_points": int, "ci_level": 0.95,
+             "saturating": {"model", "variable", "L_inf", "L_inf_err", "L_inf_ci",
+                            "N_c", "N_c_err", "N_c_ci", "log10_N_c", "log10_N_c_err",
+                            "log10_N_c_ci", "alpha", "alpha_err", "alpha_ci",
+                            "ci_level", "ci_method", "ci_open", "dof", "rss",
+                            "fit_space", "degenerate": bool, "reason": str},
+             "power_law": {see fit_power_law},
              "data": {"N": [...], "L": [...]}}
 
-        ``saturating.degenerate`` is True, with ``reason`` saying why, when the
-        uncertainties are not meaningful (too few points, infinite covariance, a
-        parameter at its bound).
+        (``C_c``, ``log10_C_c``, ... and ``data["C"]`` for ``"C"``). Intervals are
+        ``[lo, hi]``; ``ci_open`` says per parameter which ends are fit bounds.
+        ``saturating.degenerate`` is True, with ``reason`` saying why and all
+        intervals ``None``, when the uncertainties are not meaningful (too few
+        points, infinite covariance, a parameter at its bound).
 
     Raises:
         ValueError: For fewer than 2 points, non-finite or non-positive values,
-            fewer than 2 distinct N, or mismatched lengths.
+            fewer than 2 distinct X, mismatched lengths, an unknown variable or a
+            level outside (0, 1).
     """
-    N, L = _check_inputs(N, L)
+    X, L = _check_inputs(X, L, variable)
+    _check_level(ci_level)
     result = {
-        "model": MODEL,
-        "n_points": len(N),
-        "saturating": _fit_saturating(N, L),
-        "power_law": fit_power_law(N, L),
-        "data": {"N": N, "L": L},
+        "model": model_string(variable, "saturating"),
+        "variable": variable,
+        "variable_name": VARIABLES[variable],
+        "n_points": len(X),
+        "ci_level": ci_level,
+        "saturating": _fit_saturating(X, L, variable, ci_level),
+        "power_law": fit_power_law(X, L, variable, ci_level),
+        "data": {variable: X, "L": L},
     }
     return to_jsonable(result)
 
 
+def fit_saturating_power_law(N: Sequence[float], L: Sequence[float], ci_level: float = CI_LEVEL) -> dict:
+    """Both laws against parameter count: :func:`fit_scaling_laws` with ``variable="N"``."""
+    return fit_scaling_laws(N, L, variable="N", ci_level=ci_level)
+
+
 def predict(
     fit: Mapping[str, Any],
-    N: Sequence[float] | float,
-    law: Literal["saturating", "power_law"] = "saturating",
+    X: Sequence[float] | float,
+    law: Law = "saturating",
 ) -> np.ndarray:
-    """Evaluate a fitted law at parameter counts ``N``.
+    """Evaluate a fitted law at values ``X`` of its variable.
 
     Args:
-        fit: A result of :func:`fit_saturating_power_law` (possibly read back from
-            JSON), or just its ``"saturating"`` / ``"power_law"`` entry.
-        N: Parameter counts.
+        fit: A result of :func:`fit_scaling_laws` (possibly read back from JSON),
+            or just its ``"saturating"`` / ``"power_law"`` entry.
+        X: Values of the fit's variable (parameters or FLOPs).
         law: Which law to evaluate.
 
     Returns:
-        Predicted losses, shape of ``N``; NaN where the fit has no value.
+        Predicted losses, shape of ``X``; NaN where the fit has no value.
 
     Raises:
         ValueError: For an unknown ``law`` or a ``fit`` lacking its parameters.
@@ -295,19 +798,282 @@ def predict(
     if law not in ("saturating", "power_law"):
         raise ValueError(f"law must be 'saturating' or 'power_law', got {law!r}")
     params = fit.get(law, fit)
-    expected = MODEL if law == "saturating" else POWER_LAW_MODEL
+    variable = params.get("variable", fit.get("variable", "N"))
+    expected = model_string(variable, law)
     if params.get("model", expected) != expected:
         raise ValueError(f"fit is a {params['model']!r} fit, not the {law!r} law {expected!r}")
-    if "log10_N_c" not in params or "alpha" not in params:
-        raise ValueError(f"fit has no {law!r} parameters (log10_N_c, alpha): keys {list(params)}")
-    log10_N = np.log10(np.asarray(N, dtype=np.float64))
-    alpha, log10_N_c = _as_float(params["alpha"]), _as_float(params["log10_N_c"])
-    reducible = 10.0 ** (alpha * (log10_N_c - log10_N))
+    key = f"log10_{variable}_c"
+    if key not in params or "alpha" not in params:
+        raise ValueError(f"fit has no {law!r} parameters ({key}, alpha): keys {list(params)}")
+    log10_X = np.log10(np.asarray(X, dtype=np.float64))
+    alpha, log10_c = _as_float(params["alpha"]), _as_float(params[key])
+    reducible = 10.0 ** (alpha * (log10_c - log10_X))
     if law == "power_law":
         return reducible
     return _as_float(params.get("L_inf")) + reducible
 
 
-def predict_power_law(fit: Mapping[str, Any], N: Sequence[float] | float) -> np.ndarray:
+def predict_power_law(fit: Mapping[str, Any], X: Sequence[float] | float) -> np.ndarray:
     """Evaluate the plain power law of a fit; see :func:`predict`."""
-    return predict(fit, N, law="power_law")
+    return predict(fit, X, law="power_law")
+
+
+# --------------------------------------------------------------------------- tables
+
+#: Columns of :func:`fit_table`; ``X`` stands for the fit's variable (``N_c`` or ``C_c``).
+TABLE_COLUMNS = [
+    "fit", "variable", "variable_name", "law", "model", "n_points", "dof", "ci_level",
+    "alpha", "alpha_err", "alpha_lo", "alpha_hi",
+    "L_inf", "L_inf_err", "L_inf_lo", "L_inf_hi",
+    "log10_X_c", "log10_X_c_err", "log10_X_c_lo", "log10_X_c_hi",
+    "open_ends", "r2", "rss", "degenerate", "reason",
+]
+
+_LAW_NAMES = {"saturating": "saturating", "power_law": "power law"}
+_TABLE_VARIABLES = {"N": "N (parameters)", "C": "C (training FLOPs)"}
+
+
+def _fits_of(fits: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The fits in ``fits``: a single :func:`fit_scaling_laws` result, or a mapping of
+    names to results (such as ``fit.json``, whose other keys are skipped)."""
+    if "saturating" in fits or "error" in fits:
+        return {fits.get("variable", "N"): fits}
+    return {k: v for k, v in fits.items() if isinstance(v, Mapping) and ("saturating" in v or "error" in v)}
+
+
+def fit_table(fits: Mapping[str, Any]) -> pd.DataFrame:
+    """The fits as one tidy table: a row per fit (variable) and law.
+
+    Args:
+        fits: ``fit.json`` of the scaling rule (``{"params": ..., "compute": ...}``),
+            any mapping of names to :func:`fit_scaling_laws` results, or one result.
+            An entry ``{"error": ...}`` (no fit was possible) gives one row with the
+            error as its ``reason``.
+
+    Returns:
+        :data:`TABLE_COLUMNS`: ``fit`` (the name), ``variable`` (``N`` / ``C``),
+        ``law`` (``saturating`` / ``power_law``), each parameter with its standard
+        error and interval ends (``*_lo``, ``*_hi``; NaN when there is none, and
+        ``L_inf`` NaN for the power law), ``log10_X_c`` the log10 scale of the
+        variable (``log10_N_c`` or ``log10_C_c``), ``open_ends`` naming interval
+        ends that are bounds of the fit (e.g. ``"L_inf lower"``), and ``degenerate``
+        / ``reason``.
+
+    Raises:
+        ValueError: If ``fits`` holds no fit.
+    """
+    entries = _fits_of(fits)
+    if not entries:
+        raise ValueError(f"no scaling fits found: expected 'saturating' / 'power_law' entries, got keys {list(fits)}")
+    rows = []
+    for name, fit in entries.items():
+        v = fit.get("variable", "N")
+        base = {"fit": name, "variable": v, "variable_name": VARIABLES.get(v, v),
+                "n_points": fit.get("n_points"), "ci_level": fit.get("ci_level"), "open_ends": "", "reason": ""}
+        if "error" in fit:
+            rows.append({**base, "law": "none", "degenerate": True, "reason": f"no fit: {fit['error']}"})
+            continue
+        for law in ("saturating", "power_law"):
+            p = fit[law]
+            row = {**base, "law": law, "model": p.get("model"), "dof": p.get("dof"),
+                   "ci_level": p.get("ci_level", base["ci_level"]), "r2": p.get("r2"), "rss": p.get("rss"),
+                   "degenerate": bool(p.get("degenerate", False)), "reason": p.get("reason", "")}
+            opened = []
+            for col, key in (("alpha", "alpha"), ("L_inf", "L_inf"), ("log10_X_c", f"log10_{v}_c")):
+                if key not in p:
+                    continue
+                ci = p.get(f"{key}_ci") or [None, None]
+                row.update({col: p.get(key), f"{col}_err": p.get(f"{key}_err"),
+                            f"{col}_lo": ci[0], f"{col}_hi": ci[1]})
+                for end, is_open in zip(("lower", "upper"), (p.get("ci_open") or {}).get(key, [False, False])):
+                    if is_open:
+                        opened.append(f"{col} {end}")
+                if p.get(f"{key}_ci") is None and p.get(f"{key}_err") is not None and not row["degenerate"]:
+                    opened.append(f"{col} unbounded")  # e.g. Fieller's set of a flat power law
+            row["open_ends"] = "; ".join(opened)
+            rows.append(row)
+    table = pd.DataFrame(rows).reindex(columns=TABLE_COLUMNS)
+    numeric = [c for c in TABLE_COLUMNS if c.split("_")[-1] in ("err", "lo", "hi") or c in
+               ("alpha", "L_inf", "log10_X_c", "r2", "rss", "ci_level")]
+    table[numeric] = table[numeric].apply(pd.to_numeric, errors="coerce")
+    return table
+
+
+def _decimals(value: float, err: float) -> int:
+    """Decimals that show ``err`` to 2 significant figures (3 significant figures of
+    ``value`` when there is no usable error)."""
+    ref = err if math.isfinite(err) and err > 0 else abs(value) / 10 if value else 1.0
+    return int(min(max(1 - math.floor(math.log10(ref)), 0), 8))
+
+
+def _fmt_number(x: float, decimals: int) -> str:
+    return f"{x:.{decimals}f}" if abs(x) < 1e6 else f"{x:.3g}"
+
+
+def _cell(row: Mapping[str, Any], col: str, pm: str, dagger: str, dash: str, gap: str = " ") -> str:
+    """``value ± err [lo, hi]`` for one parameter of a table row."""
+    value = row.get(col)
+    if value is None or not np.isfinite(value):
+        return dash
+    err = row.get(f"{col}_err")
+    err = float(err) if err is not None and np.isfinite(err) else float("nan")
+    d = _decimals(float(value), err)
+    text = _fmt_number(value, d)
+    if math.isfinite(err) and err > 0:
+        text += f" {pm} {_fmt_number(err, d)}"
+    lo, hi = row.get(f"{col}_lo"), row.get(f"{col}_hi")
+    if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
+        opened = row.get("open_ends", "")
+        ends = [_fmt_number(e, d) + (dagger if f"{col} {side}" in opened else "")
+                for e, side in ((lo, "lower"), (hi, "upper"))]
+        text += f"{gap}[{ends[0]}, {ends[1]}]"
+    elif f"{col} unbounded" in row.get("open_ends", ""):
+        text += f"{gap}[unbounded]"
+    return text
+
+
+def _table_rows(
+    table: pd.DataFrame, pm: str, dagger: str, dash: str, gap: str = " "
+) -> tuple[list[list[str]], list[str], bool]:
+    """Cells of the text tables, the notes (numbered) and whether a dagger is used."""
+    body, notes, any_open = [], [], False
+    for row in table.to_dict("records"):
+        note = ""
+        if row["reason"]:
+            notes.append(row["reason"])
+            note = f"({len(notes)})"
+        any_open |= "lower" in row["open_ends"] or "upper" in row["open_ends"]
+        dof = row.get("dof")
+        body.append([
+            _TABLE_VARIABLES.get(row["variable"], str(row["variable"])),
+            _LAW_NAMES.get(row["law"], "no fit"),
+            _cell(row, "alpha", pm, dagger, dash, gap),
+            _cell(row, "L_inf", pm, dagger, dash, gap),
+            _cell(row, "log10_X_c", pm, dagger, dash, gap),
+            str(int(row["n_points"])) if pd.notna(row["n_points"]) else dash,
+            str(int(dof)) if dof is not None and pd.notna(dof) else dash,
+            note,
+        ])
+    return body, notes, any_open
+
+
+def _level(table: pd.DataFrame) -> str:
+    levels = table["ci_level"].dropna().unique()
+    if len(levels) > 1:
+        return "stated"
+    return f"{100 * (levels[0] if len(levels) else CI_LEVEL):g} %"
+
+
+#: Column headers of :func:`table_cells` and :func:`table_markdown`.
+TABLE_HEADER = ["variable", "law", "α", "L∞", "log10 X_c", "points", "dof", "note"]
+
+
+def table_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
+    """The fit table as plain-text cells, for any writer (the summary, HTML, ...).
+
+    Args:
+        table: :func:`fit_table`'s output.
+
+    Returns:
+        ``(header, rows, notes)``: :data:`TABLE_HEADER`; one row of strings per
+        table row, each parameter as ``value ± error [lo, hi]`` (``†`` marking an
+        interval end at a bound of the fit); the numbered notes that the ``note``
+        column refers to (reasons of degenerate fits and missing fits).
+    """
+    rows, notes, _ = _table_rows(table, "±", "†", "–")
+    return list(TABLE_HEADER), rows, notes
+
+
+def table_markdown(table: pd.DataFrame) -> str:
+    """The fit table as a GitHub-flavoured markdown table with notes below.
+
+    Each parameter reads ``value ± standard error [interval]``; ``†`` marks an
+    interval end at a bound of the fit; notes give the reasons of degenerate fits.
+
+    Args:
+        table: :func:`fit_table`'s output.
+
+    Returns:
+        Markdown text ending in a newline.
+    """
+    body, notes, any_open = _table_rows(table, "±", "†", "–")
+    level = _level(table)
+    header = TABLE_HEADER
+
+    def line(cells):
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    lines = [line(header), "|" + "---|" * len(header), *(line(r) for r in body)]
+    lines.append("")
+    lines.append(
+        f"Fits of final validation loss L against parameters N or training compute C (X): saturating "
+        f"L = L∞ + (X_c/X)^α and power law L = (X_c/X)^α, least squares in log L. Each entry: value "
+        f"± standard error [{level} confidence interval: profile likelihood for the saturating law, "
+        f"Student-t / Fieller for the power law]."
+    )
+    if any_open:
+        lines.append("† interval end at a bound of the search (0 ≤ L∞ ≤ max L, 0 < α ≤ 5, log10 X_c within "
+                     "30 decades of the data): the data set no limit there.")
+    lines.extend(f"({i}) {n}" for i, n in enumerate(notes, 1))
+    return "\n".join(lines) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in "&%$#_{}":
+            out.append("\\" + ch)
+        elif ch == "~":
+            out.append("\\textasciitilde{}")
+        elif ch == "^":
+            out.append("\\textasciicircum{}")
+        elif ch == "\\":
+            out.append("\\textbackslash{}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def table_latex(table: pd.DataFrame) -> str:
+    """The fit table as a LaTeX ``tabular`` in booktabs style, notes below the rule.
+
+    Needs ``\\usepackage{booktabs}`` in the document; nothing else.
+
+    Args:
+        table: :func:`fit_table`'s output.
+
+    Returns:
+        LaTeX text ending in a newline.
+    """
+    body, notes, any_open = _table_rows(table, "\\pm", "^\\dagger", "--", gap="\\;")
+    level = _latex_escape(_level(table)).replace(" \\%", "\\,\\%")
+    ncol = 8
+
+    def math_cell(cell: str) -> str:
+        return cell if cell in ("--", "") else "$" + cell.replace("unbounded", "\\mathrm{unbounded}") + "$"
+
+    lines = [
+        "% Generated by astropt.scaling.table_latex (needs \\usepackage{booktabs}).",
+        "\\begin{tabular}{lllllrrl}",
+        "\\toprule",
+        f"Variable & Law & $\\alpha$ & $L_\\infty$ & $\\log_{{10}} X_c$ & Points & dof & Note \\\\",
+        "\\midrule",
+    ]
+    for r in body:
+        cells = [_latex_escape(r[0]), _latex_escape(r[1]), *(math_cell(c) for c in r[2:5]), r[5], r[6], r[7]]
+        lines.append(" & ".join(cells) + " \\\\")
+    lines.append("\\bottomrule")
+    caption = (
+        f"Values $\\pm$ standard errors [{level} intervals: profile likelihood for the saturating "
+        f"law $L = L_\\infty + (X_c/X)^\\alpha$, Student-$t$ / Fieller for the power law "
+        f"$L = (X_c/X)^\\alpha$]; $X$ is $N$ (parameters) or $C$ (FLOPs)."
+    )
+    lines.append(f"\\multicolumn{{{ncol}}}{{p{{0.9\\textwidth}}}}{{\\footnotesize {caption}}} \\\\")
+    if any_open:
+        lines.append(f"\\multicolumn{{{ncol}}}{{p{{0.9\\textwidth}}}}{{\\footnotesize $^\\dagger$ interval end at a bound of "
+                     f"the search ($0 \\le L_\\infty \\le \\max L$, $0 < \\alpha \\le 5$, $\\log_{{10}} X_c$ within 30 "
+                     f"decades of the data): the data set no limit there.}} \\\\")
+    for i, n in enumerate(notes, 1):
+        lines.append(f"\\multicolumn{{{ncol}}}{{p{{0.9\\textwidth}}}}{{\\footnotesize ({i}) {_latex_escape(n)}}} \\\\")
+    lines.append("\\end{tabular}")
+    return "\n".join(lines) + "\n"

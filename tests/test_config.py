@@ -75,6 +75,10 @@ def test_defaults_are_filled(default):
         (lambda c: (c["train"].__setitem__("sizes", {"416K": {"grad_accum": 3}}),
                     c["resources"]["train"]["sizes"].__setitem__("416K", {"gpus": 2})), "train.sizes.416K.grad_accum"),
         (lambda c: c["tokens"].__setitem__("jobs", {"train": 10000}), "tokens.jobs"),
+        (lambda c: c["embed"].__setitem__("layer", 2), "embed.layer"),  # 42K has 2 blocks
+        (lambda c: c["embed"].__setitem__("pooling", "median"), "embed.pooling"),
+        (lambda c: c["umap"].__setitem__("properties", "all"), "umap.properties"),
+        (lambda c: c["figures"]["predictions"].__setitem__("size", "5M"), "figures.predictions.size"),
     ],
 )
 def test_bad_config_names_the_key(default, edit, key):
@@ -83,6 +87,13 @@ def test_bad_config_names_the_key(default, edit, key):
     with pytest.raises(ConfigError) as err:
         load_config(bad)
     assert f"'{key}" in str(err.value), str(err.value)
+
+
+def test_predictions_size_defaults_to_the_largest(default):
+    assert load_config(default).predictions_size == "416K"
+    chosen = copy.deepcopy(default)
+    chosen["figures"]["predictions"]["size"] = "85K"
+    assert load_config(chosen).predictions_size == "85K"
 
 
 def test_size_names():

@@ -35,6 +35,42 @@ def test_protocol(model, tokens):
     assert emb.shape == (10, 32) and emb.dtype == np.float32
 
 
+def _block_outputs(model, tokens, n):
+    """Every block's output for the first n tokens, written out by hand (the reference)."""
+    x = normalise(torch.from_numpy(tokens[:, :n]), "patch")
+    outs = []
+    with torch.no_grad():
+        h = model.transformer.wte(x) + model.transformer.wpe(torch.arange(n))
+        for block in model.transformer.h:
+            h = block(h)
+            outs.append(h)
+    return outs
+
+
+@pytest.mark.parametrize("layer", [0, -2, 1, -1])
+@pytest.mark.parametrize("pooling", ["mean", "max", "last"])
+def test_layer_and_pooling(model, tokens, layer, pooling):
+    emb = extract_embeddings(model, tokens, n_tokens=8, batch_size=4, norm="patch", layer=layer, pooling=pooling)
+    h = _block_outputs(model, tokens, 8)[layer]
+    want = {"mean": h.mean(dim=1), "max": h.amax(dim=1), "last": h[:, -1]}[pooling]
+    np.testing.assert_allclose(emb, want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_layers_and_poolings_differ(model, tokens):
+    base = extract_embeddings(model, tokens, n_tokens=8)
+    assert not np.allclose(base, extract_embeddings(model, tokens, n_tokens=8, layer=0))
+    assert not np.allclose(base, extract_embeddings(model, tokens, n_tokens=8, pooling="last"))
+
+
+def test_bad_layer_or_pooling_is_named(model, tokens):
+    with pytest.raises(ValueError, match="embed.layer.*2 blocks"):
+        extract_embeddings(model, tokens, n_tokens=8, layer=2)
+    with pytest.raises(ValueError, match="embed.layer"):
+        extract_embeddings(model, tokens, n_tokens=8, layer=-3)
+    with pytest.raises(ValueError, match="embed.pooling.*'median'"):
+        extract_embeddings(model, tokens, n_tokens=8, pooling="median")
+
+
 def test_only_the_first_tokens_count_and_batching_does_not_matter(model, tokens):
     a = extract_embeddings(model, tokens, n_tokens=8, batch_size=3)
     changed = tokens.copy()

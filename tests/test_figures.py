@@ -17,7 +17,7 @@ from astropt.figures import (
     plot_umap,
     umap_embedding,
 )
-from astropt.scaling import fit_saturating_power_law
+from astropt.scaling import fit_saturating_power_law, fit_scaling_laws
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -28,13 +28,27 @@ def _is_png(path):
 
 @pytest.fixture
 def scaling_table():
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "size": ["0.04M", "0.14M", "0.42M", "2M"],
             "params": [42_000, 144_000, 416_000, 2_030_000],
             "val_loss": [0.1866, 0.1823, 0.1816, 0.1790],
         }
     )
+    table["flops"] = 6.0 * table["params"] * 1.2e6  # 1.2M tokens each
+    return table
+
+
+@pytest.fixture
+def scaling_metrics(scaling_table):
+    """metrics.csv of each size: validation loss every 100 of 600 steps, NaN between."""
+    out = {}
+    for row in scaling_table.itertuples():
+        step = np.arange(50, 601, 50)
+        val = row.val_loss * (1 + 2 * ((step / 600) ** -1.0 - 1))
+        out[row.size] = pd.DataFrame({"step": step, "flops": row.flops * step / 600,
+                                      "val_loss": np.where(step % 100 == 0, val, np.nan)})
+    return out
 
 
 @pytest.fixture
@@ -58,23 +72,47 @@ def probes():
     return pd.DataFrame(rows).sample(frac=1.0, random_state=0)  # order must not matter
 
 
-def test_plot_scaling_writes_png(tmp_path, scaling_table):
-    fit = fit_saturating_power_law(scaling_table["params"], scaling_table["val_loss"])
+def _scaling_fit_json(table):
+    """fit.json of the scaling rule (astropt.pipeline.scaling) for a losses table."""
+    return {
+        "sizes": table["size"].tolist(), "n_points": len(table), "ci_level": 0.95,
+        "params": fit_scaling_laws(table["params"], table["val_loss"], variable="N"),
+        "compute": fit_scaling_laws(table["flops"], table["val_loss"], variable="C"),
+    }
+
+
+def test_plot_scaling_writes_png(tmp_path, scaling_table, scaling_metrics):
     out = tmp_path / "sub" / "scaling.png"  # parent is created
-    plot_scaling(scaling_table, fit, out)
+    plot_scaling(scaling_table, _scaling_fit_json(scaling_table), out, metrics=scaling_metrics)
     assert _is_png(out)
+    # Two panels side by side: wider than tall.
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.width > 1.5 * im.height
 
 
-def test_plot_scaling_degenerate_and_default_fit(tmp_path, scaling_table):
+def test_plot_scaling_degenerate_and_default_fit(tmp_path, scaling_table, scaling_metrics):
     three = scaling_table.iloc[:3]
-    fit = fit_saturating_power_law(three["params"], three["val_loss"])
+    fit = fit_saturating_power_law(three["params"], three["val_loss"])  # one fit, against N
     assert fit["saturating"]["degenerate"]
-    plot_scaling(three, fit, tmp_path / "degenerate.png")
+    plot_scaling(three, fit, tmp_path / "degenerate.png")  # the compute fit is made here
     assert _is_png(tmp_path / "degenerate.png")
-    plot_scaling(scaling_table, None, tmp_path / "fitted_here.png")
+    plot_scaling(scaling_table, None, tmp_path / "fitted_here.png", metrics=scaling_metrics)
     assert _is_png(tmp_path / "fitted_here.png")
+    plot_scaling(scaling_table.drop(columns="flops"), None, tmp_path / "params_only.png")  # one panel
+    assert _is_png(tmp_path / "params_only.png")
+    # One size: the "no fit" entries of fit.json, drawn as a note.
+    one = scaling_table.iloc[:1]
+    no_fit = {v: {"variable": v, "n_points": 1, "error": "a scaling fit needs at least two sizes"} for v in "NC"}
+    plot_scaling(one, {"params": no_fit["N"], "compute": no_fit["C"]}, tmp_path / "one.png",
+                 metrics={"0.04M": scaling_metrics["0.04M"]})
+    assert _is_png(tmp_path / "one.png")
     with pytest.raises(ValueError, match="val_loss"):
         plot_scaling(scaling_table.drop(columns="val_loss"), fit, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="metrics of size '2M' lacks columns \\['flops'\\]"):
+        plot_scaling(scaling_table, None, tmp_path / "x.png",
+                     metrics={"2M": scaling_metrics["2M"].drop(columns="flops")})
 
 
 def test_downstream_table(probes):

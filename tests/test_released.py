@@ -315,7 +315,8 @@ def test_released_weights_through_the_workflow(tmp_path):
     work = _scratch_workflow(tmp_path)
     cfg = tmp_path / "released.yaml"
     targets = ("results/probes/1M.csv", "results/probes/5M.csv", "results/figures/scaling.png",
-               "results/figures/downstream.png")
+               "results/figures/downstream.png", "results/figures/umap_1M.png", "results/figures/loss_curves.png",
+               "results/figures/predictions.png", "results/summary.md")
     with fake_hub(repo, repo=REPO, repo_type="model", lfs_suffixes=(".pt",)) as hub:
         config["models"] = {"source": "released", "released": {"endpoint": hub.endpoint, "revision": FAKE_COMMIT}}
         cfg.write_text(yaml.safe_dump(config))
@@ -352,15 +353,19 @@ def test_released_weights_through_the_workflow(tmp_path):
     assert fit["n_points"] == 2 and fit["sizes"] == ["1M", "5M"]
     losses = pd.read_csv(work / "results/scaling/losses.csv")
     assert losses["val_loss"].tolist() == pytest.approx([0.42, 0.38])
-    for fig in ("scaling.png", "downstream.png"):
+    for fig in ("scaling.png", "downstream.png", "umap_1M.png", "loss_curves.png", "predictions.png"):
         assert (work / "results/figures" / fig).stat().st_size > 10_000
+    # The released weights saw transposed stamps: the predictions are made in that orientation.
+    assert "(norm 'patch', transposed stamps fed" in (work / "logs/figures/predictions.log").read_text()
+    summary = (work / "results/summary.md").read_text()
+    assert "the released AstroPT v1 weights (not trained here)" in summary and "0.42 (1M) to 0.38 (5M)" in summary
 
     # The training orientation instead: only the embeddings and what follows them are redone.
     config["embed"]["transpose"] = True
     cfg.write_text(yaml.safe_dump(config))
     dry = snakemake("-n", "--cores", "2", f"--configfile={cfg}", *targets, cwd=work, env=env)
     assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
-    assert set(_jobs(dry.stdout)) == {"embed", "probe", "figure_downstream", "total"}, dry.stdout[-3000:]
+    assert set(_jobs(dry.stdout)) == {"embed", "probe", "figure_downstream", "figure_umap", "summary", "total"}, dry.stdout[-3000:]
     proc = snakemake("--cores", "2", f"--configfile={cfg}", *targets, cwd=work, env=env)  # no Hub needed now
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     flipped = transpose_tokens(np.asarray(split.tokens), 16, 3)

@@ -108,9 +108,20 @@ def test_micro_workflow_end_to_end(tmp_path):
         assert {"mag_r_desi", "est_petro_th50", "redshift"} <= set(probes["property"])
     fit = json.loads((work / "results/scaling/fit.json").read_text())
     assert fit["n_points"] == 2 and fit["sizes"] == ["30K", "144K"]
-    for fig in ("scaling.png", "downstream.png", "umap_144K.png", "examples.png"):
+    for fig in ("scaling.png", "loss_curves.png", "downstream.png", "umap_144K.png", "examples.png", "predictions.png"):
         assert (work / "results/figures" / fig).stat().st_size > 10_000
     assert not (work / "results/figures/umap_30K.png").exists()
+    for table in ("fit.md", "fit.tex"):
+        assert "C (training FLOPs) | power law" in (work / "results/scaling" / table).read_text().replace(" &", " |")
+    summary = (work / "results/summary.md").read_text()
+    assert "30K" in summary and "144K" in summary and "`results/scaling/fit.json` (rule `scaling`)" in summary
+    # The report: every figure and the summary, with captions, in one file.
+    proc = snakemake("--report", "report.html", f"--configfile={ROOT / 'tests/data/micro.yaml'}", cwd=work)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = (work / "report.html").read_text()
+    for name in ("scaling.png", "loss_curves.png", "downstream.png", "umap_144K.png", "examples.png",
+                 "predictions.png", "summary.html", "AstroPT scaling study"):
+        assert name in report, name
     for split in ("train", "validation", "test"):
         assert (work / f"results/tokens/{split}/shards/00000.npy").exists()
     train_meta = json.loads((work / "results/tokens/train/meta.json").read_text())

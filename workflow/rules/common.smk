@@ -39,9 +39,12 @@ def final_outputs():
         *expand("results/probes/{size}.csv", size=SIZES),
         "results/tokens/rejected.csv",
         "results/scaling/fit.json",
+        "results/summary.md",
         "results/figures/scaling.png",
+        "results/figures/loss_curves.png",
         "results/figures/downstream.png",
         "results/figures/examples.png",
+        "results/figures/predictions.png",
         *expand("results/figures/umap_{size}.png", size=CFG.umap_sizes),
     ]
 

@@ -41,6 +41,9 @@ rule scaling:
     output:
         fit="results/scaling/fit.json",
         table="results/scaling/losses.csv",
+        md="results/scaling/fit.md",
+        tex="results/scaling/fit.tex",
+        csv="results/scaling/fit.csv",
     log:
         "logs/scaling/scaling.log",
     threads: job_threads("scaling")
@@ -48,3 +51,25 @@ rule scaling:
         **job_resources("scaling"),
     script:
         "../scripts/scaling.py"
+
+
+rule summary:
+    input:
+        sidecars=expand("results/models/{size}/ckpt.json", size=SIZES),
+        fit="results/scaling/fit.json",
+        probes=expand("results/probes/{size}.csv", size=SIZES),
+        downstream="results/probes/summary.csv",
+    output:
+        md="results/summary.md",
+        html=report(
+            "results/summary.html",
+            caption="../report/summary.rst",
+            category="Summary",
+        ),
+    log:
+        "logs/summary/summary.log",
+    threads: job_threads("summary")
+    resources:
+        **job_resources("summary"),
+    script:
+        "../scripts/summary.py"

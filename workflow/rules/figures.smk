@@ -2,6 +2,8 @@ rule figure_scaling:
     input:
         fit=rules.scaling.output.fit,
         table=rules.scaling.output.table,
+        csv=rules.scaling.output.csv,  # shown in the report's caption
+        metrics=expand("results/models/{size}/metrics.csv", size=SIZES),
     output:
         report(
             "results/figures/scaling.png",
@@ -15,6 +17,25 @@ rule figure_scaling:
         **job_resources("figures"),
     script:
         "../scripts/figure_scaling.py"
+
+
+rule figure_loss_curves:
+    input:
+        metrics=expand("results/models/{size}/metrics.csv", size=SIZES),
+        sidecars=expand("results/models/{size}/ckpt.json", size=SIZES),
+    output:
+        report(
+            "results/figures/loss_curves.png",
+            caption="../report/loss_curves.rst",
+            category="Training",
+        ),
+    log:
+        "logs/figures/loss_curves.log",
+    threads: job_threads("figures")
+    resources:
+        **job_resources("figures"),
+    script:
+        "../scripts/figure_loss_curves.py"
 
 
 rule figure_downstream:
@@ -82,3 +103,26 @@ rule figure_examples:
         **job_resources("figures"),
     script:
         "../scripts/figure_examples.py"
+
+
+rule figure_predictions:
+    input:
+        ckpt=f"results/models/{CFG.predictions_size}/ckpt.pt",
+        tokens=f"results/tokens/{EMBED_SPLIT}/index.parquet",
+    output:
+        report(
+            "results/figures/predictions.png",
+            caption="../report/predictions.rst",
+            category="Model",
+        ),
+    params:
+        galaxies=CFG.raw["figures"]["predictions"]["galaxies"],
+        size=CFG.predictions_size,
+        seed=CFG.seed,
+    log:
+        "logs/figures/predictions.log",
+    threads: job_threads("figures")
+    resources:
+        **job_resources("figures"),
+    script:
+        "../scripts/figure_predictions.py"

@@ -16,4 +16,6 @@ embed_split(
     log=log,
     # auto / true / false, from the validated config (the default filled in)
     transpose=snakemake.config["embed"].get("transpose", "auto"),  # noqa: F821
+    layer=cfg["layer"],
+    pooling=cfg["pooling"],
 )

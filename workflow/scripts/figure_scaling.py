@@ -1,6 +1,8 @@
-"""figure_scaling rule: loss vs parameters with the fit."""
+"""figure_scaling rule: loss vs parameters and vs training compute, with the fits and the
+validation curves."""
 
 from astropt import pipeline
 
 log = pipeline.script_log(snakemake)  # noqa: F821
-pipeline.figure_scaling(snakemake.input.fit, snakemake.input.table, snakemake.output[0], log=log)  # noqa: F821
+inp = snakemake.input  # noqa: F821
+pipeline.figure_scaling(inp.fit, inp.table, inp.metrics, snakemake.output[0], log=log)  # noqa: F821

@@ -1,0 +1,16 @@
+"""figure_predictions rule: example galaxies beside the model's next-patch predictions."""
+
+from pathlib import Path
+
+from astropt import pipeline
+
+log = pipeline.script_log(snakemake)  # noqa: F821
+pipeline.figure_predictions(
+    snakemake.input.ckpt,  # noqa: F821
+    Path(snakemake.input.tokens).parent,  # noqa: F821
+    snakemake.output[0],  # noqa: F821
+    galaxies=snakemake.params.galaxies,  # noqa: F821
+    seed=snakemake.params.seed,  # noqa: F821
+    size=snakemake.params.size,  # noqa: F821
+    log=log,
+)
