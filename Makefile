@@ -1,12 +1,13 @@
 # The two commands of the README's quick start, each self-contained on a fresh machine:
 #   make run    set up .venv and run the whole workflow on the embedded default
 #   make test   set up .venv and run the test suite
+# and, after `make run`, `make report` writes report.html.
 PYTHON ?= python3
 VENV ?= .venv
 CORES ?= 2
 BIN := $(VENV)/bin
 
-.PHONY: run test test-fast env clean
+.PHONY: run report test test-fast env clean
 
 env: $(VENV)/.installed
 
@@ -19,6 +20,10 @@ $(VENV)/.installed: requirements-dev.txt pyproject.toml
 
 run: env
 	$(BIN)/snakemake --cores $(CORES) all
+
+# After `make run`: every figure with its caption and the summary in one HTML file.
+report: env
+	$(BIN)/snakemake --report report.html
 
 test: env
 	$(BIN)/python -m pytest

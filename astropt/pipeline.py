@@ -277,8 +277,10 @@ def scaling(sidecars, out_fit, out_table, out_md, out_tex, out_csv=None, log=pri
     if out_csv is not None:
         from astropt.scaling import table_cells
 
-        header, rows, _ = table_cells(fits)
-        pd.DataFrame(rows, columns=header).to_csv(out_csv, index=False)
+        header, rows, notes = table_cells(fits)
+        # The note column spelled out: the report shows this table without the notes below it.
+        spelled = [[*r[:-1], notes[int(r[-1].strip("()")) - 1] if r[-1] else ""] for r in rows]
+        pd.DataFrame(spelled, columns=header).to_csv(out_csv, index=False)
     if len(table) < 2:
         log(f"only one size ({', '.join(sizes)}): no fit; {out_fit} and the tables say so")
     log(md)
@@ -403,8 +405,8 @@ def umap_properties(setting, meta_columns, probe_csv) -> tuple[dict[str, str], l
     """The UMAP panels: ``{column: panel title}`` and the paper's properties the catalogue lacks.
 
     ``setting`` is ``umap.properties``: ``"paper"`` (the paper's twelve, :data:`PAPER_PROPERTIES`,
-    those in the catalogue), ``"probed"`` (every property in ``probe_csv``) or a list of columns
-    (each must be in the catalogue).
+    those in the catalogue), ``"probed"`` or None (every property in ``probe_csv``) or a list of
+    columns (each must be in the catalogue).
     """
     from astropt.probe import PAPER_PROPERTIES
 
@@ -418,7 +420,10 @@ def umap_properties(setting, meta_columns, probe_csv) -> tuple[dict[str, str], l
                 f"{list(PAPER_PROPERTIES)}; list columns to map instead"
             )
         return kept, lacking
-    props = pd.read_csv(probe_csv)["property"].unique().tolist() if setting == "probed" else list(setting)
+    if setting is None or setting == "probed":
+        props = pd.read_csv(probe_csv)["property"].unique().tolist()
+    else:
+        props = list(setting)
     missing = [p for p in props if p not in columns]
     if missing:
         raise ValueError(f"config key 'umap.properties': {missing} not in the catalogue")

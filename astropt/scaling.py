@@ -248,8 +248,12 @@ def fit_power_law(
         "r2": res.rvalue**2,
         "rss": rss,
         "fit_space": "log10 L",
-        "degenerate": dof < 1,
-        "reason": "2 points for 2 parameters: no degrees of freedom left for errors" if dof < 1 else "",
+        "degenerate": dof < 1 or not math.isfinite(alpha_err),
+        "reason": (
+            "2 points for 2 parameters: no degrees of freedom left for errors" if dof < 1
+            else "the slope's standard error is undefined (e.g. every loss the same)"
+            if not math.isfinite(alpha_err) else ""
+        ),
     }
 
 
@@ -720,7 +724,7 @@ def fit_scaling_laws(
 ) -> dict:
     """Fit ``L = L_inf + (X_c / X)^alpha`` and, beside it, ``L = (X_c / X)^alpha``.
 
-    The saturating law is fitted on ``log L`` with bounds ``0 <= L_inf < min(L)``
+    The saturating law is fitted on ``log L`` with bounds ``0 <= L_inf <= max(L)``
     and ``0 < alpha <= 5``, globally over alpha (see the module docstring); the
     power law by linear regression in log-log space.
 
@@ -939,9 +943,10 @@ def _table_rows(
     body, notes, any_open = [], [], False
     for row in table.to_dict("records"):
         note = ""
-        if row["reason"]:
-            notes.append(row["reason"])
-            note = f"({len(notes)})"
+        if row["reason"]:  # each distinct reason numbered once
+            if row["reason"] not in notes:
+                notes.append(row["reason"])
+            note = f"({notes.index(row['reason']) + 1})"
         any_open |= "lower" in row["open_ends"] or "upper" in row["open_ends"]
         dof = row.get("dof")
         body.append([

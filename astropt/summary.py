@@ -165,11 +165,12 @@ def _fit_section(fit: Mapping, fit_table: Sequence | None) -> list[Block]:
     else:
         header, rows, *notes = fit_table
         blocks.append(Block("table", header=list(header), rows=[list(r) for r in rows]))
-        for note in (notes[0] if notes else []):
-            blocks.append(Block("p", note))
+        for i, note in enumerate(notes[0] if notes else [], start=1):
+            blocks.append(Block("p", f"({i}) {note}"))
+        key = f"Each entry: value ± standard error [{100 * fit.get('ci_level', 0.95):g} % interval]"
         if any("†" in cell for row in rows for cell in row):
-            blocks.append(Block("p", "Each entry: value ± standard error [95 % interval]; † marks an interval "
-                                     "end at a bound of the fit's search: the points set no limit there."))
+            key += "; † marks an interval end at a bound of the fit's search: the points set no limit there"
+        blocks.append(Block("p", key + "."))
     blocks.append(_from("fit"))
     return blocks
 

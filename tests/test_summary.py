@@ -185,8 +185,23 @@ def test_umap_panels_default_to_the_papers_properties(tmp_path):
     assert panels["g_r"] == "g - r\n(g_r)" and panels["redshift"] == "redshift"
     assert "ssfr_med_photoz" in lacking and len(lacking) == 9
     pd.DataFrame({"property": ["axis_ratio", "redshift"]}).to_csv(tmp_path / "p.csv", index=False)
-    assert list(pipeline.umap_properties("probed", columns, tmp_path / "p.csv")[0]) == ["axis_ratio", "redshift"]
+    for probed in ("probed", None):
+        assert list(pipeline.umap_properties(probed, columns, tmp_path / "p.csv")[0]) == ["axis_ratio", "redshift"]
     with pytest.raises(ValueError, match="umap.properties.*'mass'"):
         pipeline.umap_properties(["mass"], columns, None)
     with pytest.raises(ValueError, match="none of the paper's"):
         pipeline.umap_properties("paper", ["id", "x"], None)
+
+
+def test_one_size_tables_spell_out_each_reason_once(tmp_path):
+    sidecars = _sidecars(tmp_path)[:1]
+    out = {k: tmp_path / f"fit.{k}" for k in ("json", "md", "tex", "csv")}
+    pipeline.scaling(sidecars, out["json"], tmp_path / "losses.csv", out["md"], out["tex"], out["csv"], log=lambda *a: None)
+    fit = json.loads(out["json"].read_text())
+    csv = pd.read_csv(out["csv"])
+    assert csv["note"].str.contains("at least two sizes").all()  # the report shows the reason itself
+    probes = {"42K": _probes()["42K"]}
+    text = to_markdown(build_summary(pipeline.load_sidecars(sidecars), fit, probes, _downstream(probes),
+                                     fit_table=pipeline._fit_table(fit)))
+    assert text.count("(1) no fit: a scaling fit needs at least two sizes") == 1 and "(2)" not in text
+    assert "one size: no scaling fit" in text
