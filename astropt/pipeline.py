@@ -340,7 +340,7 @@ def summary(sidecars, fit_path, probe_paths, downstream_csv, out_md, out_html, c
 
     losses = load_sidecars(sidecars)
     fit = json.loads(Path(fit_path).read_text())
-    probes = {Path(p).stem: pd.read_csv(p, keep_default_na=True) for p in probe_paths}
+    probes = {Path(p).stem: pd.read_csv(p) for p in probe_paths}
     downstream = pd.read_csv(downstream_csv)
     blocks = build_summary(losses, fit, probes, downstream, context=run_context(config), fit_table=_fit_table(fit))
     text = to_markdown(blocks)
@@ -441,7 +441,10 @@ def figure_umap(embeddings, probe_csv, metadata, out, umap_cfg: dict, seed: int,
     props = list(panels)
     if lacking:
         log(f"the catalogue {metadata} lacks {len(lacking)} of the paper's properties: {', '.join(lacking)}")
-        title = f"{title}\n(not in the catalogue: {', '.join(lacking)})" if title else f"not in the catalogue: {', '.join(lacking)}"
+        from astropt.probe import PAPER_PROPERTIES
+
+        missing = "not in the catalogue: " + ", ".join(PAPER_PROPERTIES[c] for c in lacking)  # short labels
+        title = f"{title}\n({missing})" if title else missing
     if len(ids) > umap_cfg["max_points"]:
         keep = np.sort(np.random.default_rng(seed).choice(len(ids), umap_cfg["max_points"], replace=False))
         ids, X = ids[keep], X[keep]
