@@ -20,6 +20,7 @@ $(VENV)/.installed: requirements-dev.txt pyproject.toml
 
 run: env
 	$(BIN)/snakemake --cores $(CORES) all
+	@$(BIN)/python -m astropt.summary results/summary.md
 
 # After `make run`: every figure with its caption and the summary in one HTML file.
 report: env

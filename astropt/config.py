@@ -16,7 +16,8 @@ Example::
 
     cfg = load_config(yaml.safe_load(open("config/config.yaml")))
     spec = cfg.size_spec("416K")        # SizeSpec(name, model=GPTConfig, lr)
-    cfg.train_config("416K").steps, cfg.resources("train", "416K").gpus
+    cfg.train_config("416K", seed=1).steps, cfg.resources("train", "416K").gpus
+    cfg.runs                            # [("42K", 0), ("42K", 1), ...]: one training job each
 """
 
 from __future__ import annotations
@@ -86,8 +87,10 @@ class TrainConfig:
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     compile: bool = False
     peak_tflops: float | None = None
-    # Filled from the top level of the config, not from `train:`.
+    # Filled per run from `train.seeds` (initialisation and data order), not from `train:`.
     seed: int = 0
+    # Filled from the top-level `seed` (the data's): recorded with the run, used by nothing.
+    data_seed: int | None = None
     norm: Literal["patch", "image"] = "image"
     threads: int = 1
 
@@ -135,6 +138,30 @@ class Config:
         return list(self.raw["sizes"])
 
     @property
+    def seeds(self) -> list[int]:
+        """Training seeds (``train.seeds``): each size is trained once per seed."""
+        return list(self.raw["train"]["seeds"])
+
+    @property
+    def runs(self) -> list[tuple[str, int]]:
+        """Every training run, ``(size, seed)``, sizes in config order."""
+        return [(size, seed) for size in self.sizes for seed in self.seeds]
+
+    @property
+    def holdout_size(self) -> str | None:
+        """The size the scaling rule holds out and predicts (``scaling.holdout``): None (off),
+        the largest size by parameter count (``largest``), or the size named."""
+        chosen = self.raw["scaling"]["holdout"]
+        if chosen == "largest":
+            return self.largest_size
+        return chosen
+
+    @property
+    def largest_size(self) -> str:
+        """The size with the most parameters (by its name: 416K, 2100M)."""
+        return max(self.sizes, key=lambda s: (parse_size_name(s) or 0.0))
+
+    @property
     def data(self) -> dict:
         return self.raw["data"]
 
@@ -173,9 +200,7 @@ class Config:
         """The model shown in the next-patch prediction figure: `figures.predictions.size`,
         else the largest size (by parameter count)."""
         chosen = self.raw["figures"]["predictions"]["size"]
-        if chosen is not None:
-            return chosen
-        return max(self.sizes, key=lambda s: (parse_size_name(s) or 0.0))
+        return chosen if chosen is not None else self.largest_size
 
     def size_spec(self, name: str) -> SizeSpec:
         """Architecture and LR of a size, adapted to this config's patches and image size."""
@@ -198,14 +223,16 @@ class Config:
         )
         return SizeSpec(name=name, model=model, lr=float(lr))
 
-    def train_config(self, name: str) -> TrainConfig:
-        """The trainer's settings for one size (threads from that size's resources)."""
-        train = {k: v for k, v in self.raw["train"].items() if k != "sizes"}
+    def train_config(self, name: str, seed: int | None = None) -> TrainConfig:
+        """The trainer's settings for one run of a size (threads from that size's resources);
+        ``seed`` is its training seed (default the first of ``train.seeds``)."""
+        train = {k: v for k, v in self.raw["train"].items() if k not in ("sizes", "seeds")}
         return TrainConfig.from_dict(
             {
                 **train,
                 **self.raw["train"]["sizes"].get(name, {}),
-                "seed": self.seed,
+                "seed": self.seeds[0] if seed is None else int(seed),
+                "data_seed": self.seed,
                 "norm": self.tokens["norm"],
                 "threads": self.resources("train", name).cpus,
             }
@@ -345,6 +372,11 @@ def _fill_defaults(instance: Any, node: dict, root: dict) -> Any:
     return instance
 
 
+def known_sizes(cfg: Config) -> list[str]:
+    """Every size name a target may use: the config's sizes, its custom sizes and the presets."""
+    return list(dict.fromkeys([*cfg.sizes, *cfg.raw["custom_sizes"], *PRESETS]))
+
+
 def _known_sizes(custom: dict) -> str:
     return f"known: paper presets {', '.join(PRESETS)}" + (
         f"; custom_sizes {', '.join(custom)}" if custom else "; add it under custom_sizes"
@@ -427,6 +459,14 @@ def _check_semantics(cfg: Config) -> None:
     if embed_tokens > cfg.n_tokens:
         problems.append(
             f"config key 'embed.n_tokens': {embed_tokens} exceeds the {cfg.n_tokens} tokens per galaxy"
+        )
+    holdout = raw["scaling"]["holdout"]
+    if holdout not in (None, "largest") and holdout not in raw["sizes"]:
+        problems.append(f"config key 'scaling.holdout': {holdout!r} is not 'largest', null or one of sizes {raw['sizes']}")
+    if raw["models"]["source"] == "released" and len(raw["train"]["seeds"]) > 1:
+        problems.append(
+            f"config key 'train.seeds': the released weights are one run per size; "
+            f"{raw['train']['seeds']} asks for {len(raw['train']['seeds'])} (use one seed with models.source released)"
         )
     for key in ("umap.sizes",):
         for s in raw["umap"]["sizes"] or []:

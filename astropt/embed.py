@@ -24,14 +24,16 @@ import math
 import time
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
-from astropt.checkpoint import load_checkpoint, model_from_checkpoint
-from astropt.model import GPT
-from astropt.tokenise import load_tokens, normalise, spiral_order
+if TYPE_CHECKING:  # torch is imported where it is used: reading embeddings does not need it
+    import torch
+
+    from astropt.model import GPT
 
 TRANSPOSE_SETTINGS = ("auto", True, False)
 
@@ -56,6 +58,8 @@ def transpose_index(grid: int, patch_size: int, n_chan: int) -> tuple[np.ndarray
         ``tokens`` (``grid**2``): token k of the transposed stamp is token ``tokens[k]`` of the
         stamp; ``inner`` (``patch_size**2 * n_chan``): the values of a patch, transposed.
     """
+    from astropt.tokenise import spiral_order
+
     order = spiral_order(grid)  # token k <- raster patch order[k]
     position = np.argsort(order)  # raster patch -> token
     row, col = np.divmod(order, grid)  # the transposed stamp's patch of token k ...
@@ -70,7 +74,9 @@ def transpose_tokens(tokens, patch_size: int, n_chan: int = 3):
     if side * side != tokens.shape[-2]:
         raise ValueError(f"{tokens.shape[-2]} tokens do not form a square spiral grid")
     idx, inner = transpose_index(side, patch_size, n_chan)
-    if isinstance(tokens, torch.Tensor):
+    if not isinstance(tokens, np.ndarray):  # a torch tensor
+        import torch
+
         idx, inner = torch.from_numpy(idx).to(tokens.device), torch.from_numpy(inner).to(tokens.device)
     return tokens[..., idx, :][..., inner]
 
@@ -121,7 +127,6 @@ def pool(h: torch.Tensor, pooling: str) -> torch.Tensor:
     raise ValueError(f"config key 'embed.pooling': {pooling!r} is not one of {', '.join(POOLINGS)}")
 
 
-@torch.no_grad()
 def extract_embeddings(
     model: GPT,
     tokens: np.ndarray,
@@ -144,7 +149,9 @@ def extract_embeddings(
         tokens: raw spiral-ordered patches, (N, T, D) uint8 (a memmap is fine).
         n_tokens: tokens fed per galaxy (the paper: 64).
         batch_size: galaxies per forward pass.
-        norm: the patch normalisation the model was trained with.
+        norm: the patch normalisation the model was trained with. ``"image"`` standardises
+            over the whole stamp, as in training, however few tokens are fed: the stamp is
+            read whole, normalised, then its first ``n_tokens`` tokens are taken.
         device: where to run.
         log: optional callable for progress lines.
         transpose: feed the transposed stamps (:func:`transpose_index`, on the device): the first
@@ -155,6 +162,10 @@ def extract_embeddings(
     Returns:
         (N, n_embd) float32 embeddings.
     """
+    import torch
+
+    from astropt.tokenise import normalise
+
     n, t, d = tokens.shape
     if d != model.config.input_dim:
         raise ValueError(f"token size ({d}) doesn't match the model's patch size ({model.config.input_dim})")
@@ -169,24 +180,27 @@ def extract_embeddings(
     device = torch.device(device)
     model = model.to(device).eval()
     use_bf16 = device.type == "cuda"
-    read = n_tokens  # leading tokens read per galaxy
+    # Leading tokens read per galaxy: all of them when the normalisation needs the whole stamp.
+    read = t if norm == "image" else n_tokens
     if transpose:
         side = math.isqrt(t)
         if side * side != t:
             raise ValueError(f"{t} tokens per galaxy do not form a square grid: cannot transpose")
         idx, inner = transpose_index(side, model.config.patch_size, model.config.n_chan)
         idx = idx[:n_tokens]
-        read = int(idx.max()) + 1  # a full ring of the spiral maps onto itself: usually n_tokens
+        if norm != "image":
+            read = int(idx.max()) + 1  # a full ring of the spiral maps onto itself: usually n_tokens
         idx_t, inner_t = torch.from_numpy(idx).to(device), torch.from_numpy(inner).to(device)
     out = np.empty((n, model.config.n_embd), dtype=np.float32)
     t0, next_report = time.perf_counter(), 0.1
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         raw = torch.from_numpy(np.array(tokens[start:stop, :read])).to(device)
-        if transpose:
-            raw = raw.index_select(1, idx_t).index_select(2, inner_t)  # (B, n_tokens, D), transposed stamps
-        x = normalise(raw, norm)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        x = normalise(raw, norm)  # over the whole stamp for "image", each patch for "patch"
+        if transpose:  # a permutation: it commutes with either normalisation
+            x = x.index_select(1, idx_t).index_select(2, inner_t)  # (B, n_tokens, D), transposed stamps
+        x = x[:, :n_tokens]
+        with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
             h = model.forward_features(x, layer=layer)  # (B, n_tokens, n_embd)
         out[start:stop] = pool(h.float(), pooling).cpu().numpy()
         if log and stop / n >= next_report:
@@ -252,6 +266,11 @@ def embed_split(
     ``transpose`` is ``embed.transpose`` (``"auto"``, True, False): see :func:`resolve_transpose`;
     ``layer`` and ``pooling`` as :func:`extract_embeddings`.
     """
+    import torch
+
+    from astropt.checkpoint import load_checkpoint, model_from_checkpoint
+    from astropt.tokenise import load_tokens
+
     state = load_checkpoint(checkpoint)
     ckpt_config = state.get("config") or {}
     # The normalisation the model was trained with; AstroPT v1 used the per-patch one.

@@ -110,38 +110,82 @@ def _scaling_fits(table: pd.DataFrame, fit: Mapping | None) -> dict[str, Mapping
     return fits
 
 
-def _ci_text(params: Mapping, key: str) -> str:
-    """`` [lo, hi]`` of a fitted parameter at the decimals of its error; ``†`` marks a bound."""
-    ci = params.get(f"{key}_ci")
+def _ci_text(params: Mapping, key: str, boot: bool = False) -> str:
+    """`` [lo, hi]`` of a fitted parameter at the decimals of its error; ``†`` marks a bound.
+    ``boot``: its bootstrap interval over runs (``{key}_boot_ci``) instead of the analytic one."""
+    ci = params.get(f"{key}_boot_ci" if boot else f"{key}_ci")
     value, err = params.get(key), params.get(f"{key}_err")
     if not ci or None in ci or value is None:
         return ""
-    ref = err if err is not None and math.isfinite(err) and err > 0 else abs(value) / 10 or 1.0
-    d = max(0, min(8, 1 - math.floor(math.log10(ref))))
-    opened = (params.get("ci_open") or {}).get(key, [False, False])
+    if err is None or not math.isfinite(err) or err <= 0:
+        err = (ci[1] - ci[0]) / 4 if ci[1] > ci[0] else abs(value) / 10 or 1.0
+    d = max(0, min(8, 1 - math.floor(math.log10(err))))
+    opened = (params.get("boot_open" if boot else "ci_open") or {}).get(key, [False, False])
     ends = [f"{e:.{d}f}" + ("†" if o else "") for e, o in zip(ci, opened)]
     return f" [{ends[0]}, {ends[1]}]"
 
 
+def _law_label(fit: Mapping, law: str, variable: str) -> str | None:
+    """Legend label of one fitted law: its exponent (and floor) with the analytic interval and,
+    when there is one, the bootstrap interval over runs (None: nothing to draw)."""
+    p = fit.get(law) or {}
+    X = variable
+    if p.get("alpha") is None or (law == "saturating" and p.get("L_inf") is None):
+        return None
+    if law == "power_law" and p.get(f"log10_{X}_c") is None:
+        return None
+
+    def value(key: str) -> str:
+        text = f"{_fmt_err(p[key], p.get(f'{key}_err'))}{_ci_text(p, key)}"
+        boot = _ci_text(p, key, boot=True)
+        return text + (f", bootstrap{boot}" if boot else "")
+
+    formula = f"$L_\\infty + ({X}_c/{X})^\\alpha$" if law == "saturating" else f"$({X}_c/{X})^\\alpha$"
+    label = f"{formula}: α = {value('alpha')}"
+    if law == "saturating":
+        label += f"\n    $L_\\infty$ = {value('L_inf')}"
+    if fit.get("preferred") == law:
+        label += "  (preferred)"
+    if p.get("degenerate"):
+        label += "\n" + textwrap.fill(f"DEGENERATE: {p.get('reason', '')}", 58, subsequent_indent="    ")
+    return label
+
+
 def _fit_labels(fit: Mapping, variable: str) -> tuple[str | None, str | None]:
     """Legend labels of the saturating and the power-law line (None: nothing to draw)."""
-    sat, pl = fit.get("saturating", {}), fit.get("power_law", {})
-    X = variable
-    sat_label = pl_label = None
-    if sat.get("alpha") is not None and sat.get("L_inf") is not None:
-        sat_label = (
-            f"$L_\\infty + ({X}_c/{X})^\\alpha$: α = {_fmt_err(sat['alpha'], sat.get('alpha_err'))}"
-            f"{_ci_text(sat, 'alpha')}\n"
-            f"    $L_\\infty$ = {_fmt_err(sat['L_inf'], sat.get('L_inf_err'))}{_ci_text(sat, 'L_inf')}"
-        )
-        if sat.get("degenerate"):
-            sat_label += "\n" + textwrap.fill(f"DEGENERATE: {sat.get('reason', '')}", 58,
-                                              subsequent_indent="    ")
-    if pl.get("alpha") is not None and pl.get(f"log10_{X}_c") is not None:
-        pl_label = (
-            f"$({X}_c/{X})^\\alpha$: α = {_fmt_err(pl['alpha'], pl.get('alpha_err'))}{_ci_text(pl, 'alpha')}"
-        )
-    return sat_label, pl_label
+    return _law_label(fit, "saturating", variable), _law_label(fit, "power_law", variable)
+
+
+def _size_means(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Per size: X, the geometric mean loss of its runs and their spread (sd of log L)."""
+    logs = table.assign(logL=np.log(table["val_loss"].astype(float)))
+    agg = logs.groupby("size", sort=False).agg(X=(column, "first"), mean=("logL", "mean"), sd=("logL", "std"),
+                                               runs=("logL", "size"))
+    agg["L"] = np.exp(agg["mean"])
+    agg["lo"], agg["hi"] = np.exp(agg["mean"] - agg["sd"].fillna(0)), np.exp(agg["mean"] + agg["sd"].fillna(0))
+    return agg.reset_index()
+
+
+def _draw_runs(ax, table: pd.DataFrame, column: str, colours: dict, label_means: bool = True) -> pd.DataFrame:
+    """Every run as a small point and each size's mean with its between-run spread."""
+    X = table[column].to_numpy(dtype=float)
+    L = table["val_loss"].to_numpy(dtype=float)
+    several = table.groupby("size")["val_loss"].size().max() > 1
+    ax.scatter(X, L, s=14 if several else 44, c=[colours[s] for s in table["size"]],
+               edgecolors="black" if not several else "none", linewidths=0.8, alpha=0.75 if several else 1.0,
+               zorder=4)
+    means = _size_means(table, column)
+    if several:
+        for r in means.itertuples():
+            ax.errorbar(r.X, r.L, yerr=[[r.L - r.lo], [r.hi - r.L]], fmt="o", ms=7, mfc=colours[r.size],
+                        mec="black", ecolor="black", elinewidth=1.2, capsize=4, zorder=5)
+        ax.plot([], [], ls="", marker=".", ms=6, color="0.4", label="final validation loss of one run")
+        if label_means:
+            ax.errorbar([], [], yerr=[], fmt="o", ms=6, mfc="white", mec="black", ecolor="black", capsize=3,
+                        label="size mean (geometric) ± between-run sd")
+    elif label_means:
+        ax.plot([], [], ls="", marker="o", ms=6, mfc="white", mec="black", label="final validation loss of a size")
+    return means
 
 
 def _scaling_panel(
@@ -153,49 +197,69 @@ def _scaling_panel(
     colours: dict,
     curves: Mapping[str, pd.DataFrame] | None = None,
 ) -> None:
-    """One panel of :func:`plot_scaling`: final losses against ``column``, the fitted
-    laws, and (compute panel) each size's validation curve."""
+    """One panel of :func:`plot_scaling`: every run's final loss against ``column``, each
+    size's mean and spread, the fitted laws with their bootstrap band, and (compute panel)
+    each run's validation curve."""
     ax.set_xscale("log")
     ax.set_yscale("log")
     X = table[column].to_numpy(dtype=float)
     L = table["val_loss"].to_numpy(dtype=float)
-    for size, df in (curves or {}).items():
-        _require(df, ["flops", "val_loss"], f"metrics of size {size!r}")
+    for name, df in (curves or {}).items():
+        size = str(name).split("/")[0]
+        _require(df, ["flops", "val_loss"], f"metrics of size {name!r}")
         ok = df[np.isfinite(df["val_loss"]) & (df["flops"] > 0)]
-        ax.plot(ok["flops"], ok["val_loss"], color=colours.get(size, "0.5"), lw=1.2, alpha=0.45,
-                marker="o", ms=2.5, zorder=2)
-    ax.scatter(X, L, s=44, c=[colours[s] for s in table["size"]], edgecolors="black", linewidths=0.8, zorder=4)
-    ax.plot([], [], ls="", marker="o", ms=6, mfc="white", mec="black", label="final validation loss of a size")
+        ax.plot(ok["flops"], ok["val_loss"], color=colours.get(size, "0.5"), lw=1.0, alpha=0.35,
+                marker="o", ms=2, zorder=2)
+    means = _draw_runs(ax, table, column, colours)
     # Names above right of the points; below left where curves come in from the upper left
     # (and the fit leaves to the lower right).
-    offset, ha = ((-6, -13), "right") if curves else ((5, 5), "left")
-    for size, grp in table.groupby("size", sort=False):
-        ax.annotate(str(size), (grp[column].mean(), grp["val_loss"].mean()), xytext=offset, ha=ha,
-                    textcoords="offset points", fontsize=8, zorder=5)
+    offset, ha = ((-6, -13), "right") if curves else ((6, 6), "left")
+    for r in means.itertuples():
+        ax.annotate(str(r.size), (r.X, r.L), xytext=offset, ha=ha, textcoords="offset points", fontsize=8, zorder=6)
     grid = np.logspace(np.log10(X.min()) - 0.3, np.log10(X.max()) + 0.3, 200)
     if fit is not None and "error" not in fit:
         sat_label, pl_label = _fit_labels(fit, variable)
         sat = fit["saturating"]
-        if sat_label:
-            ax.plot(grid, predict(fit, grid), color="black", lw=1.8, label=sat_label, zorder=3)
+        preferred = fit.get("preferred")
+        band = fit.get("band") or {}
+        styles = {"saturating": ("black", "-", 1.8), "power_law": ("C3", "-.", 1.4)}
+        for law, label in (("saturating", sat_label), ("power_law", pl_label)):
+            if not label:
+                continue
+            colour, ls, lw = styles[law]
+            if preferred is not None and law != preferred:
+                lw, alpha = lw * 0.7, 0.55
+            else:
+                alpha = 1.0
+            ax.plot(grid, predict(fit, grid, law), color=colour, lw=lw, ls=ls, alpha=alpha, label=label, zorder=3)
+            b = band.get(law) if isinstance(band, Mapping) else None
+            if b and (preferred is None or law == preferred):
+                ax.fill_between(band[variable], b["lo"], b["hi"], color=colour, alpha=0.15, lw=0, zorder=1,
+                                label=f"{100 * fit.get('ci_level', 0.95):g} % bootstrap band over runs")
+        if sat_label and sat.get("L_inf") is not None and preferred in (None, "saturating"):
             ax.axhline(sat["L_inf"], color="black", ls=":", lw=1, label="$L_\\infty$ (irreducible loss)")
         elif sat.get("reason"):
             ax.plot([], [], " ", label=textwrap.fill(f"saturating fit: {sat['reason']}", 58))
-        if pl_label:
-            ax.plot(grid, predict(fit, grid, law="power_law"), color="C3", lw=1.4, ls="-.", label=pl_label,
-                    zorder=3)
+        if fit.get("note"):
+            ax.plot([], [], " ", label=textwrap.fill(f"NOTE: {fit['note']}", 58))
     elif fit is not None:
         ax.plot([], [], " ", label=textwrap.fill(f"no fit: {fit['error']}", 58))
-    # Keep the view on the final losses (L_inf may sit far below them, early losses far above);
-    # curves: show their last stretch, up to 1.6x the largest final loss.
-    lo, hi = L.min(), L.max()
+    _loss_limits(ax, L, fit, curves)
+    ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(0.0, -0.13), ncols=1, frameon=False,
+              borderaxespad=0)
+
+
+def _loss_limits(ax, L: np.ndarray, fit: Mapping | None, curves=None) -> None:
+    """Keep the view on the final losses (L_inf may sit far below them, early losses far
+    above); with curves, show their last stretch, up to 1.6x the largest final loss."""
+    lo, hi = float(np.min(L)), float(np.max(L))
     span = max(hi / lo, 1.1)
     top = hi * span**0.35
     if curves:
         top_curves = max((df["val_loss"][df["flops"] > 0].max() for df in curves.values()), default=top)
         top = max(top, min(top_curves * 1.02, hi * 1.6)) if np.isfinite(top_curves) else top
     ax.set_ylim(lo / span**0.25, top)
-    L_inf = (fit or {}).get("saturating", {}).get("L_inf")
+    L_inf = ((fit or {}).get("saturating") or {}).get("L_inf")
     if L_inf is not None and lo * 0.7 < L_inf < lo:  # near the data: show it; far below: legend only
         ax.set_ylim(min(ax.get_ylim()[0], L_inf * 0.98), None)
     _plain_log_axis(ax.yaxis)
@@ -205,8 +269,53 @@ def _scaling_panel(
         ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, which="major", alpha=0.3)
     ax.grid(True, which="minor", alpha=0.1)
+
+
+def _holdout_panel(ax, table: pd.DataFrame, holdout: Mapping, colours: dict) -> None:
+    """The held-out test: the law fitted without one size, extrapolated to it, its prediction
+    intervals beside the held-out runs."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    size = holdout["size"]
+    rest = table[table["size"].astype(str) != str(size)]
+    held = table[table["size"].astype(str) == str(size)]
+    _draw_runs(ax, rest, "params", colours)
+    Xh = float(holdout["N"])
+    ax.scatter(held["params"], held["val_loss"], s=40, marker="D", facecolors="none",
+               edgecolors=colours.get(size, "black"), linewidths=1.5, zorder=6,
+               label=f"held-out {size}: its runs (not fitted)")
+    fit, law = holdout["fit"], holdout["law"]
+    grid = np.logspace(np.log10(rest["params"].min()) - 0.1, np.log10(Xh) + 0.1, 200)
+    name = "power law" if law == "power_law" else "saturating law"
+    ax.plot(grid, predict(fit, grid, law), color="C0", lw=1.6, ls="--", zorder=3,
+            label=f"{name} fitted on the other sizes, extrapolated")
+    pct = f"{100 * holdout.get('ci_level', 0.95):g} %"
+    pred = holdout["predicted"]
+    for key, width, what in (("pi_run", 1.2, "one run"), ("pi_mean", 3.5, f"the mean of {holdout['n_runs']} runs")):
+        pi = holdout.get(key)
+        if pi:
+            ax.errorbar(Xh * (1.06 if key == "pi_run" else 1.0), pred, yerr=[[pred - pi[0]], [pi[1] - pred]],
+                        fmt="s" if key == "pi_mean" else "none", ms=6, color="C0", mfc="white", elinewidth=width,
+                        capsize=4, zorder=7, label=f"prediction, {pct} interval for {what}")
+    ax.axhline(holdout["observed_mean"], color="0.3", lw=0.9, ls=":", zorder=2,
+               label=f"mean of the held-out runs: {holdout['observed_mean']:.4g}")
+    verdict = "PASSED" if holdout.get("inside_mean") else "MISSED" if holdout.get("inside_mean") is False else "n/a"
+    ax.set_title(f"Held-out size {size}: predicted from the others ({verdict})", fontsize=11)
+    values = np.concatenate([table["val_loss"].to_numpy(float), [pred],
+                             *(holdout.get(k) or [] for k in ("pi_run", "pi_mean"))])
+    _loss_limits(ax, values, None)
+    ax.set_xlabel("parameters N (excluding position embedding)")
+    ax.set_ylabel("validation loss")
+    _size_axis(ax)
     ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(0.0, -0.13), ncols=1, frameon=False,
               borderaxespad=0)
+
+
+def _size_axis(ax) -> None:
+    """Parameter counts as 42k, 1.1M on a log x axis; 2x and 5x labelled too under 2 decades."""
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _human(v)))
+    lo, hi = ax.get_xlim()
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: _human(v) if hi / lo < 100 and _mantissa(v) in (2, 5) else ""))
 
 
 def plot_scaling(
@@ -214,25 +323,30 @@ def plot_scaling(
     fit: Mapping | None,
     out: str | os.PathLike,
     metrics: Mapping[str, pd.DataFrame] | None = None,
-) -> None:
+) -> dict[str, list[str]]:
     """Final validation loss against parameters and against training compute, with the fits.
 
-    Left: loss vs parameter count N; right (when ``table`` has ``flops``): loss vs
-    training FLOPs C, with each size's validation-loss curve against cumulative FLOPs
-    (faint, in the size's colour) when ``metrics`` are given. Each panel shows the
-    saturating and the plain power law fitted against its variable, with alpha ± its
-    standard error and interval in the legend.
+    Left: every run's loss against parameter count N (small points), each size's mean with
+    its between-run spread, the saturating and plain power laws (the preferred one bold, with
+    its bootstrap band over runs) and their exponents with analytic and bootstrap intervals in
+    the legend. Middle, when ``fit`` has a held-out size: the law fitted without it,
+    extrapolated, its prediction intervals and the held-out runs. Right (when ``table`` has
+    ``flops``): the same against training FLOPs C, with each run's validation curve; a note
+    when every run saw the same tokens (C is then N in other units).
 
     Args:
         table: One row per run, columns ``size`` (name such as ``"2M"``), ``params``,
-            ``val_loss`` and, for the compute panel, ``flops``; several runs (seeds)
-            per size are fine.
-        fit: ``results/scaling/fit.json`` (``{"params": ..., "compute": ...}``), a
-            single :func:`astropt.scaling.fit_scaling_laws` result (drawn in the panel of
-            its variable), or ``None``; a variable without a fit is fitted here.
+            ``val_loss`` and, for the compute panel, ``flops``; several runs (seeds) per size
+            are fine.
+        fit: ``results/scaling/fit.json`` (``{"params", "compute", "holdout"}``), a single
+            :func:`astropt.scaling.fit_scaling_laws` result (drawn in the panel of its
+            variable), or ``None``; a variable without a fit is fitted here.
         out: PNG path.
-        metrics: Size -> its ``metrics.csv`` (columns ``flops``, ``val_loss``; NaN
-            where not evaluated), for the curves of the compute panel.
+        metrics: Run (``"size"`` or ``"size/seedN"``) -> its ``metrics.csv`` (columns
+            ``flops``, ``val_loss``; NaN where not evaluated), for the curves of the compute panel.
+
+    Returns:
+        What was drawn: ``{"titles": [...], "legends": [[label, ...] per panel]}``.
 
     Raises:
         ValueError: If a column is missing from ``table`` or a metrics table.
@@ -242,22 +356,25 @@ def plot_scaling(
 
     _require(table, ["size", "params", "val_loss"], "scaling table")
     fits = _scaling_fits(table, fit)
+    holdout = (fit or {}).get("holdout") if isinstance(fit, Mapping) else None
+    show_holdout = bool(holdout and holdout.get("predicted") is not None and holdout.get("fit"))
     sizes = list(dict.fromkeys(table.sort_values("params", kind="stable")["size"]))
     cmap = colormaps["viridis"]
     colours = {s: cmap(i / max(len(sizes) - 1, 1) * 0.9) for i, s in enumerate(sizes)}
     compute = "flops" in table.columns
-    fig = Figure(figsize=(12.5, 6.2) if compute else (6.8, 6.2), layout="constrained")
-    axes = fig.subplots(1, 2 if compute else 1, squeeze=False)[0]
+    n_panels = 1 + show_holdout + compute
+    fig = Figure(figsize=(6.3 * n_panels, 6.6), layout="constrained")
+    axes = list(fig.subplots(1, n_panels, squeeze=False)[0])
     _scaling_panel(axes[0], table, "params", "N", fits.get("N"), colours)
-    axes[0].xaxis.set_major_formatter(FuncFormatter(lambda v, _: _human(v)))
-    n_lo, n_hi = axes[0].get_xlim()
-    axes[0].xaxis.set_minor_formatter(  # 2x and 5x labelled too when the sizes span under 2 decades
-        FuncFormatter(lambda v, _: _human(v) if n_hi / n_lo < 100 and _mantissa(v) in (2, 5) else ""))
+    _size_axis(axes[0])
     axes[0].set_xlabel("parameters N (excluding position embedding)")
     axes[0].set_ylabel("validation loss")
-    axes[0].set_title("Final validation loss vs model size", fontsize=11)
+    runs = len(table)
+    axes[0].set_title(f"Final validation loss vs model size ({runs} run{'s' if runs != 1 else ''})", fontsize=11)
+    if show_holdout:
+        _holdout_panel(axes[1], table, holdout, colours)
     if compute:
-        ax = axes[1]
+        ax = axes[-1]
         _scaling_panel(ax, table, "flops", "C", fits.get("C"), colours, curves=metrics)
         ax.set_xlabel("training compute C (FLOPs)")
         c_lo, c_hi = ax.get_xlim()
@@ -270,7 +387,7 @@ def plot_scaling(
         ax.tick_params(axis="x", which="minor", labelsize=8)
         ax.set_title("Final validation loss vs training compute", fontsize=11)
         ax.set_ylabel("validation loss")
-        names = [s for s in sizes if s in (metrics or {})]
+        names = [s for s in sizes if any(str(k).split("/")[0] == s for k in (metrics or {}))]
         if names:  # the curves' key, below the panel beside the fits' legend
             fits_legend = ax.get_legend()
             handles = [Line2D([], [], color=colours[s], lw=1.5, marker="o", ms=3, alpha=0.6) for s in names]
@@ -278,7 +395,14 @@ def plot_scaling(
                       loc="upper right", bbox_to_anchor=(1.0, -0.13), ncols=2 if len(names) > 4 else 1,
                       frameon=False, borderaxespad=0)
             ax.add_artist(fits_legend)
+    drawn = {"titles": [a.get_title() for a in axes],
+             "legends": [[t.get_text() for t in a.get_legend().get_texts()] if a.get_legend() else [] for a in axes]}
+    for a in axes:  # the fits' legends moved aside by the curves' key are artists, not the legend
+        for artist in a.artists:
+            if hasattr(artist, "get_texts"):
+                drawn["legends"][axes.index(a)] += [t.get_text() for t in artist.get_texts()]
     _save(fig, out)
+    return drawn
 
 
 #: Panels of the downstream figure, as (protocol, metric): each drawn when the summary has it.
@@ -287,7 +411,8 @@ DOWNSTREAM_PANELS = (("paper", "median_abs_error"), ("ridge_cv", "r2"), ("logist
 #: Columns of :func:`downstream_table` (``results/probes/summary.csv``).
 SUMMARY_COLUMNS = [
     "property", "protocol", "metric", "higher_is_better", "size", "params",
-    "value", "relative", "spearman_rho", "spearman_p",
+    "value", "value_sd", "n_runs", "relative", "relative_sd", "spearman_rho", "spearman_p",
+    "seeds_agree", "seeds_rho",
 ]
 
 _METRIC_NAMES = {"median_abs_error": "median absolute error", "r2": "R²", "accuracy": "accuracy", "roc_auc": "ROC AUC"}
@@ -335,11 +460,17 @@ def downstream_table(probes: pd.DataFrame) -> pd.DataFrame:
     ``roc_auc`` (higher is better), ``relative`` > 1 and ``spearman_rho`` > 0. The
     ``higher_is_better`` column says which. ``relative`` is NaN where the smallest
     model's score is not finite or not positive (a ratio to an R^2 <= 0 means nothing).
-    Several rows for one (property, protocol, metric, size) (e.g. seeds) are averaged.
+
+    Several runs of a size (training seeds) are averaged: ``value`` is their mean, ``value_sd``
+    their standard deviation (NaN for one run) and ``relative_sd`` the same relative to the
+    smallest model's mean. Spearman's rho is computed from the run means; with a ``seed``
+    column, each seed's own sweep (its run of every size) gets a rho too, and
+    ``seeds_agree`` is the share of seeds whose rho has the sign of the means' rho
+    (``seeds_rho`` lists them, ``;``-separated, in seed order).
 
     Args:
-        probes: The long probe tables of all sizes (``astropt.probe.PROBE_COLUMNS``)
-            with columns ``size`` and ``params`` added.
+        probes: The long probe tables of all runs (``astropt.probe.PROBE_COLUMNS``)
+            with columns ``size`` and ``params`` (and ``seed``) added.
 
     Returns:
         :data:`SUMMARY_COLUMNS`, one row per property, protocol, metric and size, in the
@@ -357,14 +488,27 @@ def downstream_table(probes: pd.DataFrame) -> pd.DataFrame:
     if unknown:
         raise ValueError(f"probe table has metrics {unknown} of unknown direction; known: {sorted(HIGHER_IS_BETTER)}")
     keys = ["property", "protocol", "metric"]
-    agg = probes.groupby([*keys, "size", "params"], sort=False)["value"].mean().reset_index()
+    probes = probes.assign(seed=probes["seed"] if "seed" in probes else 0)
+    agg = (probes.groupby([*keys, "size", "params"], sort=False)["value"]
+           .agg(value="mean", value_sd="std", n_runs="count").reset_index())
     parts = []
-    for (_, _, metric), grp in agg.groupby(keys, sort=False):
+    for (prop, protocol, metric), grp in agg.groupby(keys, sort=False):
         grp = grp.sort_values("params", kind="stable")
         base = grp["value"].iloc[0]
-        grp["relative"] = grp["value"] / base if np.isfinite(base) and base > 0 else np.nan
+        ok = np.isfinite(base) and base > 0
+        grp["relative"] = grp["value"] / base if ok else np.nan
+        grp["relative_sd"] = grp["value_sd"] / base if ok else np.nan
         rho, p = _spearman(grp["params"].to_numpy(dtype=float), grp["value"].to_numpy(dtype=float))
         grp["spearman_rho"], grp["spearman_p"] = rho, p
+        mine = probes[(probes["property"] == prop) & (probes["protocol"] == protocol) & (probes["metric"] == metric)]
+        seed_rhos = [_spearman(sweep["params"].to_numpy(dtype=float), sweep["value"].to_numpy(dtype=float))[0]
+                     for _, sweep in mine.groupby("seed", sort=True)]
+        finite = [r for r in seed_rhos if np.isfinite(r)]
+        agree = (sum(np.sign(r) == np.sign(rho) for r in finite) / len(finite)
+                 if len(seed_rhos) > 1 and finite and np.isfinite(rho) and rho != 0 else np.nan)
+        grp["seeds_agree"] = agree
+        grp["seeds_rho"] = (";".join(f"{r:+.2f}" if np.isfinite(r) else "n/a" for r in seed_rhos)
+                            if len(seed_rhos) > 1 else "")
         grp["higher_is_better"] = HIGHER_IS_BETTER[metric]
         parts.append(grp)
     if not parts:
@@ -377,18 +521,36 @@ def _downstream_panel(ax, rows: pd.DataFrame, colours: dict, protocol: str, metr
     ax.set_xscale("log")
     ax.axhline(1.0, color="grey", lw=1, ls="--", zorder=1)
     markers = "osD^v<>ph*"
+    several = "n_runs" in rows and rows["n_runs"].max() > 1
+    n_props = rows["property"].nunique()
     for i, (prop, grp) in enumerate(rows.groupby("property", sort=False)):
         rho, p = grp["spearman_rho"].iloc[0], grp["spearman_p"].iloc[0]
         stat = f"ρ = {rho:+.2f}, p = {p:.2g}" if np.isfinite(rho) else "ρ n/a"
-        ax.plot(
-            grp["params"],
+        agree = grp["seeds_agree"].iloc[0] if "seeds_agree" in grp else np.nan
+        if np.isfinite(agree):
+            stat += f", {agree:.0%} of seeds agree"
+        # Sizes side by side would hide each other's bars: nudge each property a little.
+        nudge = 1.0 + 0.01 * (i - (n_props - 1) / 2) if several else 1.0
+        ax.errorbar(
+            grp["params"] * nudge,
             grp["relative"],
+            yerr=grp["relative_sd"].fillna(0) if several else None,
             marker=markers[i % len(markers)],
             ms=5,
             lw=1.5,
+            elinewidth=0.9,
+            capsize=2,
             color=colours[prop],
             label=f"{prop} ({stat})",
         )
+    rel = rows["relative"].to_numpy(dtype=float)
+    sd = rows["relative_sd"].fillna(0).to_numpy(dtype=float) if several else np.zeros_like(rel)
+    ok = np.isfinite(rel)
+    if several and ok.any():  # bars shown whole, unless one (a near-zero base) would flatten the means
+        lo, hi = min(rel[ok].min(), 1.0), max(rel[ok].max(), 1.0)
+        span = max(hi - lo, 0.1)
+        lo, hi = max((rel - sd)[ok].min(), lo - span), min((rel + sd)[ok].max(), hi + span)
+        ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
     sizes = rows.drop_duplicates("params").sort_values("params")
     ax.set_xticks(sizes["params"].to_numpy(dtype=float))
     ax.set_xticklabels(
@@ -405,7 +567,8 @@ def _downstream_panel(ax, rows: pd.DataFrame, colours: dict, protocol: str, metr
     direction = "higher is better" if rows["higher_is_better"].iloc[0] else "lower is better"
     nice = _METRIC_NAMES.get(metric, metric)
     ax.set_xlabel("model size (parameters)")
-    ax.set_ylabel(f"{nice} relative to smallest model\n({direction})")
+    ax.set_ylabel(f"{nice} relative to smallest model\n({direction})"
+                  + ("; mean of runs ± sd" if several else ""))
     ax.set_title(f"{_PROTOCOL_TITLES.get(protocol, protocol)}: {nice}", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(
@@ -589,25 +752,33 @@ def plot_loss_curves(metrics: Mapping[str, pd.DataFrame], out: str | os.PathLike
     """Plot training and validation loss against tokens seen, one colour per size.
 
     Args:
-        metrics: Size name -> metrics table (columns ``tokens_seen``,
-            ``train_loss``, ``val_loss``; ``val_loss`` NaN where not evaluated),
-            in the order to draw (smallest model first reads best).
+        metrics: Run name (``"42K/seed0"``, or a size name) -> metrics table (columns
+            ``tokens_seen``, ``train_loss``, ``val_loss``; ``val_loss`` NaN where not
+            evaluated), in the order to draw (smallest model first reads best). The runs of
+            one size share its colour, one line each.
         out: PNG path.
     """
     from matplotlib import colormaps
 
     cmap = colormaps["viridis"]
-    n = max(len(metrics), 1)
+    sizes = list(dict.fromkeys(str(name).split("/")[0] for name in metrics))
+    n = max(len(sizes), 1)
     fig = Figure(figsize=(11, 4.3), layout="constrained")
     ax_tr, ax_va = fig.subplots(1, 2, sharex=True, sharey=True)
-    for i, (size, df) in enumerate(metrics.items()):
-        _require(df, ["tokens_seen", "train_loss", "val_loss"], f"metrics of size {size!r}")
-        color = cmap(i / max(n - 1, 1) * 0.9)
+    labelled = set()
+    for name, df in metrics.items():
+        _require(df, ["tokens_seen", "train_loss", "val_loss"], f"metrics of size {name!r}")
+        size = str(name).split("/")[0]
+        color = cmap(sizes.index(size) / max(n - 1, 1) * 0.9)
+        runs = sum(str(k).split("/")[0] == size for k in metrics)
+        label = None if size in labelled else (size if runs == 1 else f"{size} ({runs} runs)")
+        labelled.add(size)
         tr = df[np.isfinite(df["train_loss"]) & (df["tokens_seen"] > 0)]
         va = df[np.isfinite(df["val_loss"]) & (df["tokens_seen"] > 0)]
-        ax_tr.plot(tr["tokens_seen"], tr["train_loss"], color=color, lw=1, alpha=0.85, label=size)
-        ax_va.plot(va["tokens_seen"], va["val_loss"], color=color, lw=1.5, marker="o", ms=3,
-                   label=size)
+        ax_tr.plot(tr["tokens_seen"], tr["train_loss"], color=color, lw=1, alpha=0.85 if runs == 1 else 0.55,
+                   label=label)
+        ax_va.plot(va["tokens_seen"], va["val_loss"], color=color, lw=1.5 if runs == 1 else 1.0, marker="o",
+                   ms=3 if runs == 1 else 2, alpha=1.0 if runs == 1 else 0.7, label=label)
     for ax, what in ((ax_tr, "training"), (ax_va, "validation")):
         ax.set_xscale("log")
         ax.set_yscale("log")

@@ -13,17 +13,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from astropt.embed import read_embeddings
-
 
 def script_log(snakemake):
-    """In a workflow script: send stdout/stderr to the rule's log, keep torch to the job's
-    threads; return a print-and-flush."""
+    """In a workflow script: send stdout/stderr to the rule's log, keep torch and the BLAS
+    libraries to the job's threads; return a print-and-flush.
+
+    Torch is not imported here (about 2 s per job): jobs that never use it (probes, fits,
+    figures, summary) do not pay for it; for those that do, ``OMP_NUM_THREADS`` sets its
+    thread count when it is imported.
+    """
+    import os
     import sys
 
-    import torch
-
-    torch.set_num_threads(max(1, int(snakemake.threads)))
+    threads = max(1, int(snakemake.threads))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
     if snakemake.log:
         sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
@@ -157,19 +162,23 @@ def probe(
     seed: int,
     threads: int = 1,
     log=print,
+    out_draws: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Probes of every property: the paper's linear regression and k-fold ridge for
-    regression targets, k-fold logistic regression for binary flags, with bootstrap
-    intervals. Writes the long table (``astropt.probe.PROBE_COLUMNS``: one row per
-    property, protocol and metric).
+    """Probes of every property from one run's embeddings: the paper's linear regression and
+    k-fold ridge for regression targets, k-fold logistic regression for binary flags, with
+    bootstrap intervals. Writes the long table (``astropt.probe.PROBE_COLUMNS``: one row per
+    property, protocol and metric) and, to ``out_draws``, the bootstrap draws of every metric
+    (``astropt.probe.DRAW_COLUMNS``, parquet) that :func:`aggregate_probes` combines over runs.
 
     ``probe_cfg`` is the config's ``probe`` section; ``seed`` sets the folds and the
-    bootstrap resamples; ``threads`` caps the BLAS threads (the job's CPUs).
+    bootstrap resamples (the same for every run, so that the runs' draws pair up);
+    ``threads`` caps the BLAS threads (the job's CPUs).
     """
     import time
 
     from threadpoolctl import threadpool_limits
 
+    from astropt.embed import read_embeddings
     from astropt.probe import probe_properties
 
     ids, X = read_embeddings(embeddings)
@@ -180,7 +189,7 @@ def probe(
     )
     t0 = time.perf_counter()
     with threadpool_limits(max(1, int(threads))):
-        table = probe_properties(
+        table, draws = probe_properties(
             ids,
             X,
             meta,
@@ -191,26 +200,78 @@ def probe(
             n_boot=probe_cfg["n_boot"],
             min_class_count=probe_cfg["min_class_count"],
             seed=seed,
+            return_draws=True,
         )
     for (prop, protocol), rows in table.groupby(["property", "protocol"], sort=False):
         scores = "  ".join(
             f"{r.metric}={r.value:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}]" for r in rows.itertuples()
         )
         note = rows["reason"].iloc[0]
-        log(f"  {prop:<28} {protocol:<11} n={rows['n'].iloc[0]:<6} {scores}" + (f"  ({note})" if note else ""))
+        first = rows.iloc[0]
+        dropped = f" (of {first.n_total}: {first.n_missing} missing, {first.n_clipped} clipped)" if first.n < first.n_total else ""
+        log(f"  {prop:<28} {protocol:<11} n={first.n:<6}{dropped} {scores}" + (f"  ({note})" if note else ""))
     log(f"probed {table['property'].nunique()} properties in {time.perf_counter() - t0:.1f} s")
-    table.to_csv(out_csv, index=False)
+    write_atomic(out_csv, lambda tmp: table.to_csv(tmp, index=False))
+    if out_draws is not None:
+        write_atomic(out_draws, lambda tmp: draws.to_parquet(tmp, index=False))
     return table
 
 
+def write_atomic(path: str | Path, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it into place: a file
+    that exists is complete."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
+def run_name(path: str | Path) -> tuple[str, int]:
+    """``(size, seed)`` of a run's file: ``results/models/{size}/seed{seed}/...`` (the folder)
+    or ``results/{stage}/{size}/seed{seed}.ext`` (the file name)."""
+    path = Path(path)
+    for size, stem in ((path.parent.parent.name, path.parent.name), (path.parent.name, path.name.split(".")[0])):
+        if stem.startswith("seed") and stem[4:].isdigit():
+            return size, int(stem[4:])
+    raise ValueError(f"{path}: not a run's file (expected .../{{size}}/seed{{n}}/... or .../{{size}}/seed{{n}}.ext)")
+
+
+def aggregate_probes(tables, draws, out_csv: str | Path, n_boot: int, seed: int, log=print) -> pd.DataFrame:
+    """One size's probes over its runs (``results/probes/{size}.csv``): the mean of its runs,
+    their spread and an interval that resamples runs, then galaxies
+    (:func:`astropt.probe.aggregate_runs`)."""
+    from astropt.probe import aggregate_runs
+
+    by_run = {f"seed{run_name(p)[1]}": pd.read_csv(p) for p in tables}
+    runs_draws = {f"seed{run_name(p)[1]}": pd.read_parquet(p) for p in draws}
+    table = aggregate_runs(by_run, runs_draws, n_boot=n_boot, seed=seed)
+    size = run_name(tables[0])[0]
+    log(f"{size}: probes of {len(by_run)} run(s) ({', '.join(by_run)}): mean, between-run sd, "
+        f"intervals over runs and galaxies ({n_boot} replicates)")
+    for r in table.itertuples():
+        log(f"  {r.property:<28} {r.protocol:<11} {r.metric:<16} {r.value:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}]"
+            f" sd {r.run_sd:.4f} over {r.n_runs} runs")
+    write_atomic(out_csv, lambda tmp: table.to_csv(tmp, index=False))
+    return table
+
+
+#: Provenance of a run read from its ``ckpt.json`` (``astropt.train.provenance``).
+PROVENANCE_COLUMNS = ("data_seed", "threads", "cpu_capability", "cpu", "gpu", "torch", "host")
+
+
 def load_sidecars(paths) -> pd.DataFrame:
-    """One row per trained size from the ``ckpt.json`` sidecars, sorted by parameters."""
+    """One row per run from the ``ckpt.json`` sidecars (``results/models/{size}/seed{seed}/``),
+    sorted by parameters, then seed. ``seed`` is the run's training seed (from its folder); the
+    run's provenance (:data:`PROVENANCE_COLUMNS`: data seed, threads, CPU kernels or GPU, torch)
+    follows, None where the sidecar does not record it (the released weights)."""
     rows = []
     for p in paths:
         d = json.loads(Path(p).read_text())
+        prov = d.get("provenance") or {}
         rows.append(
             {
                 "size": d["size"],
+                "seed": run_name(p)[1],
                 "params": d["params"],
                 "val_loss": d["final_val_loss"],
                 "best_val_loss": d["best_val_loss"],
@@ -219,83 +280,65 @@ def load_sidecars(paths) -> pd.DataFrame:
                 "elapsed_s": d["elapsed_s"],
                 # None for the released weights (their cost is not recorded)
                 "gpu_hours": d.get("gpu_hours"),
+                **{col: prov.get(col) for col in PROVENANCE_COLUMNS},
             }
         )
-    table = pd.DataFrame(rows).sort_values("params", ignore_index=True)
+    table = pd.DataFrame(rows).sort_values(["params", "seed"], ignore_index=True)
     for col in ("elapsed_s", "gpu_hours"):  # None (released weights) -> NaN
         table[col] = pd.to_numeric(table[col], errors="coerce")
     return table
 
 
-def scaling(sidecars, out_fit, out_table, out_md, out_tex, out_csv=None, log=print) -> dict:
-    """Fit final validation loss against parameters N and against training compute C.
+def scaling(sidecars, out_fit, out_table, out_md, out_tex, out_csv=None, scaling_cfg: dict | None = None,
+            holdout: str | None = None, seed: int = 0, log=print) -> dict:
+    """Fit every run's final validation loss against parameters N and training compute C
+    (:func:`astropt.scaling.fit_study`: both laws, analytic and bootstrap intervals, the held-out
+    size). Writes ``losses.csv`` (one row per run, :func:`load_sidecars`), ``fit.json`` and the
+    fit table as markdown, LaTeX and CSV cells (``out_csv``: the report's caption shows it).
 
-    Both laws of :mod:`astropt.scaling` (saturating and plain power law), with standard
-    errors and 95 % intervals, against each variable. Writes ``losses.csv`` (one row
-    per size, :func:`load_sidecars`), ``fit.json``::
-
-        {"sizes": [...], "n_points": int, "ci_level": 0.95,
-         "params": fit_scaling_laws(params, val_loss, "N"),
-         "compute": fit_scaling_laws(flops, val_loss, "C")}
-
-    and the fit table as markdown and LaTeX (:func:`astropt.scaling.fit_table`), and as CSV
-    cells (``out_csv``, :func:`astropt.scaling.table_cells`: the report's caption shows it). With
-    a single size there is nothing to fit: each of ``params`` / ``compute`` is
-    ``{"variable", "variable_name", "n_points", "ci_level", "error", "data"}`` and the
-    tables say so.
+    ``scaling_cfg`` is the config's ``scaling`` section (estimator, n_boot); ``holdout`` the size
+    to hold out (resolved from ``scaling.holdout``); ``seed`` seeds the bootstrap.
     """
-    from astropt.scaling import CI_LEVEL, VARIABLES, fit_scaling_laws, fit_table, table_latex, table_markdown, to_jsonable
+    from astropt.scaling import fit_study, fit_table, table_cells, table_latex, table_markdown
 
+    cfg = {"estimator": "least_squares", "n_boot": 1000, **(scaling_cfg or {})}
     table = load_sidecars(sidecars)
-    table.to_csv(out_table, index=False)
+    write_atomic(out_table, lambda tmp: table.to_csv(tmp, index=False))
     for row in table.itertuples():
-        log(f"  {row.size:>6}: {row.params:>12,} parameters, {row.flops:.3g} training FLOPs, "
+        log(f"  {row.size:>6} seed {row.seed}: {row.params:>12,} parameters, {row.flops:.3g} training FLOPs, "
             f"final val loss {row.val_loss:.5f}")
     bad = table[~(table["flops"] > 0)]
     if len(bad):
-        raise ValueError(f"sizes {bad['size'].tolist()} have no positive 'flops' in their ckpt.json "
-                         f"({[str(p) for p in sidecars]}): retrain them to record the training compute")
-    sizes = table["size"].tolist()
-    fit = {"sizes": sizes, "n_points": len(table), "ci_level": CI_LEVEL}
-    for key, column, variable in (("params", "params", "N"), ("compute", "flops", "C")):
-        if len(table) < 2:
-            fit[key] = {
-                "variable": variable, "variable_name": VARIABLES[variable], "n_points": len(table),
-                "ci_level": CI_LEVEL,
-                "error": f"a scaling fit needs at least two sizes, got {len(table)} ({', '.join(sizes)})",
-                "data": {variable: table[column].tolist(), "L": table["val_loss"].tolist()},
-            }
-        else:
-            fit[key] = fit_scaling_laws(table[column].to_numpy(float), table["val_loss"].to_numpy(float),
-                                        variable=variable, ci_level=CI_LEVEL)
-    fit = to_jsonable(fit)
-    Path(out_fit).write_text(json.dumps(fit, indent=2) + "\n")
+        raise ValueError(f"runs {(bad['size'] + '/seed' + bad['seed'].astype(str)).tolist()} have no positive "
+                         f"'flops' in their ckpt.json: retrain them to record the training compute")
+    fit = fit_study(table, estimator=cfg["estimator"], n_boot=cfg["n_boot"], holdout=holdout, seed=seed, log=log)
+    write_atomic(out_fit, lambda tmp: tmp.write_text(json.dumps(fit, indent=2) + "\n"))
     fits = fit_table(fit)
     md = table_markdown(fits)
-    Path(out_md).write_text(md)
-    Path(out_tex).write_text(table_latex(fits))
+    write_atomic(out_md, lambda tmp: tmp.write_text(md))
+    write_atomic(out_tex, lambda tmp: tmp.write_text(table_latex(fits)))
     if out_csv is not None:
-        from astropt.scaling import table_cells
-
         header, rows, notes = table_cells(fits)
         # The note column spelled out: the report shows this table without the notes below it.
         spelled = [[*r[:-1], notes[int(r[-1].strip("()")) - 1] if r[-1] else ""] for r in rows]
-        pd.DataFrame(spelled, columns=header).to_csv(out_csv, index=False)
-    if len(table) < 2:
-        log(f"only one size ({', '.join(sizes)}): no fit; {out_fit} and the tables say so")
+        write_atomic(out_csv, lambda tmp: pd.DataFrame(spelled, columns=header).to_csv(tmp, index=False))
+    if fit["n_sizes"] < 2:
+        log(f"only one size ({', '.join(fit['sizes'])}): no fit; {out_fit} and the tables say so")
     log(md)
+    h = fit["holdout"]
+    log(f"held-out size: {h.get('verdict') or h.get('reason')}")
     log(f"wrote {out_fit}, {out_md} and {out_tex}")
     return fit
 
 
 def figure_scaling(fit_path, table_path, metrics_paths, out, log=print) -> None:
-    """The scaling figure: final validation loss against parameters and against training
-    compute with the fits of ``fit.json``, and each size's validation curve against
-    cumulative FLOPs from its ``metrics.csv`` (size = the file's folder name)."""
+    """The scaling figure: every run's final validation loss against parameters and against
+    training compute with the fits of ``fit.json`` (bootstrap band, held-out size), and each
+    run's validation curve against cumulative FLOPs from its ``metrics.csv``."""
     from astropt.figures import plot_scaling
 
     fit = json.loads(Path(fit_path).read_text())
-    metrics = {Path(p).parent.name: pd.read_csv(p) for p in metrics_paths}
+    metrics = {"{}/seed{}".format(*run_name(p)): pd.read_csv(p) for p in metrics_paths}
     plot_scaling(pd.read_csv(table_path), fit, out, metrics=metrics)
     log(f"wrote {out}")
 
@@ -319,8 +362,10 @@ def run_context(config: dict) -> dict[str, str]:
         "huggingface": f"the HuggingFace dataset {data.get('huggingface', {}).get('repo', '')}",
     }.get(source, source)
     models = config.get("models", {}).get("source", "train")
+    seeds = config["train"].get("seeds", [0])
     trained = (
-        f"trained here for {config['train']['steps']:,} steps each"
+        f"trained here for {config['train']['steps']:,} steps each, once per training seed "
+        f"({', '.join(map(str, seeds))}; data seed {config.get('seed', 0)})"
         if models != "released" else "the released AstroPT v1 weights (not trained here)"
     )
     return {
@@ -362,28 +407,31 @@ def figure_loss_curves(metrics_paths, sidecars, out, log=print) -> None:
     smallest model first."""
     from astropt.figures import plot_loss_curves
 
-    order = load_sidecars(sidecars)["size"].tolist()
-    by_size = {Path(p).parent.name: p for p in metrics_paths}
-    unknown = sorted(set(by_size) - set(order))
+    runs = load_sidecars(sidecars)
+    order = [f"{r.size}/seed{r.seed}" for r in runs.itertuples()]
+    by_run = {"{}/seed{}".format(*run_name(p)): p for p in metrics_paths}
+    unknown = sorted(set(by_run) - set(order))
     if unknown:
-        raise ValueError(f"metrics of sizes {unknown} have no ckpt.json sidecar among {list(sidecars)}")
-    curves = {size: pd.read_csv(by_size[size]) for size in order if size in by_size}
+        raise ValueError(f"metrics of runs {unknown} have no ckpt.json sidecar among {list(sidecars)}")
+    curves = {name: pd.read_csv(by_run[name]) for name in order if name in by_run}
     plot_loss_curves(curves, out)
-    log(f"wrote {out}: loss curves of {', '.join(curves)}")
+    log(f"wrote {out}: loss curves of {len(curves)} runs ({', '.join(curves)})")
 
 
 def figure_downstream(probe_paths, sidecars, out_figure, out_table, log=print) -> pd.DataFrame:
-    """The paper's downstream figure and ``summary.csv``: each size's probe scores relative
-    to the smallest model's, with Spearman's rho between parameters and score, for every
-    property, protocol and metric (``astropt.figures.downstream_table``)."""
+    """The paper's downstream figure and ``summary.csv``: each size's probe scores (the mean of
+    its runs, with their spread) relative to the smallest model's, with Spearman's rho between
+    parameters and the run means and the share of seeds whose own sweep agrees, for every
+    property, protocol and metric (``astropt.figures.downstream_table``). ``probe_paths`` are
+    the runs' tables, ``results/probes/{size}/seed{seed}.csv``."""
     from astropt.figures import downstream_table, plot_downstream
 
-    sizes = load_sidecars(sidecars).set_index("size")["params"]
+    sizes = load_sidecars(sidecars).drop_duplicates("size").set_index("size")["params"]
     frames = []
     for p in probe_paths:
-        size = Path(p).stem
+        size, seed = run_name(p)
         df = pd.read_csv(p)
-        df["size"], df["params"] = size, int(sizes[size])
+        df["size"], df["params"], df["seed"] = size, int(sizes[size]), seed
         frames.append(df)
     summary = downstream_table(pd.concat(frames, ignore_index=True))
     summary.to_csv(out_table, index=False)
@@ -433,6 +481,7 @@ def umap_properties(setting, meta_columns, probe_csv) -> tuple[dict[str, str], l
 def figure_umap(embeddings, probe_csv, metadata, out, umap_cfg: dict, seed: int, title: str = "", log=print) -> None:
     """UMAP of one size's embeddings as hexbin panels coloured by property (by default the
     paper's twelve, :func:`umap_properties`)."""
+    from astropt.embed import read_embeddings
     from astropt.figures import plot_umap, umap_embedding
 
     ids, X = read_embeddings(embeddings)

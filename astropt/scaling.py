@@ -822,6 +822,655 @@ def predict_power_law(fit: Mapping[str, Any], X: Sequence[float] | float) -> np.
     return predict(fit, X, law="power_law")
 
 
+# --------------------------------------------------------------------------- fits over runs
+#
+# A sweep trains each size several times (train.seeds). Every run's loss enters the fits,
+# not the sizes' means: the analytic intervals above then see the run-to-run scatter too.
+# Beside them, a bootstrap over runs, resampled within each size (astropt.resample), gives
+# percentile intervals, refitting each resample with the chosen estimator.
+
+#: Point estimators of the laws: least squares in log L (as above) or Besiroglu et al.'s Huber.
+ESTIMATORS = ("least_squares", "huber")
+#: Huber's delta on log-loss residuals (Besiroglu et al. 2024, arXiv 2404.10102).
+HUBER_DELTA = 1e-3
+#: Starting exponents of the Huber fits: Besiroglu et al.'s grid, 0 to 2 in steps of 0.5.
+HUBER_ALPHA_STARTS = (0.0, 0.5, 1.0, 1.5, 2.0)
+#: Starting floors, ln E = ln(min L) + these (their grid spans 2 in ln E around the losses).
+HUBER_FLOOR_STARTS = (-2.0, -1.5, -1.0, -0.5, -0.1)
+#: Starting reducible losses at the data's centre, ln = ln(mean L) + these (2 % to 100 % of L).
+HUBER_SCALE_STARTS = (-4.0, -3.0, -2.0, -1.0, 0.0)
+#: Default bootstrap resamples of the fits over runs.
+N_BOOT = 1000
+#: Level of the F-test (saturating vs plain law) and of the lack-of-fit test.
+TEST_LEVEL = 0.05
+#: Points of the bootstrap band of each law across the data's range (and beyond: holdout).
+BAND_POINTS = 60
+
+
+def _huber(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Huber loss of residuals, divided by ``delta`` (same minimiser), and its derivative."""
+    a = np.abs(r)
+    quad = a <= delta
+    value = np.where(quad, 0.5 * r * r / delta, a - 0.5 * delta)
+    return value, np.where(quad, r / delta, np.sign(r))
+
+
+class _HuberFit:
+    """Besiroglu et al.'s estimator: minimise the summed Huber loss of log-loss residuals.
+
+    The saturating law is written ``ln L = LSE(b - alpha u, e)`` with ``u = ln X - mean ln X``
+    (``E = e^e`` the floor, ``e^b`` the reducible loss at the data's centre); the plain law is
+    ``ln L = b - alpha u``. L-BFGS-B (exponent bounded to [0, :data:`ALPHA_MAX`], as in the
+    least-squares search) runs from every start of a grid and the best minimum is kept.
+    """
+
+    def __init__(self, X: np.ndarray, L: np.ndarray, law: Law, delta: float = HUBER_DELTA):
+        self.u_mean = float(np.mean(np.log(X)))
+        self.u = np.log(X) - self.u_mean
+        self.y = np.log(L)
+        self.law, self.delta = law, delta
+        self.L_min = float(np.min(L))
+        lo_e = math.log(1e-8 * self.L_min)
+        self.bounds = ([(0.0, ALPHA_MAX), (None, None), (lo_e, math.log(float(np.max(L))))]
+                       if law == "saturating" else [(-ALPHA_MAX, ALPHA_MAX), (None, None)])
+
+    def starts(self) -> list[np.ndarray]:
+        b0 = [math.log(float(np.mean(np.exp(self.y)))) + s for s in HUBER_SCALE_STARTS]
+        if self.law == "power_law":
+            return [np.array([a, float(self.y.mean())]) for a in HUBER_ALPHA_STARTS]
+        e0 = [math.log(self.L_min) + s for s in HUBER_FLOOR_STARTS]
+        return [np.array([a, b, e]) for a in HUBER_ALPHA_STARTS for b in b0 for e in e0]
+
+    def objective(self, p: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        if self.law == "power_law":
+            pred = p[1] - p[0] * self.u
+            value, d = _huber(pred - y, self.delta)
+            return float(value.sum()), np.array([-(d * self.u).sum(), d.sum()])
+        a = p[1] - p[0] * self.u
+        pred = np.logaddexp(a, p[2])
+        s = np.exp(a - pred)  # share of the reducible term
+        value, d = _huber(pred - y, self.delta)
+        return float(value.sum()), np.array([-(d * s * self.u).sum(), (d * s).sum(), (d * (1 - s)).sum()])
+
+    def fit(self, y: np.ndarray | None = None, starts: Sequence[np.ndarray] | None = None
+            ) -> tuple[np.ndarray | None, list[tuple[float, np.ndarray]]]:
+        """Best parameters from ``starts`` (default the grid) on log losses ``y`` (default the
+        data), and every start's result ``(loss, start)``, best first."""
+        from scipy.optimize import minimize
+
+        y = self.y if y is None else y
+        results = []
+        for p0 in (self.starts() if starts is None else starts):
+            res = minimize(self.objective, p0, args=(y,), jac=True, method="L-BFGS-B", bounds=self.bounds,
+                           options={"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-10})
+            if np.isfinite(res.fun):
+                results.append((float(res.fun), np.asarray(res.x), np.asarray(p0)))
+        if not results:
+            return None, []
+        results.sort(key=lambda r: r[0])
+        return results[0][1], [(r[0], r[2]) for r in results]
+
+    def params(self, p: np.ndarray | None) -> np.ndarray:
+        """(alpha, log10 X_c, L_inf) of parameters ``p`` (NaN if None)."""
+        if p is None:
+            return np.full(3, np.nan)
+        alpha = float(p[0])
+        with np.errstate(all="ignore"):
+            log10_c = (self.u_mean + p[1] / alpha) / LN10 if alpha != 0 else float("nan")
+        return np.array([alpha, log10_c, math.exp(p[2]) if self.law == "saturating" else 0.0])
+
+
+def _huber_entry(X: np.ndarray, L: np.ndarray, variable: str, law: Law, ci_level: float) -> tuple[dict, list]:
+    """A law fitted by the Huber estimator, in the layout of :func:`fit_power_law` (no
+    analytic errors: its intervals come from the bootstrap), and the starts of its bootstrap
+    refits: the optimum itself. (Besiroglu et al. restart every refit from the whole grid; a
+    warm start converges in about 10 L-BFGS steps instead of about 300, which keeps 1,000
+    refits to seconds.)"""
+    h = _HuberFit(X, L, law)
+    p, ranked = h.fit()
+    alpha, log10_c, L_inf = h.params(p)
+    v, nan = variable, float("nan")
+    reasons = []
+    if p is None:
+        reasons.append("the Huber fit failed from every start")
+    elif law == "saturating":
+        if L_inf <= 1e-6 * h.L_min:
+            reasons.append("L_inf is at its lower bound 0 (no saturation detected)")
+        if alpha >= ALPHA_MAX * (1 - 1e-6):
+            reasons.append(f"alpha is at its upper bound {ALPHA_MAX}")
+        if alpha <= 1e-5:
+            reasons.append("alpha is at its lower bound 0")
+    entry = {
+        "model": model_string(v, law), "variable": v,
+        "alpha": alpha, "alpha_err": nan, "alpha_ci": None,
+        f"log10_{v}_c": log10_c, f"log10_{v}_c_err": nan, f"log10_{v}_c_ci": None,
+        f"{v}_c": 10.0**log10_c if abs(log10_c) < 300 else nan, f"{v}_c_ci": None,
+        "ci_level": ci_level, "ci_method": "bootstrap only (Huber estimator: no analytic errors)",
+        "ci_open": None, "dof": len(L) - (3 if law == "saturating" else 2),
+        "fit_space": "log L", "estimator": "huber", "huber_delta": HUBER_DELTA,
+        "huber_loss": ranked[0][0] * HUBER_DELTA if ranked else nan, "huber_starts": len(h.starts()),
+        "degenerate": bool(reasons), "reason": "; ".join(reasons),
+    }
+    if law == "saturating":
+        entry.update({"L_inf": L_inf, "L_inf_err": nan, "L_inf_ci": None})
+    return entry, ([] if p is None else [p])
+
+
+def _power_law_batch(x: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Least-squares power laws of many resamples at once: log L (natural, rows of ``Y``)
+    against ``x = log10 X``. Returns (B, 3): alpha, log10 X_c, 0 (no floor)."""
+    xc = x - x.mean()
+    Z = Y / LN10
+    slope = (Z - Z.mean(axis=1, keepdims=True)) @ xc / (xc @ xc)
+    intercept = Z.mean(axis=1) - slope * x.mean()
+    alpha = -slope
+    with np.errstate(all="ignore"):
+        log10_c = np.where(alpha != 0, intercept / alpha, np.nan)
+    return np.column_stack([alpha, log10_c, np.zeros(len(alpha))])
+
+
+def _refit(X: np.ndarray, L: np.ndarray, Y: np.ndarray, law: Law, estimator: str, starts: list) -> np.ndarray:
+    """Parameters (alpha, log10 X_c, L_inf) of each resample ``Y`` (B, n) of the log losses of
+    the data ``(X, L)``."""
+    x = np.log10(X)
+    if law == "power_law" and estimator == "least_squares":
+        return _power_law_batch(x, Y)
+    out = np.full((len(Y), 3), np.nan)
+    if estimator == "least_squares":
+        for b, y in enumerate(Y):
+            prob = _Saturating(x, np.exp(y))
+            best = prob.fit()
+            if best is not None:
+                p = best[0]
+                out[b] = (p[2], prob.log10_c(p), p[0])
+        return out
+    h = _HuberFit(X, L, law)  # the data's abscissae and bounds; each resample's y is passed to fit
+    for b, y in enumerate(Y):
+        p, _ = h.fit(y, starts)
+        out[b] = h.params(p)
+    return out
+
+
+def _law_values(P: np.ndarray, X: np.ndarray, law: Law) -> np.ndarray:
+    """Losses of the laws with parameters ``P`` (B, 3: alpha, log10 X_c, L_inf) at ``X``: (B, len(X))."""
+    alpha, c, L_inf = P[:, :1], P[:, 1:2], P[:, 2:3]
+    with np.errstate(all="ignore"):
+        reducible = 10.0 ** (alpha * (c - np.log10(X)[None, :]))
+    return reducible + (L_inf if law == "saturating" else 0.0)
+
+
+def _param_vector(entry: Mapping, variable: str, law: Law) -> np.ndarray:
+    return np.array([_as_float(entry.get("alpha")), _as_float(entry.get(f"log10_{variable}_c")),
+                     _as_float(entry.get("L_inf")) if law == "saturating" else 0.0])
+
+
+class _Bootstrap:
+    """The bootstrap over runs of one data set: resampled log losses and each law's refits."""
+
+    def __init__(self, X, L, codes, n_boot: int, seed: int, estimator: str, starts: Mapping[str, list],
+                 laws: Sequence[str] = ("power_law", "saturating")):
+        from astropt.resample import group_variances, resample_within_groups
+
+        self.X, self.L, self.codes = X, L, codes
+        self.rng = np.random.default_rng(seed)
+        self.logL = np.log(L)
+        self.Y, self.means = resample_within_groups(self.logL, codes, n_boot, self.rng)
+        self.var, self.counts = group_variances(self.logL, codes)
+        self.df_pe = float(np.sum(self.counts - 1))
+        self.P = {law: _refit(X, L, self.Y, law, estimator, starts.get(law, [])) for law in laws}
+
+    def factor(self, replicates: np.ndarray, ci_level: float, noise_runs: float | None = None) -> tuple[float, float]:
+        """The t-calibration factor of a statistic's replicates and its Satterthwaite df.
+
+        ``noise_runs``: the statistic also holds the mean of this many new runs' noise (a
+        prediction), drawn from the pooled within-size deviations.
+        """
+        from astropt.resample import calibration_factor, group_shares, satterthwaite
+
+        shares = group_shares(replicates, self.means)
+        with np.errstate(invalid="ignore"):
+            v = shares**2 * self.var / self.counts
+            if noise_runs:
+                v = v + (self.counts - 1) / max(self.df_pe, 1.0) / noise_runs * self.var
+        nu = satterthwaite([(vi, ni - 1) for vi, ni in zip(v, self.counts) if ni > 1])
+        return calibration_factor(nu, ci_level), nu
+
+    def noise(self, m: int) -> np.ndarray:
+        """Per resample, the mean of ``m`` draws from the pooled within-size deviations of
+        log L (inflated as the runs are)."""
+        dev = []
+        for g in range(len(self.counts)):
+            y = self.logL[self.codes == g]
+            if len(y) > 1:
+                dev.append((y - y.mean()) * math.sqrt(len(y) / (len(y) - 1)))
+        pool = np.concatenate(dev) if dev else np.zeros(1)
+        return pool[self.rng.integers(0, len(pool), size=(len(self.Y), m))].mean(axis=1)
+
+
+def _boot_intervals(boot: _Bootstrap, entry: dict, variable: str, law: Law, ci_level: float) -> dict:
+    """Bootstrap percentile intervals (t-calibrated) of a law's parameters."""
+    from astropt.resample import calibrated_interval
+
+    P = boot.P[law]
+    ok = np.isfinite(P).all(axis=1)
+    point = _param_vector(entry, variable, law)
+    x = np.log10(boot.X)
+    span = (float(x.min()) - LOG10_SCALE_SPAN, float(x.max()) + LOG10_SCALE_SPAN)
+    bounds = {"alpha": (ALPHA_MIN, ALPHA_MAX) if law == "saturating" else (-math.inf, math.inf),
+              f"log10_{variable}_c": span, "L_inf": (0.0, float(boot.L.max()))}
+    out, open_, dfs = {}, {}, {}
+    keys = ["alpha", f"log10_{variable}_c"] + (["L_inf"] if law == "saturating" else [])
+    for i, key in enumerate(keys):
+        f, nu = boot.factor(P[ok, i], ci_level) if ok.sum() > 2 else (1.0, math.inf)
+        ci, opened = calibrated_interval(point[i], P[ok, i], ci_level, f, bounds[key])
+        out[f"{key}_boot_ci"], open_[key], dfs[key] = ci, opened, nu
+    out["boot_open"] = open_
+    out["boot_dof"] = dfs
+    out["boot_failed"] = int((~ok).sum())
+    out[f"{variable}_c_boot_ci"] = _pow10(out[f"log10_{variable}_c_boot_ci"])
+    return out
+
+
+def compare_laws(logL: np.ndarray, codes: np.ndarray, pred: Mapping[str, np.ndarray]) -> dict:
+    """Which law the runs support: an F-test of the saturating law against the plain one
+    (nested: ``L_inf = 0``), their AIC, and a lack-of-fit test of each against the runs'
+    own scatter.
+
+    Args:
+        logL: Natural log of every run's loss.
+        codes: Size (group) of each run.
+        pred: Law -> least-squares predictions of L at each run.
+
+    Returns:
+        ``{"rss", "aic", "f_stat", "f_p", "preferred", "why", "lack_of_fit"}`` (RSS in
+        (ln L)^2). The F-test is conservative here: the null ``L_inf = 0`` lies on the
+        boundary of ``L_inf >= 0``. The lack-of-fit test compares the scatter of the size
+        means around a law with the runs' scatter around their size's mean (needs
+        replicate runs and more sizes than parameters).
+    """
+    n, k = len(logL), int(codes.max()) + 1
+    rss = {law: float(np.sum((logL - np.log(p)) ** 2)) for law, p in pred.items() if np.isfinite(p).all()}
+    aic = {law: n * math.log(max(r, 1e-300) / n) + 2 * (3 if law == "saturating" else 2) for law, r in rss.items()}
+    out: dict[str, Any] = {"rss": rss, "aic": aic, "f_stat": None, "f_p": None, "test_level": TEST_LEVEL}
+    if "saturating" in rss and "power_law" in rss and n > 3 and rss["saturating"] > 0:
+        f = max(rss["power_law"] - rss["saturating"], 0.0) / (rss["saturating"] / (n - 3))
+        out["f_stat"], out["f_p"] = f, float(stats.f.sf(f, 1, n - 3))
+    ss_pe = float(sum(np.sum((logL[codes == g] - logL[codes == g].mean()) ** 2) for g in range(k)))
+    df_pe = n - k
+    lof = {}
+    for law, r in rss.items():
+        p = 3 if law == "saturating" else 2
+        df_lof = k - p
+        if df_pe < 1 or df_lof < 1 or ss_pe <= 0:
+            why = ("no replicate runs: the runs' own scatter is unknown" if df_pe < 1 else
+                   f"{k} sizes for {p} parameters: nothing left to test" if df_lof < 1 else "the runs agree exactly")
+            lof[law] = {"f_stat": None, "p": None, "df": [max(df_lof, 0), df_pe], "reason": why}
+            continue
+        f = (max(r - ss_pe, 0.0) / df_lof) / (ss_pe / df_pe)
+        lof[law] = {"f_stat": f, "p": float(stats.f.sf(f, df_lof, df_pe)), "df": [df_lof, df_pe], "reason": ""}
+    out["lack_of_fit"] = lof
+    return out
+
+
+def _preferred(comparison: Mapping, saturating: Mapping) -> tuple[Law, str]:
+    p = comparison.get("f_p")
+    if p is None:
+        return "power_law", "too few runs to test the saturating law against the plain one"
+    if saturating.get("degenerate"):
+        return "power_law", f"the saturating fit is degenerate ({saturating.get('reason')})"
+    if p < TEST_LEVEL:
+        return "saturating", f"the floor L_inf is needed (F-test p = {p:.2g} < {TEST_LEVEL})"
+    return "power_law", f"the floor L_inf does not improve the fit enough (F-test p = {p:.2g} >= {TEST_LEVEL})"
+
+
+def fit_runs(
+    X: Sequence[float],
+    L: Sequence[float],
+    groups: Sequence,
+    variable: str = "N",
+    *,
+    estimator: str = "least_squares",
+    n_boot: int = N_BOOT,
+    ci_level: float = CI_LEVEL,
+    seed: int = 0,
+    band: Sequence[float] | None = None,
+    boot_laws: Sequence[str] | str = ("power_law", "saturating"),
+    _keep: bool = False,
+) -> dict:
+    """Fit both laws to every run's loss, with analytic and bootstrap intervals.
+
+    Args:
+        X: The variable of each run (parameters or FLOPs); runs of one size share it.
+        L: Each run's final validation loss.
+        groups: Each run's size (the bootstrap resamples runs within each).
+        variable: ``"N"`` or ``"C"``.
+        estimator: ``"least_squares"`` (the fits of :func:`fit_scaling_laws`) or ``"huber"``
+            (Besiroglu et al.: summed Huber loss, delta :data:`HUBER_DELTA`, on log
+            residuals, L-BFGS-B from a grid of starts; no analytic intervals).
+        n_boot: Bootstrap resamples (0: none).
+        ci_level: Level of every interval.
+        seed: Seed of the resamples.
+        band: Values of X at which to give each law's bootstrap band (pointwise interval of
+            the fitted loss); default :data:`BAND_POINTS` across the data.
+        boot_laws: The laws the bootstrap refits (each refit of the saturating law is a
+            global fit: about 3 ms by least squares, 5 ms by Huber), or ``"preferred"``.
+
+    Returns:
+        :func:`fit_scaling_laws`'s result with, per law, ``{key}_boot_ci``, ``boot_open``,
+        ``boot_dof`` (Satterthwaite df behind the calibration) and ``boot_failed``; and
+        ``"n_sizes"``, ``"runs_per_size"``, ``"estimator"``, ``"bootstrap"`` (resamples,
+        method, or why there is none), ``"comparison"`` (:func:`compare_laws`),
+        ``"preferred"`` / ``"preferred_why"`` and ``"band"`` (``{X, power_law: {lo, hi},
+        saturating: {lo, hi}}``); ``data`` also lists each run's ``group``.
+
+    Raises:
+        ValueError: As :func:`fit_scaling_laws`, or for an unknown estimator or mismatched groups.
+    """
+    from astropt.resample import group_codes
+
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"config key 'scaling.estimator': {estimator!r} is not one of {', '.join(ESTIMATORS)}")
+    X_arr, L_arr = _check_inputs(X, L, variable)
+    groups = [str(g) for g in groups]
+    if len(groups) != len(X_arr):
+        raise ValueError(f"{len(groups)} group labels for {len(X_arr)} runs")
+    codes, labels = group_codes(groups)
+    result = fit_scaling_laws(X_arr, L_arr, variable, ci_level)
+    least_squares = {law: result[law] for law in ("saturating", "power_law")}
+    starts: dict[str, list] = {}
+    if estimator == "huber":
+        for law in ("saturating", "power_law"):
+            result[law], starts[law] = _huber_entry(X_arr, L_arr, variable, law, ci_level)
+        result["least_squares"] = least_squares
+    counts = np.bincount(codes)
+    result.update({
+        "n_sizes": len(labels),
+        "runs_per_size": {g: int(c) for g, c in zip(labels, counts)},
+        "estimator": estimator,
+        "data": {**result["data"], "group": groups},
+    })
+    pred = {law: predict(least_squares, X_arr, law) for law in ("saturating", "power_law")}
+    result["comparison"] = compare_laws(np.log(L_arr), codes, pred)
+    result["preferred"], result["preferred_why"] = _preferred(result["comparison"], least_squares["saturating"])
+    single = [g for g, c in zip(labels, counts) if c < 2]
+    info = {"n_resamples": int(n_boot), "seed": seed, "ci_level": ci_level, "available": False,
+            "method": "runs resampled with replacement within each size, each refitted; percentile intervals "
+                      "with inflated deviations and t-calibrated ends (astropt.resample)",
+            "reason": "", "single_run_sizes": single}
+    boot = None
+    if n_boot < 1:
+        info["reason"] = "scaling.n_boot is 0"
+    elif len(single) == len(labels):
+        info["reason"] = ("one run per size: a bootstrap over runs cannot see the run-to-run variance "
+                          "(add seeds: train.seeds)")
+    else:
+        laws = [result["preferred"]] if boot_laws == "preferred" else list(boot_laws)
+        boot = _Bootstrap(X_arr, L_arr, codes, n_boot, seed, estimator, starts, laws)
+        info["available"] = True
+        info["laws"] = laws
+        if single:
+            info["reason"] = (f"sizes {', '.join(single)} have one run: their run-to-run variance is not seen, "
+                              "so the intervals are too narrow")
+        for law in laws:
+            result[law].update(_boot_intervals(boot, result[law], variable, law, ci_level))
+    result["bootstrap"] = info
+    grid = np.asarray(band, dtype=np.float64) if band is not None else np.logspace(
+        math.log10(X_arr.min()) - 0.05, math.log10(X_arr.max()) + 0.05, BAND_POINTS)
+    result["band"] = _band(boot, result, variable, grid, ci_level) if boot is not None else None
+    out = to_jsonable(result)
+    return (out, boot) if _keep else out
+
+
+def _band(boot: _Bootstrap, result: Mapping, variable: str, grid: np.ndarray, ci_level: float) -> dict:
+    """Pointwise bootstrap intervals of each law's loss at ``grid``."""
+    from astropt.resample import calibrated_interval
+
+    band: dict[str, Any] = {variable: grid}
+    for law in ("power_law", "saturating"):
+        if law not in boot.P:
+            band[law] = None
+            continue
+        P = boot.P[law]
+        ok = np.isfinite(P).all(axis=1)
+        point = _law_values(_param_vector(result[law], variable, law)[None, :], grid, law)[0]
+        if ok.sum() < 3 or not np.isfinite(point).all():
+            band[law] = None
+            continue
+        curves = np.log(_law_values(P[ok], grid, law))
+        lo, hi = np.empty(len(grid)), np.empty(len(grid))
+        for j in range(len(grid)):
+            f, _ = boot.factor(curves[:, j], ci_level)
+            ci, _ = calibrated_interval(math.log(point[j]), curves[:, j], ci_level, f)
+            lo[j], hi[j] = (math.exp(ci[0]), math.exp(ci[1])) if ci else (np.nan, np.nan)
+        band[law] = {"lo": lo, "hi": hi}
+    return band
+
+
+def holdout_test(
+    X: Sequence[float],
+    L: Sequence[float],
+    groups: Sequence,
+    holdout: str,
+    variable: str = "N",
+    *,
+    estimator: str = "least_squares",
+    n_boot: int = N_BOOT,
+    ci_level: float = CI_LEVEL,
+    seed: int = 0,
+) -> dict:
+    """Fit without one size, predict its loss, and compare with its runs.
+
+    The law the fitting runs prefer (:func:`compare_laws`) predicts the held-out size's loss.
+    Two intervals at ``ci_level``: ``pi_run`` for one new run, ``pi_mean`` for the mean of as
+    many runs as were held out. Each replicate is a bootstrap refit's prediction plus the mean
+    of that many draws of the run-to-run noise (pooled within-size deviations), t-calibrated
+    like the fits' intervals (:mod:`astropt.resample`). With one run per fitting size there is
+    no bootstrap: a Student-t prediction interval of the least-squares power law is given
+    instead (it sees the scatter around the law only).
+
+    Returns:
+        ``{"size", variable, "n_runs", "observed", "observed_mean", "law", "predicted",
+        "pi_run", "pi_mean", "method", "inside_mean", "runs_inside", "verdict", "fit"}``
+        (``fit``: :func:`fit_runs` on the other sizes, without its band), or
+        ``{"size", "reason"}`` when no test is possible.
+    """
+    X_arr = np.asarray(X, dtype=np.float64)
+    L_arr = np.asarray(L, dtype=np.float64)
+    groups = np.asarray([str(g) for g in groups])
+    held = groups == str(holdout)
+    if not held.any():
+        return {"size": holdout, "reason": f"no runs of size {holdout!r} to hold out"}
+    rest = ~held
+    if len(np.unique(X_arr[rest])) < 2 or rest.sum() < 3:
+        return {"size": holdout, "reason": f"holding out {holdout} leaves {len(np.unique(groups[rest]))} size(s): "
+                                           "a law needs at least 2 sizes and 3 runs"}
+    Xh = float(X_arr[held][0])
+    observed = L_arr[held]
+    m = len(observed)
+    fit, boot = fit_runs(X_arr[rest], L_arr[rest], groups[rest], variable, estimator=estimator, n_boot=n_boot,
+                         ci_level=ci_level, seed=seed, band=np.array([Xh]), boot_laws="preferred", _keep=True)
+    law = fit["preferred"]
+    predicted = float(predict(fit, Xh, law))
+    out: dict[str, Any] = {"size": str(holdout), variable: Xh, "n_runs": m, "observed": observed,
+                           "observed_mean": float(np.exp(np.mean(np.log(observed)))), "law": law,
+                           "predicted": predicted, "ci_level": ci_level}
+    if boot is not None:
+        from astropt.resample import calibrated_interval
+
+        P = boot.P[law]
+        base = np.log(_law_values(P, np.array([Xh]), law)[:, 0])
+        for key, runs in (("pi_run", 1), ("pi_mean", m)):
+            rep = base + boot.noise(runs)
+            ok = np.isfinite(rep)
+            f, nu = boot.factor(np.where(ok, rep, np.nan), ci_level, noise_runs=runs)
+            ci, _ = calibrated_interval(math.log(predicted), rep[ok], ci_level, f)
+            out[key] = [math.exp(v) for v in ci] if ci else None
+            out[f"{key}_dof"] = nu
+        out["method"] = (f"bootstrap over the other sizes' runs ({n_boot} resamples), refit plus run-to-run noise; "
+                         "t-calibrated percentile interval")
+    else:
+        out.update(_t_prediction(X_arr[rest], L_arr[rest], Xh, m, ci_level))
+        law = out["law"] = "power_law"
+        out["predicted"] = predicted = float(predict(fit, Xh, "power_law"))
+    pi_mean, pi_run = out.get("pi_mean"), out.get("pi_run")
+    out["inside_mean"] = bool(pi_mean and pi_mean[0] <= out["observed_mean"] <= pi_mean[1]) if pi_mean else None
+    out["runs_inside"] = int(sum(pi_run[0] <= v <= pi_run[1] for v in observed)) if pi_run else None
+    out["verdict"] = _holdout_verdict(out, fit)
+    fit.pop("band", None)
+    out["fit"] = fit
+    return to_jsonable(out)
+
+
+def _t_prediction(X: np.ndarray, L: np.ndarray, Xh: float, m: int, ci_level: float) -> dict:
+    """Student-t prediction intervals of a least-squares power law (log space) at ``Xh``."""
+    x, y = np.log10(X), np.log(L)
+    n = len(x)
+    res = stats.linregress(x, y)
+    s2 = float(np.sum((y - res.intercept - res.slope * x) ** 2)) / (n - 2) if n > 2 else float("nan")
+    t = _t_quantile(ci_level, n - 2)
+    xc = math.log10(Xh) - x.mean()
+    lever = 1 / n + xc * xc / float(np.sum((x - x.mean()) ** 2))
+    centre = res.intercept + res.slope * math.log10(Xh)
+    out = {"method": "Student-t prediction interval of the least-squares power law (one run per size: "
+                     "no bootstrap over runs; it sees only the scatter around the law)"}
+    for key, runs in (("pi_run", 1), ("pi_mean", m)):
+        half = t * math.sqrt(s2 * (1 / runs + lever)) if np.isfinite(s2) else float("nan")
+        out[key] = [math.exp(centre - half), math.exp(centre + half)] if np.isfinite(half) else None
+    return out
+
+
+def _holdout_verdict(h: Mapping, fit: Mapping) -> str:
+    """The held-out comparison in one sentence, a miss stated plainly."""
+    pct = f"{100 * h['ci_level']:g} %"
+    sizes = ", ".join(dict.fromkeys(fit["data"]["group"]))
+    law = "power law" if h["law"] == "power_law" else "saturating law"
+    runs = f"{h['n_runs']} run{'s' if h['n_runs'] != 1 else ''}"
+    pi = h.get("pi_mean")
+    if not pi:
+        return f"no prediction interval for {h['size']} (the fit on {sizes} has no uncertainty estimate)"
+    where = f"the {pct} prediction interval [{pi[0]:.4g}, {pi[1]:.4g}] for the mean of {runs}"
+    obs = h["observed_mean"]
+    head = (f"the {law} fitted on {sizes} predicts {h['predicted']:.4g} for {h['size']}; "
+            f"its {runs} averaged {obs:.4g}")
+    half = 100 * (pi[1] - pi[0]) / 2 / h["predicted"]
+    if h["inside_mean"]:
+        weak = f" (a weak test: the interval spans ±{half:.0f} % of the prediction)" if half > 10 else ""
+        return f"{head}, inside {where}: the law passes this test{weak}"
+    side = "above" if obs > pi[1] else "below"
+    gap = (obs / pi[1] - 1) if side == "above" else (1 - obs / pi[0])
+    missed = ("a higher loss than the law predicts: the gain from size falls off" if side == "above"
+              else "a lower loss than the law predicts: the gain from size is larger than extrapolated")
+    return f"{head}, {side} {where} by {100 * gap:.1f} %: MISSED, {missed}"
+
+
+def headline(entry: Mapping) -> dict:
+    """Whether a fit's law can be quoted in a summary's headline, and why (not).
+
+    A law is quoted when the runs support it (:func:`compare_laws`: the preferred law, not
+    rejected by the lack-of-fit test) and its intervals are bounded: the bootstrap over runs
+    when there is one, else the analytic interval (then flagged: one run per size).
+
+    Returns:
+        ``{"law", "quote": bool, "interval": "bootstrap" | "analytic" | None, "alpha",
+        "alpha_ci", "L_inf", "L_inf_ci", "excludes_zero", "notes": [str]}``.
+    """
+    law = entry.get("preferred", "power_law")
+    p = entry.get(law) or {}
+    notes = [entry.get("preferred_why", "")] if entry.get("preferred_why") else []
+    boot = (entry.get("bootstrap") or {}).get("available", False)
+    key = "_boot_ci" if boot else "_ci"
+    alpha_ci = p.get(f"alpha{key}")
+    opened = (p.get("boot_open") if boot else p.get("ci_open")) or {}
+    bounded = alpha_ci is not None and not any(opened.get("alpha", [False, False]))
+    if law == "saturating":
+        L_ci = p.get(f"L_inf{key}")
+        bounded = bounded and L_ci is not None and not any(opened.get("L_inf", [False, False]))
+    lof = (entry.get("comparison") or {}).get("lack_of_fit", {}).get(law, {})
+    rejected = lof.get("p") is not None and lof["p"] < TEST_LEVEL
+    if rejected:
+        notes.append(f"the {'saturating' if law == 'saturating' else 'power'} law does not describe the size means "
+                     f"within the runs' scatter (lack-of-fit p = {lof['p']:.2g})")
+    if not bounded:
+        notes.append("its interval of alpha" + (" or L_inf" if law == "saturating" else "")
+                     + " is not bounded by the data")
+    if not boot:
+        notes.append((entry.get("bootstrap") or {}).get("reason") or "no bootstrap over runs")
+    elif (entry.get("bootstrap") or {}).get("reason"):
+        notes.append(entry["bootstrap"]["reason"])
+    return {
+        "law": law, "quote": bool(bounded and not rejected), "interval": ("bootstrap" if boot else "analytic") if alpha_ci else None,
+        "alpha": p.get("alpha"), "alpha_ci": alpha_ci, "L_inf": p.get("L_inf"),
+        "L_inf_ci": p.get(f"L_inf{key}") if law == "saturating" else None,
+        "excludes_zero": bool(alpha_ci and (alpha_ci[0] > 0 or alpha_ci[1] < 0)),
+        "notes": [n for n in notes if n],
+    }
+
+
+def fit_study(
+    runs: pd.DataFrame,
+    *,
+    estimator: str = "least_squares",
+    n_boot: int = N_BOOT,
+    holdout: str | None = None,
+    seed: int = 0,
+    ci_level: float = CI_LEVEL,
+    log: Callable[..., Any] = lambda *a: None,
+) -> dict:
+    """The scaling rule's ``fit.json``: every run's final loss against parameters and compute.
+
+    Args:
+        runs: One row per run: ``size``, ``seed``, ``params``, ``flops``, ``tokens_seen``,
+            ``val_loss`` (:func:`astropt.pipeline.load_sidecars`).
+        estimator, n_boot, seed, ci_level: As :func:`fit_runs`.
+        holdout: The size to hold out and predict (:func:`holdout_test`), or None.
+        log: Progress lines.
+
+    Returns:
+        ``{"sizes", "seeds", "n_points", "n_sizes", "runs_per_size", "ci_level", "estimator",
+        "n_boot", "params": fit_runs(N), "compute": fit_runs(C), "holdout": holdout_test}``.
+        With fewer than two sizes ``params`` / ``compute`` are ``{"error", ...}``. When every
+        run saw the same tokens, compute is parameters in other units: ``compute`` then says so
+        (``separate_evidence`` False, ``note``) and is only fitted by least squares, with no
+        bootstrap of its own (the compute panel of the figure draws it).
+    """
+    runs = runs.sort_values(["params", "seed"], kind="stable", ignore_index=True)
+    sizes = list(dict.fromkeys(runs["size"].astype(str)))
+    groups = runs["size"].astype(str).to_numpy()
+    out: dict[str, Any] = {
+        "sizes": sizes, "seeds": sorted({int(s) for s in runs["seed"]}), "n_points": len(runs),
+        "n_sizes": len(sizes), "runs_per_size": {s: int((groups == s).sum()) for s in sizes},
+        "ci_level": ci_level, "estimator": estimator, "n_boot": n_boot,
+    }
+    same_tokens = runs["tokens_seen"].nunique() == 1
+    for key, column, variable in (("params", "params", "N"), ("compute", "flops", "C")):
+        X, L = runs[column].to_numpy(float), runs["val_loss"].to_numpy(float)
+        if len(sizes) < 2:
+            out[key] = {"variable": variable, "variable_name": VARIABLES[variable], "n_points": len(runs),
+                        "ci_level": ci_level, "data": {variable: X, "L": L, "group": groups},
+                        "error": f"a scaling fit needs at least two sizes, got {len(sizes)} ({', '.join(sizes)})"}
+            continue
+        restates = key == "compute" and same_tokens
+        log(f"fitting loss vs {VARIABLES[variable]} over {len(runs)} runs of {len(sizes)} sizes"
+            + ("" if restates else f" ({estimator}, {n_boot} bootstrap resamples)"))
+        out[key] = fit_runs(X, L, groups, variable, estimator="least_squares" if restates else estimator,
+                            n_boot=0 if restates else n_boot, ci_level=ci_level, seed=seed)
+        if key == "compute":
+            out[key]["separate_evidence"] = not restates
+            if restates:
+                tokens = float(runs["tokens_seen"].iloc[0])
+                out[key]["note"] = (f"every run saw the same {tokens:.3g} tokens: C is N in other units, so this fit "
+                                    "restates the parameter fit (not separate evidence)")
+    if holdout is None:
+        out["holdout"] = {"size": None, "reason": "scaling.holdout is null: no size held out"}
+    elif len(sizes) < 2:
+        out["holdout"] = {"size": holdout, "reason": "one size: nothing to hold out"}
+    else:
+        log(f"holding out {holdout}: fitting the other sizes and predicting it")
+        out["holdout"] = holdout_test(runs["params"].to_numpy(float), runs["val_loss"].to_numpy(float), groups,
+                                      holdout, "N", estimator=estimator, n_boot=n_boot, ci_level=ci_level, seed=seed)
+    return to_jsonable(out)
+
+
 # --------------------------------------------------------------------------- tables
 
 #: Columns of :func:`fit_table`; ``X`` stands for the fit's variable (``N_c`` or ``C_c``).
@@ -830,7 +1479,8 @@ TABLE_COLUMNS = [
     "alpha", "alpha_err", "alpha_lo", "alpha_hi",
     "L_inf", "L_inf_err", "L_inf_lo", "L_inf_hi",
     "log10_X_c", "log10_X_c_err", "log10_X_c_lo", "log10_X_c_hi",
-    "open_ends", "r2", "rss", "degenerate", "reason",
+    "alpha_boot_lo", "alpha_boot_hi", "L_inf_boot_lo", "L_inf_boot_hi", "log10_X_c_boot_lo", "log10_X_c_boot_hi",
+    "n_boot", "open_ends", "boot_open_ends", "estimator", "preferred", "r2", "rss", "degenerate", "reason",
 ]
 
 _LAW_NAMES = {"saturating": "saturating", "power_law": "power law"}
@@ -872,17 +1522,22 @@ def fit_table(fits: Mapping[str, Any]) -> pd.DataFrame:
     rows = []
     for name, fit in entries.items():
         v = fit.get("variable", "N")
+        boot = fit.get("bootstrap") or {}
         base = {"fit": name, "variable": v, "variable_name": VARIABLES.get(v, v),
-                "n_points": fit.get("n_points"), "ci_level": fit.get("ci_level"), "open_ends": "", "reason": ""}
+                "n_points": fit.get("n_points"), "ci_level": fit.get("ci_level"), "open_ends": "",
+                "boot_open_ends": "", "reason": "", "estimator": fit.get("estimator", "least_squares"),
+                "n_boot": boot.get("n_resamples") if boot.get("available") else None}
         if "error" in fit:
             rows.append({**base, "law": "none", "degenerate": True, "reason": f"no fit: {fit['error']}"})
             continue
         for law in ("saturating", "power_law"):
             p = fit[law]
+            notes = [p.get("reason", ""), fit.get("note", "")]
             row = {**base, "law": law, "model": p.get("model"), "dof": p.get("dof"),
                    "ci_level": p.get("ci_level", base["ci_level"]), "r2": p.get("r2"), "rss": p.get("rss"),
-                   "degenerate": bool(p.get("degenerate", False)), "reason": p.get("reason", "")}
-            opened = []
+                   "degenerate": bool(p.get("degenerate", False)), "reason": "; ".join(n for n in notes if n),
+                   "preferred": fit.get("preferred") == law if "preferred" in fit else None}
+            opened, boot_opened = [], []
             for col, key in (("alpha", "alpha"), ("L_inf", "L_inf"), ("log10_X_c", f"log10_{v}_c")):
                 if key not in p:
                     continue
@@ -894,11 +1549,17 @@ def fit_table(fits: Mapping[str, Any]) -> pd.DataFrame:
                         opened.append(f"{col} {end}")
                 if p.get(f"{key}_ci") is None and p.get(f"{key}_err") is not None and not row["degenerate"]:
                     opened.append(f"{col} unbounded")  # e.g. Fieller's set of a flat power law
+                boot_ci = p.get(f"{key}_boot_ci") or [None, None]
+                row.update({f"{col}_boot_lo": boot_ci[0], f"{col}_boot_hi": boot_ci[1]})
+                for end, is_open in zip(("lower", "upper"), (p.get("boot_open") or {}).get(key, [False, False])):
+                    if is_open:
+                        boot_opened.append(f"{col} {end}")
             row["open_ends"] = "; ".join(opened)
+            row["boot_open_ends"] = "; ".join(boot_opened)
             rows.append(row)
     table = pd.DataFrame(rows).reindex(columns=TABLE_COLUMNS)
     numeric = [c for c in TABLE_COLUMNS if c.split("_")[-1] in ("err", "lo", "hi") or c in
-               ("alpha", "L_inf", "log10_X_c", "r2", "rss", "ci_level")]
+               ("alpha", "L_inf", "log10_X_c", "r2", "rss", "ci_level", "n_boot")]
     table[numeric] = table[numeric].apply(pd.to_numeric, errors="coerce")
     return table
 
@@ -936,6 +1597,22 @@ def _cell(row: Mapping[str, Any], col: str, pm: str, dagger: str, dash: str, gap
     return text
 
 
+def _boot_cell(row: Mapping[str, Any], col: str, dagger: str, dash: str) -> str:
+    """``[lo, hi]`` of a parameter's bootstrap interval over runs, at the decimals of its
+    analytic error (or of the interval's width); ``†`` marks an end at a bound."""
+    lo, hi = row.get(f"{col}_boot_lo"), row.get(f"{col}_boot_hi")
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return dash
+    err = row.get(f"{col}_err")
+    err = float(err) if err is not None and np.isfinite(err) and err > 0 else (hi - lo) / 4
+    value = row.get(col)
+    d = _decimals(float(value) if value is not None and np.isfinite(value) else float(hi), err)
+    opened = row.get("boot_open_ends") or ""
+    ends = [_fmt_number(e, d) + (dagger if f"{col} {side}" in opened else "")
+            for e, side in ((lo, "lower"), (hi, "upper"))]
+    return f"[{ends[0]}, {ends[1]}]"
+
+
 def _table_rows(
     table: pd.DataFrame, pm: str, dagger: str, dash: str, gap: str = " "
 ) -> tuple[list[list[str]], list[str], bool]:
@@ -947,13 +1624,17 @@ def _table_rows(
             if row["reason"] not in notes:
                 notes.append(row["reason"])
             note = f"({notes.index(row['reason']) + 1})"
-        any_open |= "lower" in row["open_ends"] or "upper" in row["open_ends"]
+        any_open |= any(side in (row.get(col) or "") for col in ("open_ends", "boot_open_ends")
+                        for side in ("lower", "upper"))
         dof = row.get("dof")
+        law = _LAW_NAMES.get(row["law"], "no fit") + (" (preferred)" if row.get("preferred") is True else "")
         body.append([
             _TABLE_VARIABLES.get(row["variable"], str(row["variable"])),
-            _LAW_NAMES.get(row["law"], "no fit"),
+            law,
             _cell(row, "alpha", pm, dagger, dash, gap),
+            _boot_cell(row, "alpha", dagger, dash),
             _cell(row, "L_inf", pm, dagger, dash, gap),
+            _boot_cell(row, "L_inf", dagger, dash),
             _cell(row, "log10_X_c", pm, dagger, dash, gap),
             str(int(row["n_points"])) if pd.notna(row["n_points"]) else dash,
             str(int(dof)) if dof is not None and pd.notna(dof) else dash,
@@ -970,7 +1651,7 @@ def _level(table: pd.DataFrame) -> str:
 
 
 #: Column headers of :func:`table_cells` and :func:`table_markdown`.
-TABLE_HEADER = ["variable", "law", "α", "L∞", "log10 X_c", "points", "dof", "note"]
+TABLE_HEADER = ["variable", "law", "α", "α, bootstrap", "L∞", "L∞, bootstrap", "log10 X_c", "runs", "dof", "note"]
 
 
 def table_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
@@ -1010,17 +1691,39 @@ def table_markdown(table: pd.DataFrame) -> str:
 
     lines = [line(header), "|" + "---|" * len(header), *(line(r) for r in body)]
     lines.append("")
-    lines.append(
-        f"Fits of final validation loss L against parameters N or training compute C (X): saturating "
-        f"L = L∞ + (X_c/X)^α and power law L = (X_c/X)^α, least squares in log L. Each entry: value "
-        f"± standard error [{level} confidence interval: profile likelihood for the saturating law, "
-        f"Student-t / Fieller for the power law]."
-    )
+    lines.append(_caption(table, level))
     if any_open:
         lines.append("† interval end at a bound of the search (0 ≤ L∞ ≤ max L, 0 < α ≤ 5, log10 X_c within "
                      "30 decades of the data): the data set no limit there.")
     lines.extend(f"({i}) {n}" for i, n in enumerate(notes, 1))
     return "\n".join(lines) + "\n"
+
+
+def _caption(table: pd.DataFrame, level: str, latex: bool = False) -> str:
+    """What the table's entries are: the fits, their estimator and both kinds of interval
+    (as LaTeX text with ``latex``: ``level`` is then already LaTeX)."""
+    estimator = set(table["estimator"].dropna()) if "estimator" in table else set()
+    huber = "huber" in estimator
+    n_boot = table["n_boot"].dropna() if "n_boot" in table else pd.Series(dtype=float)
+    boot = (f"bootstrap: {int(n_boot.max())} resamples of the runs within each size, each refitted, "
+            f"{level} percentile interval (t-calibrated for few runs; astropt.resample)" if len(n_boot)
+            else "bootstrap: none (it needs two or more runs of a size)")
+    fitted = ("Huber loss (delta 1e-3) of log L residuals, L-BFGS from a grid of starts (Besiroglu et al. 2024); "
+              "analytic errors are for least squares only" if huber else "least squares in log L")
+    text = (f"Fits of every run's final validation loss L against parameters N or training compute C (X): "
+            f"saturating @SAT and power law @PL, {fitted}. Each entry: value @PM "
+            f"standard error [@LEVEL analytic interval: profile likelihood for the saturating law, Student-t / "
+            f"Fieller for the power law]; {boot.replace(level, '@LEVEL')}. 'preferred': the law the runs support "
+            f"(F-test of the floor @LINF).")
+    if latex:
+        symbols = {"@SAT": "$L = L_\\infty + (X_c/X)^\\alpha$", "@PL": "$L = (X_c/X)^\\alpha$", "@PM": "$\\pm$",
+                   "@LINF": "$L_\\infty$", "@LEVEL": level}
+        text = _latex_escape(text)
+    else:
+        symbols = {"@SAT": "L = L∞ + (X_c/X)^α", "@PL": "L = (X_c/X)^α", "@PM": "±", "@LINF": "L∞", "@LEVEL": level}
+    for key, value in symbols.items():
+        text = text.replace(key, value)
+    return text
 
 
 def _latex_escape(text: str) -> str:
@@ -1052,27 +1755,24 @@ def table_latex(table: pd.DataFrame) -> str:
     """
     body, notes, any_open = _table_rows(table, "\\pm", "^\\dagger", "--", gap="\\;")
     level = _latex_escape(_level(table)).replace(" \\%", "\\,\\%")
-    ncol = 8
+    ncol = len(TABLE_HEADER)
 
     def math_cell(cell: str) -> str:
         return cell if cell in ("--", "") else "$" + cell.replace("unbounded", "\\mathrm{unbounded}") + "$"
 
     lines = [
         "% Generated by astropt.scaling.table_latex (needs \\usepackage{booktabs}).",
-        "\\begin{tabular}{lllllrrl}",
+        "\\begin{tabular}{lllllllrrl}",
         "\\toprule",
-        f"Variable & Law & $\\alpha$ & $L_\\infty$ & $\\log_{{10}} X_c$ & Points & dof & Note \\\\",
+        f"Variable & Law & $\\alpha$ & $\\alpha$, bootstrap & $L_\\infty$ & $L_\\infty$, bootstrap & "
+        f"$\\log_{{10}} X_c$ & Runs & dof & Note \\\\",
         "\\midrule",
     ]
     for r in body:
-        cells = [_latex_escape(r[0]), _latex_escape(r[1]), *(math_cell(c) for c in r[2:5]), r[5], r[6], r[7]]
+        cells = [_latex_escape(r[0]), _latex_escape(r[1]), *(math_cell(c) for c in r[2:7]), r[7], r[8], r[9]]
         lines.append(" & ".join(cells) + " \\\\")
     lines.append("\\bottomrule")
-    caption = (
-        f"Values $\\pm$ standard errors [{level} intervals: profile likelihood for the saturating "
-        f"law $L = L_\\infty + (X_c/X)^\\alpha$, Student-$t$ / Fieller for the power law "
-        f"$L = (X_c/X)^\\alpha$]; $X$ is $N$ (parameters) or $C$ (FLOPs)."
-    )
+    caption = _caption(table, level, latex=True)
     lines.append(f"\\multicolumn{{{ncol}}}{{p{{0.9\\textwidth}}}}{{\\footnotesize {caption}}} \\\\")
     if any_open:
         lines.append(f"\\multicolumn{{{ncol}}}{{p{{0.9\\textwidth}}}}{{\\footnotesize $^\\dagger$ interval end at a bound of "

@@ -5,7 +5,7 @@ section ends with the files (and the rules that made them) its numbers come from
 
 - the models: ``results/models/{size}/ckpt.json`` (rule ``train``, or ``released_model``);
 - the scaling fits: ``results/scaling/fit.json`` (rule ``scaling``, :mod:`astropt.scaling`);
-- the probes: ``results/probes/{size}.csv`` (rule ``probe``, :mod:`astropt.probe`) and
+- the probes: ``results/probes/{size}.csv`` (rules ``probe`` and ``probe_size``, :mod:`astropt.probe`) and
   ``results/probes/summary.csv`` (rule ``figure_downstream``).
 
 The document is a list of blocks (heading, paragraph, bullet list, table) rendered twice by
@@ -32,7 +32,7 @@ import pandas as pd
 SOURCES = {
     "models": ("results/models/{size}/ckpt.json", "train` or `released_model"),
     "fit": ("results/scaling/fit.json", "scaling"),
-    "probes": ("results/probes/{size}.csv", "probe"),
+    "probes": ("results/probes/{size}.csv", "probe` and `probe_size"),
     "downstream": ("results/probes/summary.csv", "figure_downstream"),
 }
 
@@ -97,21 +97,55 @@ def _rho(rho, p) -> str:
 # --------------------------------------------------------------------------- the document
 
 
+def _runs_word(n: int) -> str:
+    return f"{n} run{'s' if n != 1 else ''}"
+
+
+def size_table(losses: pd.DataFrame) -> pd.DataFrame:
+    """One row per size from the runs' table (:func:`astropt.pipeline.load_sidecars`): its
+    runs, their mean final loss (and best loss), between-run sd, min and max, FLOPs per run,
+    GPU-hours and wall hours summed over its runs; sorted by parameters."""
+    g = losses.groupby("size", sort=False)
+    table = g.agg(params=("params", "first"), runs=("val_loss", "size"), val_loss=("val_loss", "mean"),
+                  val_sd=("val_loss", "std"), val_min=("val_loss", "min"), val_max=("val_loss", "max"),
+                  best_val_loss=("best_val_loss", "mean"), tokens_seen=("tokens_seen", "first"),
+                  flops=("flops", "first"), gpu_hours=("gpu_hours", lambda v: v.sum(min_count=1)),
+                  elapsed_s=("elapsed_s", lambda v: v.sum(min_count=len(v))))
+    return table.reset_index().sort_values("params", ignore_index=True)
+
+
 def _model_section(losses: pd.DataFrame) -> list[Block]:
+    sizes = size_table(losses)
+    several = sizes["runs"].max() > 1
     rows = []
-    for r in losses.itertuples():
+    for r in sizes.itertuples():
+        loss = fmt(r.val_loss, 4) + (f" ± {fmt(r.val_sd, 2)}" if r.runs > 1 else "")
+        spread = f"{fmt(r.val_min, 4)} to {fmt(r.val_max, 4)}" if r.runs > 1 else "-"
         rows.append([
-            str(r.size), f"{int(r.params):,}", fmt_count(r.tokens_seen), fmt_count(r.flops),
-            fmt(r.val_loss, 4), fmt(r.best_val_loss, 4),
+            str(r.size), f"{int(r.params):,}", str(r.runs), fmt_count(r.tokens_seen), fmt_count(r.flops),
+            loss, spread, fmt(r.best_val_loss, 4),
             fmt(r.gpu_hours, 3) if r.gpu_hours > 0 else "-",  # NaN (not recorded) or 0 (CPU)
             fmt(r.elapsed_s / 3600, 3),
         ])
-    return [
+    blocks = [
         Block("h2", "Models"),
-        Block("table", header=["size", "parameters", "tokens seen", "training FLOPs", "final val. loss",
-                               "best val. loss", "GPU-hours", "wall hours"], rows=rows),
-        _from("models"),
+        Block("table", header=["size", "parameters", "runs", "tokens seen (per run)", "training FLOPs (per run)",
+                               "final val. loss" + (" (mean ± sd of runs)" if several else ""),
+                               "runs' range", "best val. loss", "GPU-hours (all runs)", "wall hours (all runs)"],
+              rows=rows),
     ]
+    if several:
+        blocks.append(Block("table", header=["run", "final val. loss", "seed", "threads", "CPU kernels / GPU", "torch"],
+                            rows=[[f"{r.size}/seed{r.seed}", fmt(r.val_loss, 5), str(r.seed), _prov(r, "threads"),
+                                   _prov(r, "cpu_capability") if _prov(r, "gpu") in ("", "n/a", "None") else _prov(r, "gpu"),
+                                   _prov(r, "torch")] for r in losses.itertuples()]))
+    blocks.append(_from("models"))
+    return blocks
+
+
+def _prov(row, key: str) -> str:
+    value = getattr(row, key, None) if hasattr(row, key) else None
+    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else str(value)
 
 
 def constrained(law: Mapping) -> bool:
@@ -125,52 +159,85 @@ def constrained(law: Mapping) -> bool:
     return not any(open_ends)
 
 
-def _fit_line(name: str, fit: Mapping | None, variable: str) -> str:
-    """One line per fitted variable: the saturating law (or why it is degenerate) and the power law."""
-    if not fit or "saturating" not in fit:
-        why = (fit or {}).get("error", "no fit")
-        return f"vs {name}: {why}"
-    sat, pl = fit["saturating"], fit.get("power_law", {})
-    level = fit.get("ci_level", 0.95)
-    pct = f"{100 * level:.0f} %"
+def _ci(ci) -> str:
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci and None not in ci else "n/a"
 
-    def with_ci(params: Mapping, key: str) -> str:
-        ci = params.get(f"{key}_ci") or [None, None]
-        err = params.get(f"{key}_err")
-        text = fmt(params.get(key))
-        if err is not None and math.isfinite(float(err)):
-            text += f" ± {fmt(err, 2)}"
-        if ci[0] is not None and ci[1] is not None:
-            text += f" ({pct} CI {fmt(ci[0])} to {fmt(ci[1])})"
-        return text
 
-    parts = []
-    if sat.get("alpha") is not None:
-        s = f"saturating L = L_inf + ({variable}_c/{variable})^alpha: alpha = {with_ci(sat, 'alpha')}, L_inf = {with_ci(sat, 'L_inf')}"
-        if sat.get("degenerate"):
-            s += f" (degenerate: {sat.get('reason', '')})"
-        parts.append(s)
-    else:
-        parts.append(f"saturating law not fitted ({sat.get('reason', 'no reason given')})")
-    if pl.get("alpha") is not None:
-        parts.append(f"power law ({variable}_c/{variable})^alpha: alpha = {with_ci(pl, 'alpha')}")
-    return f"vs {name}: " + "; ".join(parts)
+def law_line(name: str, entry: Mapping, n_sizes: int) -> str:
+    """The headline sentence of one fit (:func:`astropt.scaling.headline`): the law the runs
+    support, quoted only with bounded intervals, else what the data cannot tell."""
+    from astropt.scaling import headline
+
+    if not entry or "error" in entry:
+        return f"Loss vs {name}: no fit ({(entry or {}).get('error', 'not fitted')})."
+    if entry.get("separate_evidence") is False:
+        return f"Loss vs {name}: {entry.get('note', 'not separate evidence')}."
+    h = headline(entry)
+    boot = entry.get("bootstrap") or {}
+    pct = f"{100 * entry.get('ci_level', 0.95):g} %"
+    where = (f"{pct} bootstrap interval over {entry.get('n_points')} runs of {n_sizes} sizes "
+             f"({boot.get('n_resamples')} resamples)" if h["interval"] == "bootstrap" else
+             f"{pct} analytic interval, one run per size: run-to-run variance not seen")
+    analytic = (entry.get(h["law"]) or {}).get("alpha_ci")
+    also = f"; analytic {_ci(analytic)}" if h["interval"] == "bootstrap" and analytic else ""
+    if h["quote"]:
+        if h["law"] == "saturating":
+            text = (f"Loss vs {name}: L = L_inf + (X_c/X)^alpha with alpha = {fmt(h['alpha'])} {_ci(h['alpha_ci'])}, "
+                    f"L_inf = {fmt(h['L_inf'], 4)} {_ci(h['L_inf_ci'])} ({where}{also})")
+        elif h["excludes_zero"]:
+            text = (f"Loss vs {name}: a power law, L ∝ X^-alpha with alpha = {fmt(h['alpha'])} {_ci(h['alpha_ci'])} "
+                    f"({where}{also})")
+        else:
+            text = (f"Loss vs {name}: the data cannot tell whether the loss falls with size: the power law's "
+                    f"alpha = {fmt(h['alpha'])} has the interval {_ci(h['alpha_ci'])}, which includes 0 ({where})")
+        comparison = entry.get("comparison") or {}
+        if h["law"] == "power_law" and comparison.get("f_p") is not None:
+            text += (f". A floor L_inf is not supported by these runs (F-test p = {fmt(comparison['f_p'], 2)}): "
+                     "where the loss saturates cannot be told")
+        return text + "."
+    reasons = "; ".join(h["notes"]) or "its intervals are not bounded"
+    return (f"Loss vs {name}: no law is quoted: {reasons}. The best estimate, alpha = {fmt(h['alpha'])} "
+            f"({h['law'].replace('_', ' ')}), is not a result.")
 
 
 def _fit_section(fit: Mapping, fit_table: Sequence | None) -> list[Block]:
     blocks = [Block("h2", "Scaling laws")]
-    if fit_table is None:  # no table given: a line per fitted variable
-        blocks.append(Block("ul", items=[_fit_line("parameters N", fit.get("params"), "N"),
-                                         _fit_line("training compute C (FLOPs)", fit.get("compute"), "C")]))
+    if fit_table is None:  # no table given: the headline sentence per variable
+        blocks.append(Block("ul", items=[law_line("parameters N", fit.get("params") or {}, fit.get("n_sizes", 0)),
+                                         law_line("training compute C", fit.get("compute") or {},
+                                                  fit.get("n_sizes", 0))]))
     else:
         header, rows, *notes = fit_table
         blocks.append(Block("table", header=list(header), rows=[list(r) for r in rows]))
         for i, note in enumerate(notes[0] if notes else [], start=1):
             blocks.append(Block("p", f"({i}) {note}"))
-        key = f"Each entry: value ± standard error [{100 * fit.get('ci_level', 0.95):g} % interval]"
+        key = (f"Each entry: value ± standard error [{100 * fit.get('ci_level', 0.95):g} % analytic interval]; "
+               "'bootstrap': the interval from resampling the runs within each size")
         if any("†" in cell for row in rows for cell in row):
             key += "; † marks an interval end at a bound of the fit's search: the points set no limit there"
         blocks.append(Block("p", key + "."))
+    params = fit.get("params") or {}
+    comparison = params.get("comparison") or {}
+    if comparison.get("f_p") is not None:
+        aic = comparison.get("aic") or {}
+        lof = comparison.get("lack_of_fit") or {}
+        tests = [f"saturating vs plain law: F-test p = {fmt(comparison['f_p'], 2)}"
+                 + (f", AIC {fmt(aic.get('saturating'), 4)} vs {fmt(aic.get('power_law'), 4)}" if aic else "")
+                 + f" (preferred: {params.get('preferred', 'power_law').replace('_', ' ')})"]
+        for law, t in lof.items():
+            tests.append(f"lack of fit of the {'saturating law' if law == 'saturating' else 'power law'}: "
+                         + (f"F = {fmt(t['f_stat'], 3)}, p = {fmt(t['p'], 2)} (df {t['df'][0]}, {t['df'][1]})"
+                            if t.get("p") is not None else f"not testable ({t.get('reason')})"))
+        blocks.append(Block("p", "Tests on the runs (parameters): " + "; ".join(tests) + "."))
+    h = fit.get("holdout") or {}
+    if h.get("size") and h.get("verdict"):
+        pi_run = h.get("pi_run")
+        runs = ", ".join(fmt(v, 4) for v in h.get("observed", []))
+        blocks.append(Block("p", f"**Held-out size.** {h['verdict'][0].upper()}{h['verdict'][1:]}. Its runs: {runs}; "
+                                 f"{h.get('runs_inside')} of {h.get('n_runs')} inside the interval for one run "
+                                 f"{_ci(pi_run)}. Method: {h.get('method', '')}."))
+    elif h.get("reason"):
+        blocks.append(Block("p", f"**Held-out size.** No test: {h['reason']}."))
     blocks.append(_from("fit"))
     return blocks
 
@@ -183,7 +250,17 @@ def _probe_rows(largest: pd.DataFrame, downstream: pd.DataFrame, protocol: str, 
                        & (downstream["metric"] == metric)]
         rel = d["relative"].iloc[-1] if len(d) else float("nan")
         rho = _rho(d["spearman_rho"].iloc[0], d["spearman_p"].iloc[0]) if len(d) else "n/a"
-        rows.append([str(r.property), f"{int(r.n):,}", fmt_ci(r.value, r.ci_low, r.ci_high), fmt(rel), rho])
+        agree = d["seeds_agree"].iloc[0] if len(d) and "seeds_agree" in d else float("nan")
+        kept = f"{int(r.n):,}"
+        n_total = getattr(r, "n_total", r.n)
+        if pd.notna(n_total) and n_total > r.n:
+            parts = [f"{int(v):,} {what}" for v, what in ((getattr(r, "n_missing", 0), "missing"),
+                                                         (getattr(r, "n_clipped", 0), "clipped")) if v]
+            kept += f" of {int(n_total):,} ({', '.join(parts)})"
+        sd = getattr(r, "run_sd", float("nan"))
+        rows.append([str(r.property), kept, fmt_ci(r.value, r.ci_low, r.ci_high),
+                     fmt(sd, 2) if pd.notna(sd) else "-", fmt(rel), rho,
+                     f"{agree:.0%}" if pd.notna(agree) else "-"])
     return rows
 
 
@@ -192,8 +269,9 @@ def improving(downstream: pd.DataFrame, protocol: str, metric: str) -> tuple[int
 
     Returns:
         ``(improving, scored, median rho)``: properties whose Spearman rho between size and
-        score points the better way (rho > 0 where higher is better, < 0 otherwise), the
-        properties with a finite rho, and the median of rho signed so that positive is better.
+        score (from the run means) points the better way (rho > 0 where higher is better, < 0
+        otherwise), the properties with a finite rho, and the median of rho signed so that
+        positive is better.
     """
     d = downstream[(downstream["protocol"] == protocol) & (downstream["metric"] == metric)]
     per_prop = d.groupby("property", sort=False).agg(rho=("spearman_rho", "first"), hib=("higher_is_better", "first"))
@@ -210,17 +288,38 @@ _TITLES = {
     ("logistic_cv", "roc_auc"): "Logistic regression of flags, k-fold: ROC AUC (higher is better)",
 }
 
+#: A clip that drops more than this share of a property's test galaxies is flagged.
+CLIP_FLAG = 0.10
 
-def _probe_section(size: str, largest: pd.DataFrame, downstream: pd.DataFrame, smallest: str) -> list[Block]:
+
+def clipped(probes: Mapping[str, pd.DataFrame], share: float = CLIP_FLAG) -> list[tuple[str, str, float]]:
+    """Properties whose MAD clip drops more than ``share`` of the galaxies given: ``(property,
+    protocol, share dropped)``, from any size's table (the clip depends on the targets only)."""
+    out = {}
+    for table in probes.values():
+        if "n_clipped" not in table:
+            continue
+        t = table.drop_duplicates(["property", "protocol"])
+        for r in t.itertuples():
+            total = r.n_total - getattr(r, "n_missing", 0)
+            if total > 0 and r.n_clipped / total > share:
+                out[(r.property, r.protocol)] = r.n_clipped / total
+    return [(p, proto, v) for (p, proto), v in out.items()]
+
+
+def _probe_section(size: str, largest: pd.DataFrame, downstream: pd.DataFrame, smallest: str, n_runs: int) -> list[Block]:
+    over = (f"the mean of its {n_runs} runs with an interval that resamples runs, then galaxies; 'run sd' is the "
+            "between-run spread" if n_runs > 1 else "one run, with a bootstrap interval over galaxies")
     blocks = [Block("h2", f"Probes of the {size} embeddings"),
-              Block("p", f"Scores with bootstrap 95 % intervals; 'relative' is the score divided by the "
-                         f"{smallest} model's; rho is Spearman's between model size and score.")]
+              Block("p", f"Scores: {over}. 'relative' is the score divided by the {smallest} model's; rho is "
+                         f"Spearman's between model size and the run means; 'seeds agree' the share of training "
+                         f"seeds whose own sweep over sizes gives rho the same sign.")]
     for (protocol, metric), title in _TITLES.items():
         rows = _probe_rows(largest, downstream, protocol, metric)
         if rows:
             blocks.append(Block("p", f"**{title}**"))
-            blocks.append(Block("table", header=["property", "galaxies", f"{size} score [95 % CI]",
-                                                 f"relative to {smallest}", "rho (p)"], rows=rows))
+            blocks.append(Block("table", header=["property", "galaxies scored", f"{size} score [95 % CI]", "run sd",
+                                                 f"relative to {smallest}", "rho (p)", "seeds agree"], rows=rows))
     blocks.append(_from("probes", "downstream"))
     return blocks
 
@@ -228,6 +327,20 @@ def _probe_section(size: str, largest: pd.DataFrame, downstream: pd.DataFrame, s
 def _from(*keys: str) -> Block:
     parts = [f"`{SOURCES[k][0]}` (rule{'s' if '`' in SOURCES[k][1] else ''} `{SOURCES[k][1]}`)" for k in keys]
     return Block("p", "From " + " and ".join(parts) + ".")
+
+
+def provenance_line(losses: pd.DataFrame) -> str:
+    """Where the runs ran: seeds, threads, CPU capability or GPU, torch (from their ckpt.json)."""
+    seeds = sorted({int(s) for s in losses["seed"]}) if "seed" in losses else []
+    parts = [f"{losses['size'].nunique()} sizes x {len(seeds)} training seed{'s' if len(seeds) != 1 else ''} "
+             f"({', '.join(map(str, seeds))})"]
+    for col, what in (("data_seed", "data seed"), ("threads", "threads"), ("cpu_capability", "CPU kernels"),
+                      ("cpu", "CPU"), ("gpu", "GPU"), ("torch", "torch")):
+        if col in losses:
+            values = sorted({str(v) for v in losses[col].dropna() if str(v) not in ("", "None")})
+            if values:
+                parts.append(f"{what} {', '.join(values)}")
+    return "Runs: " + "; ".join(parts) + "."
 
 
 def build_summary(
@@ -241,11 +354,12 @@ def build_summary(
     """The summary document.
 
     Args:
-        losses: One row per size (:func:`astropt.pipeline.load_sidecars`): size, params,
-            val_loss, best_val_loss, flops, tokens_seen, elapsed_s, gpu_hours; sorted by params.
-        fit: ``results/scaling/fit.json``: ``{"params": fit, "compute": fit, ...}``
-            (:mod:`astropt.scaling`).
-        probes: Size -> its long probe table (``astropt.probe.PROBE_COLUMNS``).
+        losses: One row per run (:func:`astropt.pipeline.load_sidecars`): size, seed, params,
+            val_loss, best_val_loss, flops, tokens_seen, elapsed_s, gpu_hours (and the run's
+            provenance: threads, cpu_capability, torch ...).
+        fit: ``results/scaling/fit.json`` (:func:`astropt.scaling.fit_study`).
+        probes: Size -> its probes over its runs (``astropt.probe.AGGREGATE_COLUMNS``; a single
+            run's long table works too).
         downstream: ``results/probes/summary.csv`` (``astropt.figures.downstream_table``).
         context: Lines describing the run (data, models), shown first.
         fit_table: Optional ``(header, rows[, notes])`` of the fitted parameters
@@ -255,50 +369,53 @@ def build_summary(
         Blocks for :func:`to_markdown` / :func:`to_html`.
     """
     if losses.empty:
-        raise ValueError("no trained sizes to summarise (no ckpt.json sidecars)")
-    losses = losses.sort_values("params", ignore_index=True)
-    small, large = losses.iloc[0], losses.iloc[-1]
+        raise ValueError("no trained runs to summarise (no ckpt.json sidecars)")
+    sizes = size_table(losses)
+    small, large = sizes.iloc[0], sizes.iloc[-1]
     if str(large["size"]) not in probes:
         raise ValueError(f"no probe table for the largest size {large['size']!r}; have {sorted(probes)}")
     largest = probes[str(large["size"])]
+    n_sizes = len(sizes)
 
-    head = []
-    if len(losses) > 1:
+    def loss_of(r) -> str:
+        return fmt(r.val_loss, 4) + (f" ± {fmt(r.val_sd, 2)}" if r.runs > 1 else "")
+
+    head = [provenance_line(losses)]
+    several = sizes["runs"].max() > 1
+    if n_sizes > 1:
         head.append(
-            f"Final validation loss: {fmt(small.val_loss, 4)} ({small['size']}) to {fmt(large.val_loss, 4)} "
-            f"({large['size']}) over {len(losses)} sizes, {fmt_count(small.params)} to {fmt_count(large.params)} "
-            f"parameters ({fmt(large.params / small.params, 3)}x)."
+            f"Final validation loss{' (mean ± sd of runs)' if several else ''}: {loss_of(small)} ({small['size']}) "
+            f"to {loss_of(large)} ({large['size']}) over {n_sizes} sizes, {fmt_count(small.params)} to "
+            f"{fmt_count(large.params)} parameters ({fmt(large.params / small.params, 3)}x)."
         )
     else:
-        head.append(f"Final validation loss of {large['size']}: {fmt(large.val_loss, 4)} (one size: no scaling fit).")
-    for name, key, var in (("parameters", "params", "N"), ("compute", "compute", "C")):
-        entry = fit.get(key) or {}
-        sat, pl = entry.get("saturating") or {}, entry.get("power_law") or {}
-        if sat.get("alpha") is None and pl.get("alpha") is None:
-            continue
-        line = f"Loss vs {name}: "
-        if constrained(sat):
-            line += f"saturating alpha = {fmt(sat['alpha'])} ± {fmt(sat.get('alpha_err'), 2)}, L_inf = {fmt(sat.get('L_inf'), 4)}"
-            if pl.get("alpha") is not None:
-                line += f"; plain power law alpha = {fmt(pl['alpha'])} ± {fmt(pl.get('alpha_err'), 2)}"
-        elif pl.get("alpha") is not None:
-            line += f"plain power law alpha = {fmt(pl['alpha'])} ± {fmt(pl.get('alpha_err'), 2)}"
-            if sat:
-                why = "degenerate" if sat.get("degenerate") else "its 95 % interval of alpha reaches the fit's bounds"
-                line += f" (the saturating law is not constrained by these points: {why})"
-        head.append(line + ".")
+        head.append(f"Final validation loss of {large['size']}: {loss_of(large)} (one size: no scaling fit).")
+    if n_sizes > 1:
+        head.append(law_line("parameters", fit.get("params") or {}, n_sizes))
+        head.append(law_line("compute", fit.get("compute") or {}, n_sizes))
+    h = fit.get("holdout") or {}
+    if h.get("verdict"):
+        head.append(f"Held-out size: {h['verdict']}.")
     for protocol, metric, what in (("ridge_cv", "r2", "ridge R²"), ("paper", "median_abs_error", "paper-protocol error"),
                                    ("logistic_cv", "roc_auc", "flag ROC AUC")):
         up, n, med = improving(downstream, protocol, metric)
-        if n and len(losses) > 1:
-            head.append(f"{what}: {up} of {n} properties improve with model size (median Spearman rho {med:+.2f}, "
-                        f"signed so that positive is better).")
+        if n and n_sizes > 1:
+            line = (f"{what}: {up} of {n} properties improve with model size (median Spearman rho {med:+.2f} "
+                    f"from the run means, signed so that positive is better")
+            agree = downstream[(downstream["protocol"] == protocol) & (downstream["metric"] == metric)]
+            agree = agree.drop_duplicates("property")["seeds_agree"].dropna() if "seeds_agree" in agree else agree.iloc[:0]
+            if len(agree):
+                line += f"; the seeds' own sweeps agree in sign for a median {agree.median():.0%} of seeds"
+            head.append(line + ").")
+    for prop, protocol, share in clipped(probes):
+        head.append(f"The {protocol} protocol's MAD clip drops {share:.0%} of the galaxies with a finite "
+                    f"{prop}: its {protocol} score describes the rest only.")
     ridge = largest[(largest["protocol"] == "ridge_cv") & (largest["metric"] == "r2")].dropna(subset=["value"])
     if len(ridge):
         best = ridge.sort_values("value", ascending=False)
         top = ", ".join(f"{r.property} {fmt(r.value)}" for r in best.head(3).itertuples())
-        head.append(f"Best-predicted properties ({large['size']}, ridge R²): {top}; median over "
-                    f"{len(ridge)} properties {fmt(ridge['value'].median())}.")
+        head.append(f"Best-predicted properties ({large['size']}, ridge R²{', mean of runs' if several else ''}): "
+                    f"{top}; median over {len(ridge)} properties {fmt(ridge['value'].median())}.")
     gpu, wall = losses["gpu_hours"].fillna(0).sum(), losses["elapsed_s"]
     if gpu > 0:
         cost = f"{fmt(gpu, 3)} GPU-hours"
@@ -306,7 +423,7 @@ def build_summary(
         cost = f"{fmt(wall.sum() / 3600, 3)} wall-clock hours (no GPU)"
     else:
         cost = "its cost not recorded (released weights)"
-    head.append(f"Training compute: {fmt_count(losses['flops'].sum())} FLOPs in all, {cost}.")
+    head.append(f"Training compute: {fmt_count(losses['flops'].sum())} FLOPs in all ({_runs_word(len(losses))}), {cost}.")
 
     blocks = [Block("h1", "AstroPT scaling study: summary")]
     if context:
@@ -314,8 +431,21 @@ def build_summary(
     blocks += [Block("ul", items=head)]
     blocks += _model_section(losses)
     blocks += _fit_section(fit, fit_table)
-    blocks += _probe_section(str(large["size"]), largest, downstream, str(small["size"]))
+    n_runs = int(sizes.loc[sizes["size"] == large["size"], "runs"].iloc[0])
+    blocks += _probe_section(str(large["size"]), largest, downstream, str(small["size"]), n_runs)
     return blocks
+
+
+def headline_lines(markdown: str) -> list[str]:
+    """The headline bullets of a summary written by :func:`to_markdown` (what ``make run`` prints)."""
+    lines, started = [], False
+    for line in markdown.splitlines():
+        if line.startswith("- "):
+            started = True
+            lines.append(line[2:])
+        elif started:
+            break
+    return lines
 
 
 # --------------------------------------------------------------------------- renderers
@@ -380,3 +510,23 @@ def to_html(blocks: Sequence[Block]) -> str:
             raise ValueError(f"unknown block kind {b.kind!r}")
     return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m astropt.summary [results/summary.md]``: print the summary's headline lines."""
+    import sys
+    from pathlib import Path
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    path = Path(args[0] if args else "results/summary.md")
+    if not path.exists():
+        print(f"{path} does not exist: run the workflow first (make run)", file=sys.stderr)
+        return 1
+    print(f"Headline numbers ({path}):")
+    for line in headline_lines(path.read_text()):
+        print(f"- {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

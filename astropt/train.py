@@ -15,7 +15,9 @@ Files in ``out_dir``:
     last.pt      resumable state (model, optimiser, step, metrics so far, RNG), written
                  atomically every ``checkpoint_interval`` steps; a rerun resumes from it.
     ckpt.pt      the final model (v1 checkpoint layout, no optimiser), written at the end.
-    ckpt.json    a readable sidecar: size, parameters, steps, final losses, config.
+    ckpt.json    a readable sidecar: size, parameters, steps, final losses, config, and the
+                 run's provenance (training seed, data seed, threads, torch version, CPU
+                 capability or GPU: :func:`provenance`).
     metrics.csv  step, tokens_seen, flops, train_loss, val_loss, lr, elapsed_s, tokens_per_s,
                  mfu, peak_mem_gb, gpu_hours.
     history.log  the progress lines of every attempt, appended (the CLI writes it).
@@ -76,7 +78,7 @@ METRIC_COLUMNS = [
 ]
 # Settings that do not change what is learned: a resumed run may differ in these.
 OPERATIONAL_KEYS = {"eval_interval", "log_interval", "checkpoint_interval", "device", "compile", "threads",
-                    "peak_tflops"}
+                    "peak_tflops", "data_seed"}
 EXIT_CHECKPOINTED = 75
 """Exit status after a stop signal was handled by checkpointing (EX_TEMPFAIL: retry me)."""
 
@@ -187,6 +189,36 @@ def run_fingerprint(spec: SizeSpec, cfg: TrainConfig, data: str = "") -> str:
     d = {k: v for k, v in cfg.to_dict().items() if k not in OPERATIONAL_KEYS}
     payload = json.dumps({"model": spec.model.to_dict(), "lr": spec.lr, "train": d, "data": data}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def provenance(cfg: TrainConfig, device: torch.device, bf16: bool) -> dict:
+    """Where a run's numbers come from: its seeds, threads, software and machine.
+
+    CPU training is bit-for-bit reproducible only on the same machine (CPU kernel set), thread
+    count and versions: changing only the threads (1 -> 2) or the kernels (AVX-512 -> AVX2)
+    changes the losses. These fields say which.
+    """
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "seed": cfg.seed,
+        "data_seed": cfg.data_seed,
+        "threads": cfg.threads,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu": cpu,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "host": platform.node(),
+        "dtype": "bfloat16 autocast" if bf16 else "float32",
+    }
 
 
 def _format_eta(seconds: float) -> str:
@@ -515,6 +547,8 @@ def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say, stop
             "mfu": float(metrics["mfu"].median()) if len(metrics) and peak else None,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "ranks": dist.world,
+            "seed": cfg.seed,
+            "provenance": provenance(cfg, device, use_bf16),
             "model_args": spec.model.to_dict(),
             "lr": spec.lr,
             "train": cfg.to_dict(),

@@ -21,11 +21,11 @@ def default() -> dict:
 
 def test_default_config_is_valid_and_complete(default):
     cfg = load_config(default)
-    assert cfg.sizes == ["42K", "85K", "144K", "416K"]
+    assert cfg.sizes == ["42K", "85K", "144K", "217K"] and cfg.seeds == [0, 1, 2]
     assert cfg.n_tokens == 64
-    spec = cfg.size_spec("416K")
+    spec = cfg.size_spec("217K")
     assert spec.model.input_dim == 8 * 8 * 3 and spec.model.block_size == 64
-    assert cfg.train_config("416K").norm == "image"
+    assert cfg.train_config("217K").norm == "image"
 
 
 def test_paper_config_merged_over_default_is_valid(default):
@@ -61,19 +61,19 @@ def test_defaults_are_filled(default):
         (lambda c: c["tokens"].__setitem__("patch_size", 7), "tokens.patch_size"),
         (lambda c: c["embed"].__setitem__("n_tokens", 65), "embed.n_tokens"),
         (lambda c: c["umap"].__setitem__("sizes", ["5M"]), "umap.sizes"),
-        (lambda c: c["resources"]["train"]["sizes"].__setitem__("416K", {"gpus": 3}), "train.grad_accum"),
+        (lambda c: c["resources"]["train"]["sizes"].__setitem__("217K", {"gpus": 3}), "train.grad_accum"),
         (lambda c: c["data"].__setitem__("source", "folder"), "data.folder.images"),
         (lambda c: c["data"].__setitem__("n_chan", 4), "data.n_chan"),
         (lambda c: c["tokens"].__setitem__("fit", "stretch"), "tokens.fit"),
-        (lambda c: c["train"].__setitem__("warmup_steps", 600), "train.warmup_steps"),
-        (lambda c: c["train"].__setitem__("decay_steps", 700), "train.decay_steps"),
+        (lambda c: c["train"].__setitem__("warmup_steps", c["train"]["steps"]), "train.warmup_steps"),
+        (lambda c: c["train"].__setitem__("decay_steps", c["train"]["steps"] + 100), "train.decay_steps"),
         (lambda c: c["train"].__setitem__("micro_batch", 16.5), "train.micro_batch"),
-        (lambda c: c["resources"]["train"]["sizes"].__setitem__("416K", {"nodes": 2}), "resources.train"),
-        (lambda c: c["resources"]["embed"]["sizes"].__setitem__("416K", {"nodes": 2, "gpus": 1}), "resources.embed"),
+        (lambda c: c["resources"]["train"]["sizes"].__setitem__("217K", {"nodes": 2}), "resources.train"),
+        (lambda c: c["resources"]["embed"]["sizes"].__setitem__("217K", {"nodes": 2, "gpus": 1}), "resources.embed"),
         (lambda c: c["train"].__setitem__("sizes", {"3M": {"micro_batch": 4}}), "train.sizes.3M"),
         (lambda c: c["train"].__setitem__("sizes", {"42K": {"steps": 4}}), "train.sizes.42K"),
-        (lambda c: (c["train"].__setitem__("sizes", {"416K": {"grad_accum": 3}}),
-                    c["resources"]["train"]["sizes"].__setitem__("416K", {"gpus": 2})), "train.sizes.416K.grad_accum"),
+        (lambda c: (c["train"].__setitem__("sizes", {"217K": {"grad_accum": 3}}),
+                    c["resources"]["train"]["sizes"].__setitem__("217K", {"gpus": 2})), "train.sizes.217K.grad_accum"),
         (lambda c: c["tokens"].__setitem__("jobs", {"train": 10000}), "tokens.jobs"),
         (lambda c: c["embed"].__setitem__("layer", 2), "embed.layer"),  # 42K has 2 blocks
         (lambda c: c["embed"].__setitem__("pooling", "median"), "embed.pooling"),
@@ -90,7 +90,7 @@ def test_bad_config_names_the_key(default, edit, key):
 
 
 def test_predictions_size_defaults_to_the_largest(default):
-    assert load_config(default).predictions_size == "416K"
+    assert load_config(default).predictions_size == "217K"
     chosen = copy.deepcopy(default)
     chosen["figures"]["predictions"]["size"] = "85K"
     assert load_config(chosen).predictions_size == "85K"
@@ -138,17 +138,51 @@ def test_non_finite_numbers_are_refused_by_key(default, value):
 
 def test_per_size_batch_split_and_nodes(default):
     cfg = copy.deepcopy(default)
-    cfg["train"]["sizes"] = {"416K": {"micro_batch": 8, "grad_accum": 4}}
-    cfg["resources"]["train"]["sizes"] = {"416K": {"gpus": 2, "nodes": 2}}
+    cfg["train"]["sizes"] = {"217K": {"micro_batch": 8, "grad_accum": 4}}
+    cfg["resources"]["train"]["sizes"] = {"217K": {"gpus": 2, "nodes": 2}}
     c = load_config(cfg)
-    t = c.train_config("416K")
-    assert (t.micro_batch, t.grad_accum) == (8, 4) and c.train_config("42K").micro_batch == 32
-    r = c.resources("train", "416K")
+    t = c.train_config("217K")
+    assert (t.micro_batch, t.grad_accum) == (8, 4) and c.train_config("42K").micro_batch == default["train"]["micro_batch"]
+    r = c.resources("train", "217K")
     assert (r.gpus, r.nodes) == (2, 2) and c.resources("train", "42K").nodes == 1
 
 
 def test_per_size_resources_inherit_the_rules_default(default):
     cfg = copy.deepcopy(default)
-    cfg["resources"]["train"] = {"default": {"mem_mb": 600, "runtime": 7}, "sizes": {"416K": {"gpus": 1}}}
-    r = load_config(cfg).resources("train", "416K")
+    cfg["resources"]["train"] = {"default": {"mem_mb": 600, "runtime": 7}, "sizes": {"217K": {"gpus": 1}}}
+    r = load_config(cfg).resources("train", "217K")
     assert (r.gpus, r.mem_mb, r.runtime) == (1, 600, 7)  # not the schema's 4000 MB, 60 min
+
+
+def test_training_seeds_make_runs_and_seed_only_training(default):
+    c = load_config(default)
+    assert c.seeds == default["train"]["seeds"] and len(c.runs) == len(c.sizes) * len(c.seeds)
+    t0, t1 = c.train_config("217K", seed=c.seeds[0]), c.train_config("217K", seed=c.seeds[1])
+    assert (t0.seed, t1.seed) == (c.seeds[0], c.seeds[1]) and t0.data_seed == t1.data_seed == c.seed
+    assert {k: v for k, v in t0.to_dict().items() if k != "seed"} == {k: v for k, v in t1.to_dict().items() if k != "seed"}
+    other_data = load_config(dict(default, seed=7))
+    assert other_data.train_config("217K", seed=c.seeds[0]).seed == t0.seed  # the data's seed is not the runs'
+
+
+def test_scaling_and_clip_keys(default):
+    c = load_config(default)
+    assert c.holdout_size == "217K" == c.largest_size
+    assert load_config(dict(default, scaling={"holdout": None})).holdout_size is None
+    assert load_config(dict(default, scaling={"holdout": "85K"})).holdout_size == "85K"
+    with pytest.raises(ConfigError, match="'scaling.holdout': '3M'"):
+        load_config(dict(default, scaling={"holdout": "3M"}))
+    with pytest.raises(ConfigError, match="scaling.estimator"):
+        load_config(dict(default, scaling={"estimator": "lasso"}))
+    assert c.probe["mad_clip"] == {"paper": 3.0, "ridge_cv": None}
+    assert load_config(dict(default, probe={"mad_clip": {"ridge_cv": 2.5}})).probe["mad_clip"] == {"paper": 3.0, "ridge_cv": 2.5}
+    assert load_config(dict(default, probe={"mad_clip": 4})).probe["mad_clip"] == 4  # one number: both protocols
+    with pytest.raises(ConfigError, match="probe.mad_clip"):
+        load_config(dict(default, probe={"mad_clip": {"logistic_cv": 3}}))
+
+
+def test_released_weights_take_one_seed(default):
+    cfg = dict(default, sizes=["1M"], models={"source": "released"}, data={"source": "synthetic", "image_size": 64},
+               tokens={"patch_size": 16}, embed={"n_tokens": 16}, umap={"sizes": None},
+               train={**default["train"], "seeds": [0, 1]})
+    with pytest.raises(ConfigError, match="train.seeds.*released weights are one run per size"):
+        load_config(cfg)

@@ -103,3 +103,23 @@ def test_embed_split_uses_the_checkpoints_normalisation(micro_tokens, model, tmp
     assert list(ids) == list(split.ids)
     np.testing.assert_allclose(X, extract_embeddings(model, split.tokens, n_tokens=16, norm="image"), rtol=1e-5, atol=1e-6)
     assert not np.allclose(X, read_embeddings(tmp_path / "patch.parquet")[1])
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_image_normalisation_spans_the_whole_stamp_whatever_is_fed(model, tokens, transpose):
+    """Training standardises each stamp over all its tokens; embedding the first n tokens must
+    use the same statistics, not those of the n fed tokens (a bug until issue 10)."""
+    from astropt.embed import transpose_tokens
+
+    emb = extract_embeddings(model, tokens, n_tokens=4, norm="image", transpose=transpose)
+    raw = torch.from_numpy(tokens)
+    if transpose:
+        raw = transpose_tokens(raw, patch_size=8, n_chan=3)
+    x = normalise(raw, "image")[:, :4]  # whole stamp normalised, then the first 4 tokens
+    with torch.no_grad():
+        expected = model.forward_features(x).mean(dim=1).numpy()
+    np.testing.assert_allclose(emb, expected, rtol=1e-5, atol=1e-5)
+    fed_only = normalise(raw[:, :4], "image")  # what the old code fed
+    with torch.no_grad():
+        wrong = model.forward_features(fed_only).mean(dim=1).numpy()
+    assert not np.allclose(emb, wrong, atol=1e-3)

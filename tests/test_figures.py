@@ -81,6 +81,33 @@ def _scaling_fit_json(table):
     }
 
 
+def test_scaling_figure_shows_runs_bands_and_the_held_out_size(tmp_path):
+    """Every run, the bootstrap band, both intervals in the legend and the held-out panel."""
+    from astropt.scaling import fit_study
+
+    rng = np.random.default_rng(3)
+    sizes = {"42K": 42_496, "85K": 85_920, "144K": 144_192, "217K": 217_312}
+    rows = [{"size": s, "seed": k, "params": n, "flops": 6.0 * n * 8e5, "tokens_seen": 8e5,
+             "val_loss": 0.3 * n ** -0.15 * np.exp(0.03 * rng.standard_normal())}
+            for s, n in sizes.items() for k in range(3)]
+    table = pd.DataFrame(rows)
+    fit = fit_study(table, n_boot=200, holdout="217K")
+    metrics = {f"{r.size}/seed{r.seed}": pd.DataFrame({"flops": [r.flops / 2, r.flops],
+                                                         "val_loss": [r.val_loss * 1.3, r.val_loss]})
+               for r in table.itertuples()}
+    drawn = plot_scaling(table, fit, tmp_path / "scaling.png", metrics=metrics)
+    assert _is_png(tmp_path / "scaling.png")
+    titles, legends = drawn["titles"], drawn["legends"]
+    assert len(titles) == 3 and "(12 runs)" in titles[0] and titles[1].startswith("Held-out size 217K")
+    pl = fit["params"]["power_law"]
+    law = next(t for t in legends[0] if t.startswith("$(N_c/N)^\\alpha$"))
+    assert "(preferred)" in law and "bootstrap [" in law
+    assert f"{pl['alpha_boot_ci'][0]:.3f}"[:4] in law  # the bootstrap interval's numbers, as fitted
+    assert "95 % bootstrap band over runs" in legends[0] and "final validation loss of one run" in legends[0]
+    assert any("interval for the mean of 3 runs" in t for t in legends[1])
+    assert any("not separate evidence" in t.replace("\n", " ") for t in legends[2])
+
+
 def test_plot_scaling_writes_png(tmp_path, scaling_table, scaling_metrics):
     out = tmp_path / "sub" / "scaling.png"  # parent is created
     plot_scaling(scaling_table, _scaling_fit_json(scaling_table), out, metrics=scaling_metrics)
@@ -142,12 +169,23 @@ def test_downstream_table(probes):
     assert by["has_bar", "logistic_cv", "roc_auc"]["higher_is_better"].all()
 
 
-def test_downstream_table_averages_repeats_and_checks_input(probes):
-    doubled = pd.concat([probes, probes.assign(value=probes["value"] + 0.1)])
-    table = downstream_table(doubled)
-    assert len(table) == 21
+def test_downstream_table_averages_runs_and_checks_input(probes):
+    # seed 1 of every size: 0.1 higher; seed 2 reverses the redshift error's trend
+    runs = [probes.assign(seed=0), probes.assign(seed=1, value=probes["value"] + 0.1)]
+    rev = probes.assign(seed=2)
+    red_err = (rev["property"] == "redshift") & (rev["metric"] == "median_abs_error")
+    rev.loc[red_err, "value"] = rev.loc[red_err, "params"].map({1_100_000: 0.3, 5_400_000: 0.35, 20_980_000: 0.4})
+    table = downstream_table(pd.concat([*runs, rev]))
+    assert len(table) == 21 and (table["n_runs"] == 3).all()
     first = table[(table["property"] == "redshift") & (table["metric"] == "median_abs_error") & (table["size"] == "1M")]
-    assert first["value"].iloc[0] == pytest.approx(0.55)
+    assert first["value"].iloc[0] == pytest.approx((0.5 + 0.6 + 0.3) / 3)
+    assert first["value_sd"].iloc[0] == pytest.approx(np.std([0.5, 0.6, 0.3], ddof=1))
+    assert first["relative_sd"].iloc[0] == pytest.approx(first["value_sd"].iloc[0] / first["value"].iloc[0])
+    # rho from the run means; two of the three seeds' own sweeps agree with its sign
+    assert first["spearman_rho"].iloc[0] == pytest.approx(-1.0)
+    assert first["seeds_agree"].iloc[0] == pytest.approx(2 / 3) and first["seeds_rho"].iloc[0] == "-1.00;-1.00;+1.00"
+    single = downstream_table(probes)
+    assert single["seeds_agree"].isna().all() and single["value_sd"].isna().all() and (single["n_runs"] == 1).all()
     with pytest.raises(ValueError, match=r"lacks columns \['protocol'\]"):
         downstream_table(probes.drop(columns="protocol"))
     with pytest.raises(ValueError, match=r"metrics \['f1'\] of unknown direction"):

@@ -96,9 +96,30 @@ def test_outliers_are_clipped(planted):
     res = paper_probe(X, y_out, n_boot=0)
     assert res.n == base.n - 3
     assert res.scores["r2"].value > 0.95
+    assert (res.kept.n_total, res.kept.n_missing, res.kept.n_clipped) == (len(y), 0, len(y) - res.n)
     # Without clipping the planted outliers stay in.
     assert paper_probe(X, y_out, mad_clip=np.inf, n_boot=0).n == len(y)
-    assert ridge_cv_probe(X, y_out, n_boot=0).n == base.n - 3  # the same rows
+    assert paper_probe(X, y_out, mad_clip=None, n_boot=0).kept.n_clipped == 0
+    # Ridge does not clip unless asked; asked, it drops the same rows as the paper's protocol.
+    assert ridge_cv_probe(X, y_out, n_boot=0).n == len(y)
+    assert ridge_cv_probe(X, y_out, mad_clip=3.0, n_boot=0).n == base.n - 3
+
+
+def test_clipping_is_chosen_per_protocol_and_counted(planted):
+    X, y, _ = planted
+    ids = np.arange(len(y))
+    y = y.copy()
+    y[:7] = np.nan
+    y[[10, 20]] = 1e6
+    meta = pd.DataFrame({"id": ids, "t": y})
+    table = probe_properties(ids, X, meta, properties=["t"], n_boot=0)  # default: paper clips, ridge not
+    rows = table.drop_duplicates("protocol").set_index("protocol")
+    assert rows.loc["paper", "n_missing"] == 7 and rows.loc["paper", "n_clipped"] >= 2
+    assert rows.loc["paper", "n"] + 7 + rows.loc["paper", "n_clipped"] == len(y) == rows.loc["paper", "n_total"]
+    assert rows.loc["ridge_cv", "n_clipped"] == 0 and rows.loc["ridge_cv", "n"] == len(y) - 7
+    both = probe_properties(ids, X, meta, properties=["t"], n_boot=0, mad_clip={"paper": None, "ridge_cv": 3.0})
+    rows = both.drop_duplicates("protocol").set_index("protocol")
+    assert rows.loc["paper", "n_clipped"] == 0 and rows.loc["ridge_cv", "n_clipped"] >= 2
 
 
 def test_non_finite_targets_are_dropped(planted):
@@ -383,3 +404,61 @@ def test_probe_properties_errors_name_the_problem(planted):
         probe_properties(good, X, meta.drop(columns="id"))
     with pytest.raises(ValueError, match="one id per row"):
         probe_properties(good[:10], X, meta)
+
+
+@pytest.mark.parametrize("n, d, noise", [(1600, 96, 0.5), (300, 32, 5.0), (80, 120, 1.0), (50, 8, 0.01)])
+def test_ridge_loo_equals_sklearns_ridgecv(n, d, noise):
+    """The one-SVD leave-one-out path chooses the same alpha and predicts the same as
+    Pipeline(StandardScaler, RidgeCV), constant columns and n < d included."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from astropt.probe import RIDGE_ALPHAS, ridge_loo
+
+    rng = np.random.default_rng(n + d)
+    X = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) * 3.0
+    X[:, 1] = 2.5  # constant column
+    y = 0.3 * X[:, 0] + noise * rng.normal(size=n)
+    X_new = rng.normal(size=(30, d))
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(X, y)
+    pred, alpha = ridge_loo(X, y, X_new)
+    assert alpha == model[-1].alpha_
+    np.testing.assert_allclose(pred, model.predict(X_new), rtol=1e-7, atol=1e-9)
+
+
+def test_aggregate_runs_pools_runs_and_galaxies(planted):
+    """A size's runs combined: the mean of their scores, their spread, an interval that holds
+    the between-run variation (runs differing by their embedding noise) and the galaxy one."""
+    from astropt.probe import AGGREGATE_COLUMNS, aggregate_runs
+
+    X, y, rng = planted
+    ids = np.arange(len(y))
+    meta = pd.DataFrame({"id": ids, "t": y + 2.0 * rng.standard_normal(len(y)), "flag": (y > 0).astype(int)})
+    tables, draws = {}, {}
+    for run, noise in enumerate((0.5, 1.0, 2.0)):  # three "runs": embeddings of varying quality
+        Xr = X + noise * np.random.default_rng(run).standard_normal(X.shape)
+        tables[f"seed{run}"], draws[f"seed{run}"] = probe_properties(ids, Xr, meta, n_boot=300, seed=7,
+                                                                     return_draws=True)
+    agg = aggregate_runs(tables, draws, n_boot=2000, seed=1)
+    assert list(agg.columns) == AGGREGATE_COLUMNS and len(agg) == len(tables["seed0"])
+    row = agg[(agg["property"] == "t") & (agg["protocol"] == "ridge_cv") & (agg["metric"] == "r2")].iloc[0]
+    values = [t.set_index(["property", "protocol", "metric"]).loc[("t", "ridge_cv", "r2"), "value"]
+              for t in tables.values()]
+    assert row["value"] == pytest.approx(np.mean(values)) and row["run_sd"] == pytest.approx(np.std(values, ddof=1))
+    assert row["n_runs"] == 3 and row["run_min"] == min(values) and row["run_max"] == max(values)
+    assert row["ci_low"] < row["value"] < row["ci_high"]
+    one = tables["seed0"].set_index(["property", "protocol", "metric"]).loc[("t", "ridge_cv", "r2")]
+    # wider than one run's galaxy interval: the runs differ by more than the galaxies move them
+    assert row["ci_high"] - row["ci_low"] > one["ci_high"] - one["ci_low"]
+    assert row["ci_dof"] < 10  # few runs: the t-calibration widens the ends
+    single = aggregate_runs({"seed0": tables["seed0"]}, {"seed0": draws["seed0"]})
+    assert single["n_runs"].eq(1).all() and single["run_sd"].isna().all()
+    first = tables["seed0"]
+    assert np.allclose(single["value"], first["value"], equal_nan=True)
+    with pytest.raises(ValueError, match="different galaxies"):
+        other = tables["seed1"].copy()
+        other["n"] = other["n"] - 1
+        aggregate_runs({"a": first, "b": other}, {"a": draws["seed0"], "b": draws["seed1"]})
+    with pytest.raises(ValueError, match="draws of"):
+        aggregate_runs({"a": first}, {"b": draws["seed0"]})

@@ -309,6 +309,7 @@ def test_released_weights_through_the_workflow(tmp_path):
         "embed": {"n_tokens": 16, "batch_size": 64},
         "probe": {"properties": ["redshift", "mag_r_desi", "est_petro_th50"]},
         "umap": {"sizes": ["1M"]},
+        "train": {"seeds": [0]},  # the released weights are one run per size
     }
     env = {k: v for k, v in os.environ.items() if k not in UNSET_ENV}
     env.update(hf_env_vars(tmp_path / "hf_home"))
@@ -336,17 +337,17 @@ def test_released_weights_through_the_workflow(tmp_path):
     assert not (work / "logs/train").exists() and not (work / "results/tokens/train/index.parquet").exists()
     split = load_tokens(work / "results/tokens/test")
     for size, original in originals.items():
-        side = json.loads((work / f"results/models/{size}/ckpt.json").read_text())
+        side = json.loads((work / f"results/models/{size}/seed0/ckpt.json").read_text())
         assert side["source"] == "released" and side["released"]["commit"] == FAKE_COMMIT
         assert side["released"]["sha256"] == hashlib.sha256((repo / repo_file(size)).read_bytes()).hexdigest()
         assert side["steps"] == 30000 and side["params"] == original.get_num_params()
-        assert len(pd.read_csv(work / f"results/models/{size}/metrics.csv")) == 1
+        assert len(pd.read_csv(work / f"results/models/{size}/seed0/metrics.csv")) == 1
         # embed.transpose auto: the paper's probe path, untransposed stamps
-        ids, X = read_embeddings(work / f"results/embeddings/{size}.parquet")
+        ids, X = read_embeddings(work / f"results/embeddings/{size}/seed0.parquet")
         assert list(ids) == list(split.ids)
         np.testing.assert_allclose(X, extract_embeddings(original, split.tokens, n_tokens=16, norm="patch"),
                                    rtol=1e-4, atol=1e-5)
-        assert "untransposed stamps, as the paper's probes" in (work / f"logs/embed/{size}.log").read_text()
+        assert "untransposed stamps, as the paper's probes" in (work / f"logs/embed/{size}/seed0.log").read_text()
         probes = pd.read_csv(work / f"results/probes/{size}.csv")
         assert set(probes["property"]) == {"redshift", "mag_r_desi", "est_petro_th50"}
     fit = json.loads((work / "results/scaling/fit.json").read_text())
@@ -365,10 +366,11 @@ def test_released_weights_through_the_workflow(tmp_path):
     cfg.write_text(yaml.safe_dump(config))
     dry = snakemake("-n", "--cores", "2", f"--configfile={cfg}", *targets, cwd=work, env=env)
     assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
-    assert set(_jobs(dry.stdout)) == {"embed", "probe", "figure_downstream", "figure_umap", "summary", "total"}, dry.stdout[-3000:]
+    assert set(_jobs(dry.stdout)) == {"embed", "probe", "probe_size", "figure_downstream", "figure_umap", "summary",
+                                      "total"}, dry.stdout[-3000:]
     proc = snakemake("--cores", "2", f"--configfile={cfg}", *targets, cwd=work, env=env)  # no Hub needed now
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     flipped = transpose_tokens(np.asarray(split.tokens), 16, 3)
-    _, X = read_embeddings(work / "results/embeddings/1M.parquet")
+    _, X = read_embeddings(work / "results/embeddings/1M/seed0.parquet")
     np.testing.assert_allclose(X, extract_embeddings(originals["1M"], flipped, n_tokens=16, norm="patch"),
                                rtol=1e-4, atol=1e-5)

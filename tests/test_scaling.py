@@ -335,7 +335,152 @@ def test_markdown_and_latex_tables(fits):
     assert tex.count("\\toprule") == tex.count("\\midrule") == tex.count("\\bottomrule") == 1
     assert "$0.3 \\pm 1.1\\;[0.0^\\dagger, 5.0^\\dagger]$" in tex
     body = tex.split("\\midrule")[1].split("\\bottomrule")[0].strip().splitlines()
-    assert len(body) == 6 and all(r.count("&") == 7 and r.endswith("\\\\") for r in body)
+    assert len(body) == 6 and all(r.count("&") == len(header) - 1 and r.endswith("\\\\") for r in body)
     notes = tex.split("\\bottomrule")[1]
     assert "(1) L\\_inf is at its lower bound 0" in notes  # reasons below the rule, escaped
     assert "%" not in tex.replace("\\%", "").split("\n", 1)[1]  # no stray comment characters
+
+
+# --------------------------------------------------------------------------- fits over runs
+
+from astropt.scaling import fit_runs, fit_study, headline, holdout_test  # noqa: E402
+
+SWEEP = np.array([42e3, 85e3, 144e3, 416e3])  # the embedded default's sizes
+ALPHA = 0.1  # L = (N_c / N)^alpha, loss 0.069 .. 0.054 over the sweep
+N_C = 1e-7
+
+
+def _sweep(rng, seeds=3, sd=0.04, sizes=SWEEP, alpha=ALPHA):
+    """Runs of a power law with log-normal run-to-run noise (4 % in L, as tiny models show)."""
+    N = np.repeat(sizes, seeds)
+    groups = np.repeat([f"{int(n / 1e3)}K" for n in sizes], seeds)
+    L = (N_C / N) ** alpha * np.exp(sd * rng.standard_normal(len(N)))
+    return N, L, groups
+
+
+def test_bootstrap_over_runs_covers_the_exponent_at_its_stated_rate():
+    """4 sizes x 3 seeds: the plain percentile bootstrap would cover about 81 % here; the
+    inflated, t-calibrated one (astropt.resample) must cover at the stated 95 %."""
+    rng = np.random.default_rng(10)
+    sims, hits, analytic = 300, 0, 0
+    for _ in range(sims):
+        N, L, g = _sweep(rng)
+        fit = fit_runs(N, L, g, n_boot=400, seed=int(rng.integers(1 << 30)), boot_laws=("power_law",))
+        pl = fit["power_law"]
+        hits += _covers(pl["alpha_boot_ci"], ALPHA)
+        analytic += _covers(pl["alpha_ci"], ALPHA)
+    lo, hi = _binomial_band(sims, 0.95)
+    assert lo <= hits / sims <= hi, hits / sims
+    assert lo <= analytic / sims <= hi, analytic / sims  # Student-t on every run: exact here
+
+
+def test_held_out_prediction_interval_covers_at_its_stated_rate():
+    rng = np.random.default_rng(11)
+    sims, mean_hits, run_hits, runs = 200, 0, 0, 0
+    for _ in range(sims):
+        N, L, g = _sweep(rng)
+        h = holdout_test(N, L, g, "416K", n_boot=400, seed=int(rng.integers(1 << 30)))
+        mean_hits += bool(h["inside_mean"])
+        run_hits += h["runs_inside"]
+        runs += h["n_runs"]
+    lo, hi = _binomial_band(sims, 0.95)
+    assert lo <= mean_hits / sims <= hi, mean_hits / sims
+    # The runs of one sweep share its fit: a looser band for the pooled single-run rate.
+    assert 0.9 <= run_hits / runs <= 0.995, run_hits / runs
+
+
+def test_a_missed_prediction_is_stated_plainly():
+    rng = np.random.default_rng(12)
+    N, L, g = _sweep(rng, sd=0.005)
+    L[g == "416K"] *= 1.3  # the largest size stalls: far above the law's extrapolation
+    h = holdout_test(N, L, g, "416K", n_boot=300)
+    assert h["inside_mean"] is False and h["runs_inside"] == 0
+    assert "above the 95 % prediction interval" in h["verdict"] and "MISSED" in h["verdict"]
+    assert h["pi_mean"][1] < h["observed_mean"]
+
+
+def test_huber_estimator_shrugs_off_outlying_runs():
+    """Two runs stuck on a plateau (+50 % loss) pull least squares off; Huber's fit keeps the law."""
+    rng = np.random.default_rng(13)
+    N, L, g = _sweep(rng, seeds=4, sd=0.01, sizes=np.geomspace(3e4, 3e6, 5))
+    L[[0, 5]] *= 1.5  # the first runs of the two smallest sizes
+    ls = fit_runs(N, L, g, n_boot=0)["power_law"]["alpha"]
+    hub = fit_runs(N, L, g, n_boot=100, estimator="huber", boot_laws=("power_law",))
+    assert abs(hub["power_law"]["alpha"] - ALPHA) < 0.01 < abs(ls - ALPHA)
+    assert hub["estimator"] == "huber" and hub["power_law"]["alpha_ci"] is None  # no analytic interval
+    lo, hi = hub["power_law"]["alpha_boot_ci"]
+    assert lo < hub["power_law"]["alpha"] < hi
+    assert hub["least_squares"]["power_law"]["alpha"] == pytest.approx(ls)
+
+
+@pytest.mark.slow
+def test_huber_estimator_recovers_a_saturating_law_with_outliers():
+    rng = np.random.default_rng(14)
+    N = np.repeat(np.geomspace(1e4, 1e8, 7), 3)
+    g = np.repeat(np.arange(7), 3)
+    L = _law(N) * np.exp(0.01 * rng.standard_normal(len(N)))
+    L[[1, 4]] *= 1.4
+    sat = fit_runs(N, L, g, n_boot=0, estimator="huber")["saturating"]
+    assert not sat["degenerate"], sat["reason"]
+    assert sat["alpha"] == pytest.approx(TRUE["alpha"], abs=0.03)
+    assert sat["L_inf"] == pytest.approx(TRUE["L_inf"], rel=0.05)
+
+
+def test_one_run_per_size_has_no_bootstrap_and_says_why():
+    rng = np.random.default_rng(15)
+    N, L, g = _sweep(rng, seeds=1)
+    fit = fit_runs(N, L, g, n_boot=200)
+    assert not fit["bootstrap"]["available"] and "one run per size" in fit["bootstrap"]["reason"]
+    assert "alpha_boot_ci" not in fit["power_law"] and fit["band"] is None
+    h = headline(fit)
+    assert h["interval"] == "analytic" and any("one run per size" in n for n in h["notes"])
+    held = holdout_test(N, L, g, "416K", n_boot=200)
+    assert held["method"].startswith("Student-t") and held["pi_mean"] is not None
+
+
+def test_headline_quotes_only_a_supported_bounded_law():
+    rng = np.random.default_rng(16)
+    N, L, g = _sweep(rng, sd=0.01)
+    h = headline(fit_runs(N, L, g, n_boot=300))
+    assert h["quote"] and h["law"] == "power_law" and h["excludes_zero"]
+    flat = np.repeat([0.05], len(N)) * np.exp(0.03 * rng.standard_normal(len(N)))
+    h = headline(fit_runs(N, flat, g, n_boot=300))
+    assert not h["excludes_zero"] or not h["quote"]
+    # A floor the data need: the saturating law is preferred and, with runs enough, quoted.
+    N2 = np.repeat(np.geomspace(1e4, 1e9, 8), 3)
+    g2 = np.repeat(np.arange(8), 3)
+    L2 = _law(N2) * np.exp(0.01 * rng.standard_normal(len(N2)))
+    fit = fit_runs(N2, L2, g2, n_boot=200)
+    assert fit["preferred"] == "saturating" and fit["comparison"]["f_p"] < 0.05
+    h = headline(fit)
+    assert h["law"] == "saturating" and h["quote"] and h["L_inf_ci"][0] < TRUE["L_inf"] < h["L_inf_ci"][1]
+
+
+def test_lack_of_fit_flags_a_law_the_runs_reject():
+    rng = np.random.default_rng(17)
+    N, L, g = _sweep(rng, sd=0.003)
+    L[g == "85K"] *= 1.1  # a kink no power law follows, far beyond the runs' scatter
+    fit = fit_runs(N, L, g, n_boot=200)
+    assert fit["comparison"]["lack_of_fit"]["power_law"]["p"] < 1e-3
+    h = headline(fit)
+    assert not h["quote"] and any("lack-of-fit" in n for n in h["notes"])
+
+
+def test_fit_study_layout_compute_restates_params_and_holdout():
+    rng = np.random.default_rng(18)
+    N, L, g = _sweep(rng)
+    runs = pd.DataFrame({"size": g, "seed": np.tile([0, 1, 2], 4), "params": N, "flops": 6 * N * TOKENS * 1.1,
+                         "tokens_seen": TOKENS, "val_loss": L})
+    fit = fit_study(runs, n_boot=200, holdout="416K")
+    assert fit["runs_per_size"] == {"42K": 3, "85K": 3, "144K": 3, "416K": 3} and fit["seeds"] == [0, 1, 2]
+    assert fit["compute"]["separate_evidence"] is False and "not separate evidence" in fit["compute"]["note"]
+    assert not fit["compute"]["bootstrap"]["available"] and fit["params"]["bootstrap"]["available"]
+    assert fit["holdout"]["size"] == "416K" and fit["holdout"]["fit"]["n_sizes"] == 3
+    json.dumps(fit)  # plain JSON
+    table = fit_table(fit)
+    assert table["alpha_boot_lo"].notna().sum() >= 1 and (table["n_boot"].dropna() == 200).all()
+    assert "not separate evidence" in table_markdown(table)
+    varied = runs.assign(tokens_seen=TOKENS * np.repeat([1, 2, 1, 2], 3))
+    assert fit_study(varied, n_boot=50)["compute"]["separate_evidence"] is True
+    one = fit_study(runs[runs["size"] == "42K"], n_boot=50, holdout="42K")
+    assert "error" in one["params"] and "nothing to hold out" in one["holdout"]["reason"]

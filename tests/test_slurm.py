@@ -38,7 +38,7 @@ So the form that reaches the trainer and keeps Snakemake in charge is ``--signal
 The signal test sends TERM with ``scancel --signal=TERM``: the same delivery, at a known
 moment (sbatch's warning comes up to 30 s early, at slurmctld's periodic check).
 Snakemake deletes a rule's log before each attempt: the interrupted attempt's lines are in
-results/models/{size}/history.log, which the trainer appends to.
+results/models/{size}/seed{seed}/history.log, which the trainer appends to.
 """
 
 import re
@@ -64,6 +64,7 @@ def _config(work: Path, name: str, **train) -> Path:
     """The micro config with one size, whose training asks SLURM for one (fake) GPU."""
     config = yaml.safe_load((ROOT / "tests/data/micro.yaml").read_text())
     config["sizes"], config["umap"]["sizes"] = [SIZE], [SIZE]  # tokens.jobs kept: 2 train jobs
+    config["train"]["seeds"] = [0]  # one training run (the micro config trains two per size)
     # The train rule asks sbatch for --signal=TERM@signal_lead_s (a warning that long before
     # the time limit, checked every 30 s): at the minimum, 30 s, it never fires in these
     # 10-minute jobs; the preemption test sends its signal itself.
@@ -135,22 +136,23 @@ def test_micro_workflow_on_slurm_with_a_gpu_job(slurm_work, slurm_cluster):  # n
 
     probes = pd.read_csv(work / f"results/probes/{SIZE}.csv")
     assert {"mag_r_desi", "redshift"} <= set(probes["property"])
-    assert pd.read_csv(work / f"results/models/{SIZE}/metrics.csv")["step"].iloc[-1] == 30
-    assert len(pd.read_parquet(work / f"results/embeddings/{SIZE}.parquet")) == 256
+    assert pd.read_csv(work / f"results/models/{SIZE}/seed0/metrics.csv")["step"].iloc[-1] == 30
+    assert len(pd.read_parquet(work / f"results/embeddings/{SIZE}/seed0.parquet")) == 256
 
     # SLURM ran every job (11 of them) and gave the training job the node's fake GPU.
     train = _jobs(cluster, "train")
     assert [(j["state"], j["gres"]) for j in train] == [("COMPLETED", "gpu:fakegpu:1")], train
-    slurm_log = (work / f".snakemake/slurm_logs/rule_train/{SIZE}/{train[0]['id']}.log").read_text()
+    slurm_log = (work / f".snakemake/slurm_logs/rule_train/{SIZE}_0/{train[0]['id']}.log").read_text()
     assert "slurm_extra=--signal=TERM@30" in slurm_log  # the warning before the time limit
     runtimes = [f"train {train[0]['runtime']}"]
-    for rule, count in (("download", 1), ("tokenise", 4), ("token_index", 3), ("embed", 1), ("probe", 1)):
+    for rule, count in (("download", 1), ("tokenise", 4), ("token_index", 3), ("embed", 1), ("probe", 1),
+                        ("probe_size", 1)):
         jobs = _jobs(cluster, rule)
         assert [(j["state"], j["gres"]) for j in jobs] == [("COMPLETED", "(null)")] * count, (rule, jobs)
         runtimes.append(f"{rule} {' '.join(j['runtime'] for j in jobs)}")
     print("SLURM job run times:", ", ".join(runtimes))
     # The job saw CUDA_VISIBLE_DEVICES=0, but this PyTorch has no CUDA: training ran on the CPU.
-    assert "device cpu" in (work / f"logs/train/{SIZE}.log").read_text()
+    assert "device cpu" in (work / f"logs/train/{SIZE}/seed0.log").read_text()
 
 
 def _wait_for(path: Path, pattern: str, proc: subprocess.Popen, timeout: float, seen: list[str]) -> re.Match:
@@ -200,10 +202,10 @@ def test_signal_checkpoints_and_the_retry_resumes(slurm_work, slurm_cluster, tmp
     # checkpoint_interval > steps: the only resumable state is the one the signal makes
     config = _config(work, "slurm_signal.yaml", steps=steps, checkpoint_interval=10 * steps,
                      log_interval=20, eval_interval=400, warmup_steps=10)
-    log, history = work / f"logs/train/{SIZE}.log", work / f"results/models/{SIZE}/history.log"
+    log, history = work / f"logs/train/{SIZE}/seed0.log", work / f"results/models/{SIZE}/seed0/history.log"
     out = open(tmp_path / "snakemake.out", "w+")
     t0 = time.monotonic()
-    proc = subprocess.Popen(_snakemake_cmd(config, f"results/models/{SIZE}/ckpt.pt"), cwd=work, env=_env(),
+    proc = subprocess.Popen(_snakemake_cmd(config, f"results/models/{SIZE}/seed0/ckpt.pt"), cwd=work, env=_env(),
                             stdout=out, stderr=subprocess.STDOUT, text=True)
     try:
         seen: list[str] = []
@@ -243,10 +245,10 @@ def test_signal_checkpoints_and_the_retry_resumes(slurm_work, slurm_cluster, tmp
     assert re.search(resumed, final_log) and "checkpointed" not in final_log, final_log[-3000:]
     lines = history.read_text()
     assert re.search(rf"checkpointed at step {at_step}/{steps}[^\n]*\n.*{resumed}", lines, re.S), lines[-3000:]
-    metrics = pd.read_csv(work / f"results/models/{SIZE}/metrics.csv")
+    metrics = pd.read_csv(work / f"results/models/{SIZE}/seed0/metrics.csv")
     assert metrics["step"].iloc[-1] == steps and metrics["step"].is_monotonic_increasing
     assert metrics["step"].is_unique
-    assert not (work / f"results/models/{SIZE}/last.pt").exists()  # removed by the finished run
+    assert not (work / f"results/models/{SIZE}/seed0/last.pt").exists()  # removed by the finished run
 
 
 # --------------------------------------------------------------------------- the helper itself (fast)

@@ -52,9 +52,10 @@ def test_default_all_dry_run():
     proc = snakemake("-n", "--forceall", "--cores", "2", "all")  # --forceall: also after `make run`
     assert proc.returncode == 0, proc.stderr
     jobs = _jobs(proc.stdout)
-    assert jobs["train"] == 4 and jobs["embed"] == 4 and jobs["probe"] == 4
-    assert jobs["tokenise"] == 3 and jobs["token_index"] == 3 and jobs["download"] == 1 and jobs["figure_umap"] == 2
-    assert jobs["rejected"] == 1
+    # 4 sizes x 3 training seeds: a job per run, then one probe table per size over its runs
+    assert jobs["train"] == 12 and jobs["embed"] == 12 and jobs["probe"] == 12 and jobs["probe_size"] == 4
+    assert jobs["tokenise"] == 3 and jobs["token_index"] == 3 and jobs["download"] == 1 and jobs["figure_umap"] == 1
+    assert jobs["rejected"] == 1 and jobs["scaling"] == 1
 
 
 def test_paper_single_target_dry_run_on_slurm_profile():
@@ -62,16 +63,18 @@ def test_paper_single_target_dry_run_on_slurm_profile():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = _jobs(proc.stdout)
     # download; tokenise train (32 jobs, one per shard group) + validation (training) and test
-    # (embedding), one job each, and their indexes; train, embed, probe
-    assert jobs == {"download": 1, "tokenise": 34, "token_index": 3, "train": 1, "embed": 1, "probe": 1, "total": 41}
-    assert "results/models/309M/ckpt.pt" in proc.stdout
+    # (embedding), one job each, and their indexes; train, embed, probe (one run: paper.yaml
+    # trains one seed) and the size's table over its runs
+    assert jobs == {"download": 1, "tokenise": 34, "token_index": 3, "train": 1, "embed": 1, "probe": 1,
+                    "probe_size": 1, "total": 42}
+    assert "results/models/309M/seed0/ckpt.pt" in proc.stdout
 
 
 def test_paper_2100M_is_one_job_on_two_nodes():
     """Multi-node: one srun task per node running astropt.launch; SLURM gets the nodes,
     one task each and 8 GPUs per node."""
     proc = snakemake("-n", "--forceall", "--profile", "profiles/slurm", "--configfile=config/paper.yaml",
-                     "-p", "results/models/2100M/ckpt.pt")
+                     "-p", "results/models/2100M/seed0/ckpt.pt")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "exec srun --ntasks=2 --ntasks-per-node=1 --kill-on-bad-exit=1 " in out
@@ -94,33 +97,61 @@ def test_bad_config_stops_before_any_job(tmp_path):
 
 @pytest.mark.slow
 def test_micro_workflow_end_to_end(tmp_path):
-    """The whole DAG on a micro config, in a scratch copy of the workflow."""
+    """The whole DAG on a micro config (3 sizes x 2 training seeds), in a scratch copy of the workflow."""
     work = _scratch_workflow(tmp_path)
     proc = snakemake("--cores", "2", f"--configfile={ROOT / 'tests/data/micro.yaml'}", "all", cwd=work, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
-    for size in ("30K", "144K"):
-        metrics = pd.read_csv(work / f"results/models/{size}/metrics.csv")
-        assert metrics["step"].iloc[-1] == 30
-        emb = pd.read_parquet(work / f"results/embeddings/{size}.parquet")
-        assert len(emb) == 256 and emb["id"].is_unique
+    sizes, seeds = ("30K", "85K", "144K"), (0, 1)
+    for size in sizes:
+        for seed in seeds:  # each run its own checkpoint, metrics, embeddings and probes
+            metrics = pd.read_csv(work / f"results/models/{size}/seed{seed}/metrics.csv")
+            assert metrics["step"].iloc[-1] == 30
+            side = json.loads((work / f"results/models/{size}/seed{seed}/ckpt.json").read_text())
+            assert side["seed"] == seed and side["provenance"]["seed"] == seed
+            prov = side["provenance"]
+            assert prov["data_seed"] == 0 and prov["threads"] == 1 and prov["torch"] and prov["cpu_capability"]
+            emb = pd.read_parquet(work / f"results/embeddings/{size}/seed{seed}.parquet")
+            assert len(emb) == 256 and emb["id"].is_unique
+            run = pd.read_csv(work / f"results/probes/{size}/seed{seed}.csv")
+            assert {"mag_r_desi", "est_petro_th50", "redshift"} <= set(run["property"])
+            assert (run["n"] + run["n_missing"] + run["n_clipped"] == run["n_total"]).all()
+            assert len(pd.read_parquet(work / f"results/probes/{size}/seed{seed}.draws.parquet")) == len(run)
+        # the target users ask for: the size's runs combined
         probes = pd.read_csv(work / f"results/probes/{size}.csv")
-        assert {"mag_r_desi", "est_petro_th50", "redshift"} <= set(probes["property"])
+        assert (probes["n_runs"] == 2).all() and probes["run_sd"].notna().any()
+        paper = probes[probes["protocol"] == "paper"]
+        ridge = probes[probes["protocol"] == "ridge_cv"]
+        assert (ridge["n_clipped"] == 0).all() and paper["n_clipped"].sum() > 0  # the clip is per protocol
+        ok = probes.dropna(subset=["ci_low"])
+        assert ((ok["ci_low"] <= ok["value"]) & (ok["value"] <= ok["ci_high"])).all()
+    # different training seeds, different runs; the same data
+    a, b = (json.loads((work / f"results/models/85K/seed{s}/ckpt.json").read_text()) for s in seeds)
+    assert a["final_val_loss"] != b["final_val_loss"]
     fit = json.loads((work / "results/scaling/fit.json").read_text())
-    assert fit["n_points"] == 2 and fit["sizes"] == ["30K", "144K"]
+    assert fit["n_points"] == 6 and fit["sizes"] == list(sizes) and fit["runs_per_size"] == dict.fromkeys(sizes, 2)
+    assert fit["params"]["bootstrap"]["available"] and fit["params"]["bootstrap"]["n_resamples"] == 200
+    assert fit["params"]["power_law"]["alpha_boot_ci"] is not None and fit["params"]["preferred"]
+    assert fit["compute"]["separate_evidence"] is False
+    holdout = fit["holdout"]
+    assert holdout["size"] == "144K" and holdout["pi_mean"] and holdout["verdict"]
+    assert len(pd.read_csv(work / "results/scaling/losses.csv")) == 6
     for fig in ("scaling.png", "loss_curves.png", "downstream.png", "umap_144K.png", "examples.png", "predictions.png"):
         assert (work / "results/figures" / fig).stat().st_size > 10_000
     assert not (work / "results/figures/umap_30K.png").exists()
     for table in ("fit.md", "fit.tex"):
         assert "C (training FLOPs) | power law" in (work / "results/scaling" / table).read_text().replace(" &", " |")
+    down = pd.read_csv(work / "results/probes/summary.csv")
+    assert (down["n_runs"] == 2).all() and "seeds_agree" in down
     summary = (work / "results/summary.md").read_text()
     assert "30K" in summary and "144K" in summary and "`results/scaling/fit.json` (rule `scaling`)" in summary
+    assert "3 sizes x 2 training seeds (0, 1)" in summary and "Held-out size: " in summary
     # The report: every figure and the summary, with captions, in one file.
     proc = snakemake("--report", "report.html", f"--configfile={ROOT / 'tests/data/micro.yaml'}", cwd=work)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (work / "report.html").read_text()
     for name in ("scaling.png", "loss_curves.png", "downstream.png", "umap_144K.png", "examples.png",
-                 "predictions.png", "summary.html", "AstroPT scaling study"):
+                 "predictions.png", "summary.html", "AstroPT scaling study", "probe_size"):
         assert name in report, name
     for split in ("train", "validation", "test"):
         assert (work / f"results/tokens/{split}/shards/00000.npy").exists()
@@ -174,6 +205,7 @@ def test_folder_source_through_the_workflow(tmp_path):
 
     config = yaml.safe_load((ROOT / "tests/data/micro.yaml").read_text())
     config["sizes"], config["umap"]["sizes"] = ["30K"], ["30K"]
+    config["train"]["seeds"] = [0]  # a data source's test: one run is enough
     config["data"] = {
         "source": "folder",
         "image_size": 32,
@@ -184,7 +216,8 @@ def test_folder_source_through_the_workflow(tmp_path):
     cfg = tmp_path / "folder.yaml"
     cfg.write_text(yaml.safe_dump(config))
     work = _scratch_workflow(tmp_path)
-    proc = snakemake("--cores", "2", f"--configfile={cfg}", "results/tokens/rejected.csv", "results/probes/30K.csv", "results/figures/examples.png", cwd=work)
+    proc = snakemake("--cores", "2", f"--configfile={cfg}", "results/tokens/rejected.csv", "results/probes/30K.csv",
+                     "results/figures/examples.png", cwd=work)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     rejected = pd.read_csv(work / "results/tokens/rejected.csv")
     assert sorted(rejected["id"]) == ["band1", "broken", "flat"]
@@ -209,6 +242,7 @@ def test_huggingface_source_through_the_workflow(tmp_path):
     )
     config = yaml.safe_load((ROOT / "tests/data/micro.yaml").read_text())
     config["sizes"], config["umap"]["sizes"] = ["30K"], ["30K"]
+    config["train"]["seeds"] = [0]  # a data source's test: one run is enough
     config["probe"] = {"properties": ["redshift", "mag_r_desi"]}
     env = {k: v for k, v in os.environ.items() if k not in UNSET_ENV}
     env.update(hf_env_vars(tmp_path / "hf_home"))

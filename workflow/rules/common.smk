@@ -1,6 +1,7 @@
 # Helpers shared by the rule files: config validation, paths, per-size settings.
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (_REPO, os.environ.get("PYTHONPATH", "")) if p
 )
 
-from astropt.config import ConfigError, load_config
+from astropt.config import ConfigError, known_sizes, load_config
 
 try:
     CFG = load_config(config)
@@ -23,14 +24,30 @@ except ConfigError as err:
 config.update(CFG.raw)
 
 SIZES = CFG.sizes
+# Training seeds: every size is trained once per seed (train.seeds), each run its own job.
+SEEDS = CFG.seeds
+# The run that stands for its size where one model is shown (UMAP, predictions).
+FIRST_SEED = SEEDS[0]
 SPLITS = ["train", "validation", "test"]
 EMBED_SPLIT = CFG.embed["split"]
 
 
 wildcard_constraints:
-    size=r"[A-Za-z0-9_.-]+",
+    # Only known size names (so results/probes/summary.csv is not a size's probe table).
+    size="|".join(re.escape(s) for s in known_sizes(CFG)),
+    seed=r"\d+",
     split="|".join(SPLITS),
     part=r"\d{4}-of-\d{4}",
+
+
+def runs(pattern):
+    """`pattern` (with {size} and {seed}) for every run of the config: each size x seed."""
+    return expand(pattern, size=SIZES, seed=SEEDS)
+
+
+def size_runs(pattern):
+    """`pattern` for every run (seed) of the size in the job's wildcards."""
+    return lambda wildcards: expand(pattern, size=wildcards.size, seed=SEEDS)
 
 
 def final_outputs():
@@ -50,7 +67,8 @@ def final_outputs():
 
 
 def train_spec(wildcards):
-    """JSON handed to `python -m astropt.train --spec`: the size and its training settings.
+    """JSON handed to `python -m astropt.train --spec`: the size, its training settings and the
+    run's training seed.
 
     Only settings that affect training are in it, so changing, say, a figure option
     does not retrain the models (Snakemake reruns a job when its params change).
@@ -61,7 +79,8 @@ def train_spec(wildcards):
         spec = CFG.size_spec(wildcards.size)
     except ConfigError as err:
         raise ValueError(str(err)) from None
-    return json.dumps(spec_to_json(spec, CFG.train_config(wildcards.size)), sort_keys=True)
+    cfg = CFG.train_config(wildcards.size, seed=int(wildcards.seed))
+    return json.dumps(spec_to_json(spec, cfg), sort_keys=True)
 
 
 def train_launcher(wildcards):
@@ -129,6 +148,14 @@ def stop_signal(multi_node):
     """
     lead = CFG.raw["train"]["signal_lead_s"]
     return f"--signal={'USR1' if multi_node else 'TERM'}@{lead}"
+
+
+def train_priority(wildcards):
+    """Training jobs first (after the data), the largest size first: the longest jobs start
+    early and the short embedding / probe jobs fill in at the end (longest-first scheduling)."""
+    from astropt.config import parse_size_name
+
+    return 1 + (parse_size_name(wildcards.size) or 0.0) / 1e12
 
 
 def job_threads(rule_name):

@@ -21,6 +21,9 @@ rule download:
 
 rule tokenise:
     # One job per shard group ("part") of a split: `tokens.jobs` of them, in parallel.
+    # Priority: the data come first when other jobs (example figures) are also ready, so the
+    # training jobs start as early as they can.
+    priority: 1
     input:
         metadata=rules.download.output.metadata,
     output:
@@ -49,6 +52,7 @@ rule tokenise:
 
 
 rule token_index:
+    priority: 1
     input:
         parts=token_parts,
     output:

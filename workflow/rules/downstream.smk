@@ -1,15 +1,15 @@
 rule embed:
     input:
-        ckpt="results/models/{size}/ckpt.pt",
+        ckpt="results/models/{size}/seed{seed}/ckpt.pt",
         tokens=f"results/tokens/{EMBED_SPLIT}/index.parquet",
     output:
-        "results/embeddings/{size}.parquet",
+        "results/embeddings/{size}/seed{seed}.parquet",
     params:
         embed=output_params(CFG.embed, "batch_size"),
     log:
-        "logs/embed/{size}.log",
+        "logs/embed/{size}/seed{seed}.log",
     benchmark:
-        "logs/benchmarks/embed/{size}.tsv"
+        "logs/benchmarks/embed/{size}/seed{seed}.tsv"
     threads: job_threads("embed")
     resources:
         **job_resources("embed"),
@@ -18,16 +18,21 @@ rule embed:
 
 
 rule probe:
+    # One run's probes, and the bootstrap draws behind their intervals (probe_size combines
+    # the runs of a size from them).
     input:
-        embeddings="results/embeddings/{size}.parquet",
+        embeddings="results/embeddings/{size}/seed{seed}.parquet",
         metadata=rules.download.output.metadata,
     output:
-        "results/probes/{size}.csv",
+        table="results/probes/{size}/seed{seed}.csv",
+        draws="results/probes/{size}/seed{seed}.draws.parquet",
     params:
         probe=output_params(CFG.probe),
-        seed=CFG.seed,  # folds and bootstrap resamples
+        seed=CFG.seed,  # folds and bootstrap resamples: the same for every run
     log:
-        "logs/probe/{size}.log",
+        "logs/probe/{size}/seed{seed}.log",
+    benchmark:
+        "logs/benchmarks/probe/{size}/seed{seed}.tsv"
     threads: job_threads("probe")
     resources:
         **job_resources("probe"),
@@ -35,17 +40,45 @@ rule probe:
         "../scripts/probe.py"
 
 
+rule probe_size:
+    # A size's probes over its runs: mean, between-run spread, intervals that resample runs
+    # and then galaxies. The target users ask for: results/probes/309M.csv.
+    input:
+        tables=size_runs("results/probes/{size}/seed{seed}.csv"),
+        draws=size_runs("results/probes/{size}/seed{seed}.draws.parquet"),
+    output:
+        "results/probes/{size}.csv",
+    params:
+        n_boot=CFG.probe["n_boot"],
+        seed=CFG.seed,
+    log:
+        "logs/probe_size/{size}.log",
+    benchmark:
+        "logs/benchmarks/probe_size/{size}.tsv"
+    threads: job_threads("probe")
+    resources:
+        **job_resources("probe"),
+    script:
+        "../scripts/probe_size.py"
+
+
 rule scaling:
     input:
-        sidecars=expand("results/models/{size}/ckpt.json", size=SIZES),
+        sidecars=runs("results/models/{size}/seed{seed}/ckpt.json"),
     output:
         fit="results/scaling/fit.json",
         table="results/scaling/losses.csv",
         md="results/scaling/fit.md",
         tex="results/scaling/fit.tex",
         csv="results/scaling/fit.csv",
+    params:
+        scaling=output_params(CFG.raw["scaling"]),
+        holdout=CFG.holdout_size,
+        seed=CFG.seed,  # bootstrap resamples
     log:
         "logs/scaling/scaling.log",
+    benchmark:
+        "logs/benchmarks/scaling/scaling.tsv"
     threads: job_threads("scaling")
     resources:
         **job_resources("scaling"),
@@ -55,7 +88,7 @@ rule scaling:
 
 rule summary:
     input:
-        sidecars=expand("results/models/{size}/ckpt.json", size=SIZES),
+        sidecars=runs("results/models/{size}/seed{seed}/ckpt.json"),
         fit="results/scaling/fit.json",
         probes=expand("results/probes/{size}.csv", size=SIZES),
         downstream="results/probes/summary.csv",
@@ -68,6 +101,8 @@ rule summary:
         ),
     log:
         "logs/summary/summary.log",
+    benchmark:
+        "logs/benchmarks/summary/summary.tsv"
     threads: job_threads("summary")
     resources:
         **job_resources("summary"),

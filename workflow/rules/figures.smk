@@ -3,7 +3,7 @@ rule figure_scaling:
         fit=rules.scaling.output.fit,
         table=rules.scaling.output.table,
         csv=rules.scaling.output.csv,  # shown in the report's caption
-        metrics=expand("results/models/{size}/metrics.csv", size=SIZES),
+        metrics=runs("results/models/{size}/seed{seed}/metrics.csv"),
     output:
         report(
             "results/figures/scaling.png",
@@ -21,8 +21,8 @@ rule figure_scaling:
 
 rule figure_loss_curves:
     input:
-        metrics=expand("results/models/{size}/metrics.csv", size=SIZES),
-        sidecars=expand("results/models/{size}/ckpt.json", size=SIZES),
+        metrics=runs("results/models/{size}/seed{seed}/metrics.csv"),
+        sidecars=runs("results/models/{size}/seed{seed}/ckpt.json"),
     output:
         report(
             "results/figures/loss_curves.png",
@@ -40,8 +40,8 @@ rule figure_loss_curves:
 
 rule figure_downstream:
     input:
-        probes=expand("results/probes/{size}.csv", size=SIZES),
-        sidecars=expand("results/models/{size}/ckpt.json", size=SIZES),
+        probes=runs("results/probes/{size}/seed{seed}.csv"),
+        sidecars=runs("results/models/{size}/seed{seed}/ckpt.json"),
     output:
         figure=report(
             "results/figures/downstream.png",
@@ -60,8 +60,10 @@ rule figure_downstream:
 
 rule figure_umap:
     input:
-        embeddings="results/embeddings/{size}.parquet",
-        probe="results/probes/{size}.csv",
+        # The map is of one run (the first seed's); its probe table names the probed properties
+        # (umap.properties: probed), so the map need not wait for the size's other runs.
+        embeddings=f"results/embeddings/{{size}}/seed{FIRST_SEED}.parquet",
+        probe=f"results/probes/{{size}}/seed{FIRST_SEED}.csv",
         metadata=rules.download.output.metadata,
     output:
         report(
@@ -107,7 +109,7 @@ rule figure_examples:
 
 rule figure_predictions:
     input:
-        ckpt=f"results/models/{CFG.predictions_size}/ckpt.pt",
+        ckpt=f"results/models/{CFG.predictions_size}/seed{FIRST_SEED}/ckpt.pt",
         tokens=f"results/tokens/{EMBED_SPLIT}/index.parquet",
     output:
         report(
@@ -117,7 +119,7 @@ rule figure_predictions:
         ),
     params:
         galaxies=CFG.raw["figures"]["predictions"]["galaxies"],
-        size=CFG.predictions_size,
+        size=f"{CFG.predictions_size} (seed {FIRST_SEED})",
         seed=CFG.seed,
     log:
         "logs/figures/predictions.log",

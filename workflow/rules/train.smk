@@ -1,11 +1,13 @@
 rule train:
+    # One job per run: each size once per training seed (train.seeds).
+    priority: train_priority
     input:
         train="results/tokens/train/index.parquet",
         val="results/tokens/validation/index.parquet",
     output:
-        ckpt="results/models/{size}/ckpt.pt",
-        sidecar="results/models/{size}/ckpt.json",
-        metrics="results/models/{size}/metrics.csv",
+        ckpt="results/models/{size}/seed{seed}/ckpt.pt",
+        sidecar="results/models/{size}/seed{seed}/ckpt.json",
+        metrics="results/models/{size}/seed{seed}/metrics.csv",
     params:
         spec=train_spec,
         launcher=train_launcher,
@@ -13,9 +15,9 @@ rule train:
         val_dir=lambda wc, input: os.path.dirname(input.val),
         out_dir=lambda wc, output: os.path.dirname(output.ckpt),
     log:
-        "logs/train/{size}.log",
+        "logs/train/{size}/seed{seed}.log",
     benchmark:
-        "logs/benchmarks/train/{size}.tsv"
+        "logs/benchmarks/train/{size}/seed{seed}.tsv"
     threads: job_threads("train")
     resources:
         **job_resources("train"),
@@ -36,6 +38,8 @@ if MODELS_SOURCE == "released":
     # `models.source: released`: every size's model is the paper's released checkpoint, not
     # trained. `released_model` writes the same three files as `train`, so everything
     # downstream is unchanged; with this ruleorder it makes them and `train` never runs.
+    # The released weights are one run per size: train.seeds must hold one seed (checked),
+    # which names the run's folder.
     ruleorder: released_model > train
 
     rule released_model:
@@ -43,15 +47,15 @@ if MODELS_SOURCE == "released":
         # often offline), like the huggingface download. It needs no tokens.
         localrule: True
         output:
-            ckpt="results/models/{size}/ckpt.pt",
-            sidecar="results/models/{size}/ckpt.json",
-            metrics="results/models/{size}/metrics.csv",
+            ckpt="results/models/{size}/seed{seed}/ckpt.pt",
+            sidecar="results/models/{size}/seed{seed}/ckpt.json",
+            metrics="results/models/{size}/seed{seed}/metrics.csv",
         params:
             released=released_params,
         log:
-            "logs/released_model/{size}.log",
+            "logs/released_model/{size}/seed{seed}.log",
         benchmark:
-            "logs/benchmarks/released_model/{size}.tsv"
+            "logs/benchmarks/released_model/{size}/seed{seed}.tsv"
         threads: job_threads("released_model")
         resources:
             **job_resources("released_model"),

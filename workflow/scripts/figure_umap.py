@@ -10,6 +10,6 @@ pipeline.figure_umap(
     snakemake.output[0],  # noqa: F821
     snakemake.params.umap,  # noqa: F821
     snakemake.params.seed,  # noqa: F821
-    title=f"UMAP of {snakemake.wildcards.size} embeddings",  # noqa: F821
+    title=f"UMAP of {snakemake.wildcards.size} embeddings (training seed {snakemake.config['train']['seeds'][0]})",  # noqa: F821
     log=log,
 )

@@ -1,4 +1,5 @@
-"""probe rule: the paper's linear probes, k-fold ridge and logistic probes from one size's embeddings."""
+"""probe rule: one run's probes (the paper's linear probes, k-fold ridge, logistic for flags)
+and the bootstrap draws behind their intervals."""
 
 from astropt import pipeline
 
@@ -6,9 +7,10 @@ log = pipeline.script_log(snakemake)  # noqa: F821
 pipeline.probe(
     snakemake.input.embeddings,  # noqa: F821
     snakemake.input.metadata,  # noqa: F821
-    snakemake.output[0],  # noqa: F821
+    snakemake.output.table,  # noqa: F821
     snakemake.params.probe,  # noqa: F821
     seed=snakemake.params.seed,  # noqa: F821
     threads=snakemake.threads,  # noqa: F821
     log=log,
+    out_draws=snakemake.output.draws,  # noqa: F821
 )

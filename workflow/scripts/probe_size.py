@@ -1,0 +1,14 @@
+"""probe_size rule: a size's probes over its runs (mean, between-run spread, intervals that
+resample runs, then galaxies): results/probes/{size}.csv."""
+
+from astropt import pipeline
+
+log = pipeline.script_log(snakemake)  # noqa: F821
+pipeline.aggregate_probes(
+    snakemake.input.tables,  # noqa: F821
+    snakemake.input.draws,  # noqa: F821
+    snakemake.output[0],  # noqa: F821
+    n_boot=snakemake.params.n_boot,  # noqa: F821
+    seed=snakemake.params.seed,  # noqa: F821
+    log=log,
+)
