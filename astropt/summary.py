@@ -196,8 +196,15 @@ def law_line(name: str, entry: Mapping, n_sizes: int) -> str:
                      "where the loss saturates cannot be told")
         return text + "."
     reasons = "; ".join(h["notes"]) or "its intervals are not bounded"
-    return (f"Loss vs {name}: no law is quoted: {reasons}. The best estimate, alpha = {fmt(h['alpha'])} "
-            f"({h['law'].replace('_', ' ')}), is not a result.")
+    text = (f"Loss vs {name}: no law is quoted: {reasons}. The best estimate, alpha = {fmt(h['alpha'])} "
+            f"({h['law'].replace('_', ' ')}), is not a result")
+    pl = entry.get("power_law") or {}
+    slope_ci = pl.get("alpha_boot_ci") if h["interval"] == "bootstrap" else pl.get("alpha_ci")
+    opened = (pl.get("boot_open") if h["interval"] == "bootstrap" else pl.get("ci_open")) or {}
+    if h["law"] != "power_law" and slope_ci and not any(opened.get("alpha", [False, False])):
+        text += (f". Over these sizes the loss falls with a log-log slope of {fmt(pl.get('alpha'))} "
+                 f"{_ci(slope_ci)} ({where}): a description of this range, not a law to extrapolate")
+    return text + "."
 
 
 def _fit_section(fit: Mapping, fit_table: Sequence | None) -> list[Block]:
