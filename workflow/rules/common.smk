@@ -151,8 +151,9 @@ def stop_signal(multi_node):
 
 
 def train_priority(wildcards):
-    """Training jobs first (after the data), the largest size first: the longest jobs start
-    early and the short embedding / probe jobs fill in at the end (longest-first scheduling)."""
+    """Training jobs by size, the largest first: the longest jobs start early (longest-first
+    scheduling). Above them: the data (3), then a finished run's embedding, probes and map (2),
+    which keeps the UMAP (a minute on one core) from running alone at the end."""
     from astropt.config import parse_size_name
 
     return 1 + (parse_size_name(wildcards.size) or 0.0) / 1e12

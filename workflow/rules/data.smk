@@ -21,9 +21,9 @@ rule download:
 
 rule tokenise:
     # One job per shard group ("part") of a split: `tokens.jobs` of them, in parallel.
-    # Priority: the data come first when other jobs (example figures) are also ready, so the
-    # training jobs start as early as they can.
-    priority: 1
+    # Priorities (see train_priority in common.smk): the data first, so that training starts
+    # as early as it can.
+    priority: 3
     input:
         metadata=rules.download.output.metadata,
     output:
@@ -52,7 +52,7 @@ rule tokenise:
 
 
 rule token_index:
-    priority: 1
+    priority: 3
     input:
         parts=token_parts,
     output:

@@ -1,4 +1,5 @@
 rule embed:
+    priority: 2  # a finished run's embedding and probes before the next run's training
     input:
         ckpt="results/models/{size}/seed{seed}/ckpt.pt",
         tokens=f"results/tokens/{EMBED_SPLIT}/index.parquet",
@@ -20,6 +21,7 @@ rule embed:
 rule probe:
     # One run's probes, and the bootstrap draws behind their intervals (probe_size combines
     # the runs of a size from them).
+    priority: 2
     input:
         embeddings="results/embeddings/{size}/seed{seed}.parquet",
         metadata=rules.download.output.metadata,

@@ -59,6 +59,7 @@ rule figure_downstream:
 
 
 rule figure_umap:
+    priority: 2  # (about a minute on one core) as soon as its run is probed, not last
     input:
         # The map is of one run (the first seed's); its probe table names the probed properties
         # (umap.properties: probed), so the map need not wait for the size's other runs.
