@@ -222,8 +222,11 @@ def write_atomic(path: str | Path, write) -> None:
     that exists is complete."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def run_name(path: str | Path) -> tuple[str, int]:

@@ -58,6 +58,17 @@ covariance is singular, or there are no spare degrees of freedom. The result the
 says so (``"degenerate": True`` and a ``reason``) and gives no intervals (``None``)
 instead of meaningless ones; the power law then remains.
 
+Fits over runs. A sweep trains each size several times (``train.seeds``).
+:func:`fit_runs` fits every run's loss (the analytic intervals above then see the run-to-run
+scatter) and adds, per law, a bootstrap over runs resampled within each size, each resample
+refitted (percentile intervals with the small-sample corrections of :mod:`astropt.resample`),
+a pointwise bootstrap band of the fitted loss, an F-test of the floor ``L_inf`` with the AIC of
+both laws and a lack-of-fit test of each against the runs' own scatter (:func:`compare_laws`,
+giving the ``preferred`` law). ``estimator="huber"`` fits by Besiroglu et al.'s (2024) summed
+Huber loss of log residuals instead. :func:`holdout_test` fits without one size and predicts
+it with bootstrap prediction intervals; :func:`headline` says whether a fit's law may be
+quoted; :func:`fit_study` assembles the scaling rule's ``fit.json``.
+
 :func:`fit_table` turns fits into one tidy table (a row per variable and law);
 :func:`table_markdown` and :func:`table_latex` write it for a paper, :func:`table_cells`
 gives its cells as strings.
@@ -1135,7 +1146,6 @@ def fit_runs(
     seed: int = 0,
     band: Sequence[float] | None = None,
     boot_laws: Sequence[str] | str = ("power_law", "saturating"),
-    _keep: bool = False,
 ) -> dict:
     """Fit both laws to every run's loss, with analytic and bootstrap intervals.
 
@@ -1166,6 +1176,12 @@ def fit_runs(
     Raises:
         ValueError: As :func:`fit_scaling_laws`, or for an unknown estimator or mismatched groups.
     """
+    return _fit_runs(X, L, groups, variable, estimator, n_boot, ci_level, seed, band, boot_laws)[0]
+
+
+def _fit_runs(X, L, groups, variable, estimator, n_boot, ci_level, seed, band, boot_laws
+              ) -> tuple[dict, _Bootstrap | None]:
+    """:func:`fit_runs`, and its bootstrap (None without one) for predictions from it."""
     from astropt.resample import group_codes
 
     if estimator not in ESTIMATORS:
@@ -1217,8 +1233,7 @@ def fit_runs(
     grid = np.asarray(band, dtype=np.float64) if band is not None else np.logspace(
         math.log10(X_arr.min()) - 0.05, math.log10(X_arr.max()) + 0.05, BAND_POINTS)
     result["band"] = _band(boot, result, variable, grid, ci_level) if boot is not None else None
-    out = to_jsonable(result)
-    return (out, boot) if _keep else out
+    return to_jsonable(result), boot
 
 
 def _band(boot: _Bootstrap, result: Mapping, variable: str, grid: np.ndarray, ci_level: float) -> dict:
@@ -1287,8 +1302,8 @@ def holdout_test(
     Xh = float(X_arr[held][0])
     observed = L_arr[held]
     m = len(observed)
-    fit, boot = fit_runs(X_arr[rest], L_arr[rest], groups[rest], variable, estimator=estimator, n_boot=n_boot,
-                         ci_level=ci_level, seed=seed, band=np.array([Xh]), boot_laws="preferred", _keep=True)
+    fit, boot = _fit_runs(X_arr[rest], L_arr[rest], groups[rest], variable, estimator, n_boot, ci_level, seed,
+                          np.array([Xh]), "preferred")
     law = fit["preferred"]
     predicted = float(predict(fit, Xh, law))
     out: dict[str, Any] = {"size": str(holdout), variable: Xh, "n_runs": m, "observed": observed,

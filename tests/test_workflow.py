@@ -119,7 +119,8 @@ def test_micro_workflow_end_to_end(tmp_path):
             assert len(pd.read_parquet(work / f"results/probes/{size}/seed{seed}.draws.parquet")) == len(run)
         # the target users ask for: the size's runs combined
         probes = pd.read_csv(work / f"results/probes/{size}.csv")
-        assert (probes["n_runs"] == 2).all() and probes["run_sd"].notna().any()
+        scored = probes["value"].notna()  # (a flag too rare in 256 galaxies is not probed: NaN, 0 runs)
+        assert scored.sum() > 30 and (probes.loc[scored, "n_runs"] == 2).all() and probes["run_sd"].notna().any()
         paper = probes[probes["protocol"] == "paper"]
         ridge = probes[probes["protocol"] == "ridge_cv"]
         assert (ridge["n_clipped"] == 0).all() and paper["n_clipped"].sum() > 0  # the clip is per protocol
@@ -142,7 +143,7 @@ def test_micro_workflow_end_to_end(tmp_path):
     for table in ("fit.md", "fit.tex"):
         assert "C (training FLOPs) | power law" in (work / "results/scaling" / table).read_text().replace(" &", " |")
     down = pd.read_csv(work / "results/probes/summary.csv")
-    assert (down["n_runs"] == 2).all() and "seeds_agree" in down
+    assert (down.loc[down["value"].notna(), "n_runs"] == 2).all() and "seeds_agree" in down
     summary = (work / "results/summary.md").read_text()
     assert "30K" in summary and "144K" in summary and "`results/scaling/fit.json` (rule `scaling`)" in summary
     assert "3 sizes x 2 training seeds (0, 1)" in summary and "Held-out size: " in summary
