@@ -88,6 +88,7 @@ rule figure_umap:
 
 
 rule figure_examples:
+    priority: 2  # early, beside the training runs, not in the last minute
     input:
         tokens=f"results/tokens/{EMBED_SPLIT}/index.parquet",
         metadata=rules.download.output.metadata,
@@ -109,6 +110,7 @@ rule figure_examples:
 
 
 rule figure_predictions:
+    priority: 2
     input:
         ckpt=f"results/models/{CFG.predictions_size}/seed{FIRST_SEED}/ckpt.pt",
         tokens=f"results/tokens/{EMBED_SPLIT}/index.parquet",
