@@ -17,7 +17,7 @@ Example::
     cfg = load_config(yaml.safe_load(open("config/config.yaml")))
     spec = cfg.size_spec("416K")        # SizeSpec(name, model=GPTConfig, lr)
     cfg.train_config("416K", seed=1).steps, cfg.resources("train", "416K").gpus
-    cfg.runs                            # [("42K", 0), ("42K", 1), ...]: one training job each
+    cfg.seeds                           # [0, 1, 2]: one training job per size and seed
 """
 
 from __future__ import annotations
@@ -141,11 +141,6 @@ class Config:
     def seeds(self) -> list[int]:
         """Training seeds (``train.seeds``): each size is trained once per seed."""
         return list(self.raw["train"]["seeds"])
-
-    @property
-    def runs(self) -> list[tuple[str, int]]:
-        """Every training run, ``(size, seed)``, sizes in config order."""
-        return [(size, seed) for size in self.sizes for seed in self.seeds]
 
     @property
     def holdout_size(self) -> str | None:

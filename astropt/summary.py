@@ -148,17 +148,6 @@ def _prov(row, key: str) -> str:
     return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else str(value)
 
 
-def constrained(law: Mapping) -> bool:
-    """Whether a fitted law pins its exponent down: fitted, not degenerate, and alpha's interval
-    ends inside the search bounds (an end at a bound means the points set no limit there)."""
-    if not law or law.get("alpha") is None or law.get("degenerate"):
-        return False
-    if law.get("alpha_ci") is None:  # no interval (no degrees of freedom left)
-        return False
-    open_ends = (law.get("ci_open") or {}).get("alpha") or [False, False]
-    return not any(open_ends)
-
-
 def _ci(ci) -> str:
     return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci and None not in ci else "n/a"
 
