@@ -29,9 +29,7 @@ import pandas as pd
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
-from scipy import stats
 
-from astropt.scaling import predict
 
 DPI = 150
 
@@ -200,6 +198,8 @@ def _scaling_panel(
     """One panel of :func:`plot_scaling`: every run's final loss against ``column``, each
     size's mean and spread, the fitted laws with their bootstrap band, and (compute panel)
     each run's validation curve."""
+    from astropt.scaling import predict  # here: scaling imports scipy.stats (about 1.5 s)
+
     ax.set_xscale("log")
     ax.set_yscale("log")
     X = table[column].to_numpy(dtype=float)
@@ -274,6 +274,8 @@ def _loss_limits(ax, L: np.ndarray, fit: Mapping | None, curves=None) -> None:
 def _holdout_panel(ax, table: pd.DataFrame, holdout: Mapping, colours: dict) -> None:
     """The held-out test: the law fitted without one size, extrapolated to it, its prediction
     intervals beside the held-out runs."""
+    from astropt.scaling import predict  # here: scaling imports scipy.stats (about 1.5 s)
+
     ax.set_xscale("log")
     ax.set_yscale("log")
     size = holdout["size"]
@@ -435,6 +437,8 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     possible is 2/24 = 0.083); beyond that, scipy's t approximation. NaN when fewer than
     two pairs or either side is constant.
     """
+    from scipy import stats  # here: about 1.5 s to import, which most figures never need
+
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
@@ -659,13 +663,20 @@ def umap_embedding(
     Z = (X - X.mean(axis=0)) / np.where(std > 0, std, 1.0)
 
     import umap  # slow import (numba)
+    from sklearn.neighbors import NearestNeighbors
 
+    k = min(n_neighbors, len(X) - 1)
+    # The exact neighbours (each point first, as UMAP expects) from scikit-learn: UMAP's own
+    # search is exact too below 4,096 points, but compiles with numba first (about 8 s
+    # of the figure's job on a fresh environment).
+    dists, idx = NearestNeighbors(n_neighbors=k).fit(Z).kneighbors(Z)
     reducer = umap.UMAP(
         n_components=2,
-        n_neighbors=min(n_neighbors, len(X) - 1),
+        n_neighbors=k,
         min_dist=min_dist,
         random_state=seed,
         n_jobs=1 if seed is not None else -1,
+        precomputed_knn=(idx, dists.astype(np.float32), None),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # spectral-init / n_jobs chatter on small inputs

@@ -48,18 +48,12 @@ from matplotlib.patches import Rectangle
 from astropt.embed import transpose_tokens
 from astropt.figures import _displayable, _save
 from astropt.model import GPT
-from astropt.tokenise import normalise, spiral_order, tokens_to_image
+from astropt.tokenise import normalise, spiral_order, token_stats, tokens_to_image
 
 __all__ = ["next_patch_predictions", "plot_predictions"]
 
 EPS = 1e-8  # normalise()'s default: the same eps undoes it
 DIFF_CMAP = colormaps["RdBu_r"].with_extremes(bad="0.5")  # no prediction: grey
-
-
-def _stats(x: torch.Tensor, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std that :func:`astropt.tokenise.normalise` uses for ``x`` (B, T, D) float32."""
-    dims = (-1,) if norm == "patch" else (-2, -1)
-    return x.mean(dim=dims, keepdim=True), x.std(dim=dims, keepdim=True)
 
 
 @torch.no_grad()
@@ -125,7 +119,7 @@ def next_patch_predictions(
             out, _ = model(x[:, :-1])  # (B, T-1, D): out[:, k-1] predicts x[:, k]
         out = out.float()
         losses[start:stop] = F.huber_loss(out, x[:, 1:], reduction="none").mean(dim=(1, 2)).cpu().numpy()
-        mean, std = _stats(raw, norm)  # (B, 1, 1) per image, or (B, T, 1) per patch
+        mean, std = token_stats(raw, norm)  # (B, 1, 1) per image, or (B, T, 1) per patch
         if norm == "patch":  # shape only: the true target patch's level and contrast
             mean, std = mean[:, 1:], std[:, 1:]
         pred = torch.full_like(raw, float("nan"))

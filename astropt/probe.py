@@ -519,14 +519,15 @@ def ridge_loo(X: np.ndarray, y: np.ndarray, X_new: np.ndarray, alphas: np.ndarra
     return y_mean + ((X_new - mean) / scale) @ coef, alpha
 
 
-def _logistic(C: float) -> LogisticRegression:
+def _logistic(C: float, warm_start: bool = False) -> LogisticRegression:
     """An L2 logistic regression (of standardised embeddings).
 
     Newton-Cholesky converges in a few exact Newton steps whatever the conditioning
     (embedding dimensions are strongly correlated; L-BFGS needs hundreds of iterations
-    at weak penalties there), at a cost of one d x d system per step.
+    at weak penalties there), at a cost of one d x d system per step. With ``warm_start``
+    a refit at another ``C`` starts from the last solution.
     """
-    return LogisticRegression(C=C, solver="newton-cholesky", max_iter=100)
+    return LogisticRegression(C=C, solver="newton-cholesky", max_iter=100, warm_start=warm_start)
 
 
 def _log_loss_sum(y: np.ndarray, prob: np.ndarray) -> float:
@@ -538,13 +539,18 @@ def _log_loss_sum(y: np.ndarray, prob: np.ndarray) -> float:
 
 def _choose_C(X, y, folds: int, seed: int) -> float:
     """The C of :data:`LOGISTIC_CS` with the least log loss over an inner stratified k-fold
-    split (the standardisation fitted on each inner training part)."""
+    split (the standardisation fitted on each inner training part).
+
+    Each inner fold walks the grid from the strongest penalty up, every fit warm-started
+    from the one before (the regularisation path): about half the Newton steps of cold fits,
+    to the same optimum within the solver's tolerance."""
     loss = np.zeros(len(LOGISTIC_CS))
     for train, val in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y):
         scaler = StandardScaler().fit(X[train])
         X_train, X_val = scaler.transform(X[train]), scaler.transform(X[val])
-        for i, C in enumerate(LOGISTIC_CS):
-            prob = _logistic(C).fit(X_train, y[train]).predict_proba(X_val)[:, 1]
+        model = _logistic(LOGISTIC_CS[0], warm_start=True)
+        for i, C in enumerate(LOGISTIC_CS):  # ascending
+            prob = model.set_params(C=C).fit(X_train, y[train]).predict_proba(X_val)[:, 1]
             loss[i] += _log_loss_sum(y[val], prob)
     return float(LOGISTIC_CS[np.argmin(loss)])
 

@@ -57,6 +57,19 @@ def test_round_trip(tmp_path, tiny_model):
     assert os.listdir(path.parent) == ["ckpt.pt"]
 
 
+@pytest.mark.parametrize("meta_above", [0, 10**9])  # built on the meta device / on the CPU
+def test_both_builds_load_the_same_model(tmp_path, tiny_model, monkeypatch, meta_above):
+    monkeypatch.setattr("astropt.checkpoint.META_BUILD_ABOVE", meta_above)
+    save_checkpoint(tmp_path / "ckpt.pt", _state(tiny_model))
+    torch.manual_seed(5)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(5)
+    loaded = load_model(tmp_path / "ckpt.pt")
+    torch.testing.assert_close(_outputs(loaded), _outputs(tiny_model.eval()))
+    assert all(p.device.type == "cpu" for p in loaded.parameters())  # nothing left on meta
+    torch.testing.assert_close(torch.rand(3), expected_draw)  # the caller's RNG is untouched
+
+
 def test_failed_save_keeps_old_file(tmp_path, tiny_model, monkeypatch):
     path = tmp_path / "ckpt.pt"
     save_checkpoint(path, _state(tiny_model))
