@@ -1038,6 +1038,11 @@ class _Bootstrap:
         """
         from astropt.resample import calibration_factor, group_shares, satterthwaite
 
+        if len(replicates) != len(self.means):
+            raise ValueError(
+                f"factor needs one replicate per resample ({len(self.means)}, NaN where a refit "
+                f"failed), got {len(replicates)}"
+            )
         shares = group_shares(replicates, self.means)
         with np.errstate(invalid="ignore"):
             v = shares**2 * self.var / self.counts
@@ -1072,7 +1077,7 @@ def _boot_intervals(boot: _Bootstrap, entry: dict, variable: str, law: Law, ci_l
     out, open_, dfs = {}, {}, {}
     keys = ["alpha", f"log10_{variable}_c"] + (["L_inf"] if law == "saturating" else [])
     for i, key in enumerate(keys):
-        f, nu = boot.factor(P[ok, i], ci_level) if ok.sum() > 2 else (1.0, math.inf)
+        f, nu = boot.factor(P[:, i], ci_level) if ok.sum() > 2 else (1.0, math.inf)  # NaN rows: failed refits
         ci, opened = calibrated_interval(point[i], P[ok, i], ci_level, f, bounds[key])
         out[f"{key}_boot_ci"], open_[key], dfs[key] = ci, opened, nu
     out["boot_open"] = open_
@@ -1251,11 +1256,12 @@ def _band(boot: _Bootstrap, result: Mapping, variable: str, grid: np.ndarray, ci
         if ok.sum() < 3 or not np.isfinite(point).all():
             band[law] = None
             continue
-        curves = np.log(_law_values(P[ok], grid, law))
+        curves = np.full((len(P), len(grid)), np.nan)  # a row per resample, NaN where it failed
+        curves[ok] = np.log(_law_values(P[ok], grid, law))
         lo, hi = np.empty(len(grid)), np.empty(len(grid))
         for j in range(len(grid)):
             f, _ = boot.factor(curves[:, j], ci_level)
-            ci, _ = calibrated_interval(math.log(point[j]), curves[:, j], ci_level, f)
+            ci, _ = calibrated_interval(math.log(point[j]), curves[ok, j], ci_level, f)
             lo[j], hi[j] = (math.exp(ci[0]), math.exp(ci[1])) if ci else (np.nan, np.nan)
         band[law] = {"lo": lo, "hi": hi}
     return band
