@@ -416,12 +416,10 @@ def _check_semantics(cfg: Config) -> None:
             )
             continue
         if not problems:
-            from astropt.model import GPT
-            import torch
+            from astropt.compute import param_count
 
             try:
-                with torch.device("meta"):
-                    n = GPT(cfg.size_spec(name).model).get_num_params()
+                n = param_count(cfg.size_spec(name).model.to_dict())
             except ValueError as err:
                 problems.append(f"config key 'custom_sizes.{name}': {err}")
                 continue

@@ -376,6 +376,8 @@ def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say, stop
         f"{'bf16 autocast' if use_bf16 else 'float32'}, norm '{cfg.norm}'"
     )
 
+    say(f"[{spec.name}] plan: {_plan(spec, cfg, global_batch, device, dist.world, peak)}")
+
     gather = BatchGatherer(train_split.tokens, cfg.micro_batch, device)
 
     def batch(indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -595,6 +597,21 @@ def spec_from_json(d: dict) -> tuple[SizeSpec, TrainConfig]:
         SizeSpec(name=d["size"], model=GPTConfig.from_dict(d["model"]), lr=float(d["lr"])),
         TrainConfig.from_dict(d["train"]),
     )
+
+
+def _plan(spec: SizeSpec, cfg: TrainConfig, global_batch: int, device: torch.device, world: int,
+          peak: float | None) -> str:
+    """The run's FLOPs and estimated time, logged before its first step (astropt.compute)."""
+    from astropt.compute import run_cost
+
+    cost = run_cost(spec.model.to_dict(), cfg.steps, global_batch,
+                    peak_tflops=peak / 1e12 if peak else None, threads=cfg.threads)
+    if device.type == "cuda":
+        when = (f"about {cost.gpu_hours / world * 60:.3g} min on {world} GPU(s) at an assumed "
+                f"{cost.mfu:.0%} MFU of {cost.gpu_peak_flops / 1e12:.0f} TFLOP/s each")
+    else:
+        when = f"at least {cost.cpu_hours * 60:.3g} min on {cost.threads} CPU thread(s)"
+    return f"{cost.flops:.3g} FLOPs for {cost.tokens:,} tokens; {when}"
 
 
 def spec_to_json(spec: SizeSpec, cfg: TrainConfig) -> dict:

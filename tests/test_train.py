@@ -55,7 +55,14 @@ def test_sample_order_is_a_permutation_per_epoch_and_rank_disjoint():
 
 
 def test_train_writes_outputs_and_learns(micro_tokens, tiny_spec, tiny_train, tmp_path):
-    metrics = _run(tiny_spec, tiny_train, micro_tokens, tmp_path)
+    lines = []
+    metrics = train(tiny_spec, tiny_train, micro_tokens / "train", micro_tokens / "validation", tmp_path,
+                    log=lambda *a: lines.append(" ".join(map(str, a))))
+    # before the first step, the run's cost: the FLOPs the metrics will count, and an estimate
+    plan = next(i for i, line in enumerate(lines) if "plan:" in line)
+    assert f"{metrics['flops'].iloc[-1]:.3g} FLOPs for {40 * 16 * 15:,} tokens" in lines[plan]
+    assert "CPU thread(s)" in lines[plan]
+    assert not any("step " in line for line in lines[:plan])
     assert list(pd.read_csv(tmp_path / "metrics.csv").columns) == METRIC_COLUMNS
     val = metrics["val_loss"].dropna().to_numpy()
     assert len(val) == 4 and val[-1] < val[0]

@@ -23,6 +23,12 @@ def snakemake(*args, cwd=ROOT, timeout=600, env=None):
     return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
+def torch_cuda_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _scratch_workflow(tmp_path: Path) -> Path:
     """A copy of the workflow to run in (results land there, not in the repo)."""
     work = tmp_path / "wf"
@@ -68,6 +74,24 @@ def test_paper_single_target_dry_run_on_slurm_profile():
     assert jobs == {"download": 1, "tokenise": 34, "token_index": 3, "train": 1, "embed": 1, "probe": 1,
                     "probe_size": 1, "total": 42}
     assert "results/models/309M/seed0/ckpt.pt" in proc.stdout
+    # the whole sweep's cost before anything runs: 8 sizes x 1 seed
+    assert "Training plan: 8 runs (8 sizes x 1 seed)" in proc.stderr and "GPU-hours" in proc.stderr
+
+
+@pytest.mark.skipif(torch_cuda_visible(), reason="with a GPU visible the run may go ahead")
+def test_size_outside_the_config_is_costed_and_refused_on_cpu():
+    """The default config, a paper size as target, no GPU: a warning with the cost, then a
+    refusal before any job (the estimate is hours on one thread) that names the way out."""
+    proc = snakemake("-n", "--forceall", "--cores", "2", "results/probes/309M.csv")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "size 309M is not in this config's sizes" in out and "FLOPs" in out
+    assert "--configfile=config/paper.yaml" in out and "train.max_cpu_hours" in out
+    ok = snakemake("-n", "--forceall", "--cores", "2", "results/probes/309M.csv",
+                   "--config", "train={max_cpu_hours: null}")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "size 309M is not in this config's sizes" in ok.stderr
+    assert _jobs(ok.stdout)["train"] == 3  # the default's three seeds
 
 
 def test_paper_2100M_is_one_job_on_two_nodes():

@@ -79,8 +79,72 @@ def train_spec(wildcards):
         spec = CFG.size_spec(wildcards.size)
     except ConfigError as err:
         raise ValueError(str(err)) from None
+    check_run_cost(wildcards.size)
     cfg = CFG.train_config(wildcards.size, seed=int(wildcards.seed))
     return json.dumps(spec_to_json(spec, cfg), sort_keys=True)
+
+
+def size_cost(size):
+    """One training run of `size` under this config: parameters, tokens, FLOPs, estimated hours."""
+    from astropt.compute import run_cost
+
+    spec, tc = CFG.size_spec(size), CFG.train_config(size)
+    return run_cost(
+        spec.model.to_dict(),
+        tc.steps,
+        tc.micro_batch * tc.grad_accum,
+        mfu=CFG.raw["train"]["assumed_mfu"],
+        peak_tflops=tc.peak_tflops,
+        threads=CFG.resources("train", size).cpus,
+    )
+
+
+_COST_CHECKED = set()
+
+
+def check_run_cost(size):
+    """While the DAG is built (so `snakemake -n` shows it), once per size: warn when a target
+    asks for a size outside the config's `sizes`, with its cost, and refuse a run that would
+    train on the CPU for longer than `train.max_cpu_hours` (astropt.compute.cpu_refusal)."""
+    if size in _COST_CHECKED:
+        return
+    _COST_CHECKED.add(size)
+    from astropt.compute import cpu_refusal
+
+    cost = size_cost(size)
+    if size not in SIZES:
+        print(
+            f"Warning: size {size} is not in this config's sizes ({', '.join(SIZES)}), but a "
+            f"target needs it; one training run: {cost.describe()}",
+            file=sys.stderr,
+        )
+    if CFG.resources("train", size).gpus == 0 and not gpu_visible():
+        why = cpu_refusal(size, cost, CFG.raw["train"]["max_cpu_hours"])
+        if why:
+            raise ValueError(why)
+
+
+def gpu_visible():
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def training_plan():
+    """One line: the config's training runs and their estimated cost (printed before a run)."""
+    from astropt.compute import format_hours
+
+    costs = [size_cost(size) for size in SIZES]
+    flops = sum(c.flops for c in costs) * len(SEEDS)
+    gpu_h = sum(c.gpu_hours for c in costs) * len(SEEDS)
+    cpu_h = sum(c.cpu_hours for c in costs) * len(SEEDS)
+    c = costs[0]
+    return (
+        f"Training plan: {len(SIZES) * len(SEEDS)} runs ({len(SIZES)} sizes x {len(SEEDS)} "
+        f"seed{'s' if len(SEEDS) > 1 else ''}), {flops:.3g} FLOPs: about {format_hours(gpu_h)} "
+        f"GPU-hours at {c.mfu:.0%} MFU of a {c.gpu_peak_flops / 1e12:.0f} TFLOP/s GPU, or at "
+        f"least {format_hours(cpu_h)} CPU-hours (astropt/compute.py)"
+    )
 
 
 def train_launcher(wildcards):
@@ -212,6 +276,9 @@ def download_params():
 # Where the models come from: trained here (`train`) or the released AstroPT v1 weights
 # (`released_model`, workflow/rules/train.smk; README, "The released weights").
 MODELS_SOURCE = CFG.raw["models"]["source"]
+if MODELS_SOURCE == "trained" and workflow.is_main_process and not os.environ.get("ASTROPT_PLAN_SHOWN"):
+    os.environ["ASTROPT_PLAN_SHOWN"] = "1"  # once per invocation, though Snakemake may parse twice
+    print(training_plan(), file=sys.stderr)
 
 
 def released_params(wildcards):

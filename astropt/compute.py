@@ -1,0 +1,129 @@
+"""What a training run costs, before it runs: parameters, FLOPs and estimated hours.
+
+Torch-free (the workflow calls it while parsing, and on every job start): the parameter
+count is the formula of :class:`astropt.model.GPT`'s layers (``tests/test_compute.py`` checks
+it against the model), the FLOPs are the model's own accounting
+(:meth:`astropt.model.GPT.flops_per_token`: ``6 N`` per token plus ``12 L d T`` for
+attention), and the hours divide them by an assumed throughput:
+
+- on GPUs, ``assumed_mfu`` of the card's dense bf16 peak (``train.peak_tflops``, else an
+  H100's 989 TFLOP/s): the paper's sizes ran at 36-48 % MFU on one H100 (README);
+- on a CPU, :data:`CPU_FLOPS_PER_THREAD` per thread, an optimistic rate (the default's 217K
+  model trains at about 25 GFLOP/s on one thread of this project's machine), so the hours
+  are a lower bound.
+
+Example::
+
+    cost = run_cost({"n_layer": 12, "n_head": 12, "n_embd": 768, "patch_size": 16,
+                     "n_chan": 3, "block_size": 1024, "bias": False},
+                    steps=30_000, global_batch=32)
+    print(cost.describe())
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: An optimistic CPU training throughput per thread (fp32 matmuls with AVX2 / AVX-512).
+CPU_FLOPS_PER_THREAD = 50e9
+#: The GPU assumed for GPU-hour estimates when ``train.peak_tflops`` is not set: an H100 SXM.
+DEFAULT_GPU_PEAK_FLOPS = 989e12
+DEFAULT_MFU = 0.4
+
+
+def param_count(model: Mapping[str, Any], non_embedding: bool = True) -> int:
+    """Parameters of an AstroPT v1 model (``model_args``), as ``GPT.get_num_params`` counts.
+
+    Args:
+        model: ``n_layer``, ``n_embd``, ``patch_size``, ``n_chan``, ``block_size``, ``bias``.
+        non_embedding: Leave out the position embedding (the paper's counts do).
+    """
+    L, d = int(model["n_layer"]), int(model["n_embd"])
+    D = int(model["patch_size"]) ** 2 * int(model.get("n_chan", 3))
+    b = 1 if model.get("bias", False) else 0
+    tokeniser = (D * d + d) + (d * d + d)  # Linear(D, d), Linear(d, d), with biases
+    block = (
+        2 * (d + b * d)  # two LayerNorms
+        + 3 * d * d + b * 3 * d + d * d + b * d  # attention: qkv, output projection
+        + 4 * d * d + b * 4 * d + 4 * d * d + b * d  # MLP d -> 4d -> d
+    )
+    head = (2 * d * d + 2 * d) + (2 * d * d + d) + (d * D + D)  # d -> 2d -> d -> D, biases
+    n = tokeniser + L * block + (d + b * d) + head  # ... and the final LayerNorm
+    return n if non_embedding else n + int(model["block_size"]) * d
+
+
+def flops_per_token(model: Mapping[str, Any], seq_len: int) -> int:
+    """Training FLOPs per token, as :meth:`astropt.model.GPT.flops_per_token`."""
+    return 6 * param_count(model) + 12 * int(model["n_layer"]) * int(model["n_embd"]) * int(seq_len)
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """One training run's size and its estimated time (see the module docstring)."""
+
+    params: int
+    tokens: int
+    flops: float
+    gpu_hours: float  # at the assumed MFU of the assumed GPU
+    cpu_hours: float  # on ``threads`` CPU threads at CPU_FLOPS_PER_THREAD (a lower bound)
+    mfu: float
+    gpu_peak_flops: float
+    threads: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.params:,} parameters x {self.tokens:,} tokens: {self.flops:.3g} FLOPs; about "
+            f"{format_hours(self.gpu_hours)} GPU-hours at {self.mfu:.0%} MFU of a "
+            f"{self.gpu_peak_flops / 1e12:.0f} TFLOP/s GPU, or at least {format_hours(self.cpu_hours)} h "
+            f"on {self.threads} CPU thread(s)"
+        )
+
+
+def format_hours(h: float) -> str:
+    """Hours for a log line: 2 significant digits below 10, whole hours above."""
+    return f"{h:.2g}" if h < 10 else f"{h:,.0f}"
+
+
+def run_cost(
+    model: Mapping[str, Any],
+    steps: int,
+    global_batch: int,
+    *,
+    mfu: float = DEFAULT_MFU,
+    peak_tflops: float | None = None,
+    threads: int = 1,
+) -> RunCost:
+    """The cost of training ``model`` for ``steps`` steps of ``global_batch`` galaxies.
+
+    Each galaxy trains ``block_size - 1`` positions (the next patch of each but the last).
+    """
+    seq = int(model["block_size"]) - 1
+    tokens = int(steps) * int(global_batch) * seq
+    flops = float(flops_per_token(model, seq)) * tokens
+    peak = peak_tflops * 1e12 if peak_tflops else DEFAULT_GPU_PEAK_FLOPS
+    return RunCost(
+        params=param_count(model),
+        tokens=tokens,
+        flops=flops,
+        gpu_hours=flops / (mfu * peak) / 3600,
+        cpu_hours=flops / (max(1, threads) * CPU_FLOPS_PER_THREAD) / 3600,
+        mfu=mfu,
+        gpu_peak_flops=peak,
+        threads=max(1, threads),
+    )
+
+
+def cpu_refusal(size: str, cost: RunCost, limit_hours: float | None) -> str | None:
+    """Why a run must not start on a CPU (None: it may): its lower-bound CPU time exceeds
+    ``limit_hours`` (``train.max_cpu_hours``; None: no limit)."""
+    if limit_hours is None or cost.cpu_hours <= limit_hours:
+        return None
+    return (
+        f"size {size} would train on the CPU (no GPU is visible): {cost.describe()}, more than "
+        f"train.max_cpu_hours = {limit_hours:g}. Train it on GPUs (the paper's sweep: "
+        f"--configfile=config/paper.yaml, on a cluster with --profile profiles/slurm), pick a "
+        f"size of this config, or let it run here anyway with "
+        f"--config train='{{max_cpu_hours: null}}' (or set train.max_cpu_hours in the config)."
+    )
