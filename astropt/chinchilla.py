@@ -200,7 +200,8 @@ def fit_grid(
                 nu = satterthwaite([(vi, ni - 1) for vi, ni in zip(v, counts) if ni > 1])
                 ci, _ = calibrated_interval(value, reps[ok], ci_level, calibration_factor(nu, ci_level))
         out[f"{name}_ci"] = ci
-    out["boot_failed"] = int((~np.isfinite(boot).all(axis=1)).sum()) if boot is not None else 0
+    identified = [i for i, name in enumerate(_NAMED) if name not in unidentified]
+    out["boot_failed"] = int((~np.isfinite(boot[:, identified]).all(axis=1)).sum()) if boot is not None else 0
     return out
 
 

@@ -55,6 +55,7 @@ def test_one_budget_cannot_tell_beta_or_the_allocation():
         assert fit[name] is None and fit[f"{name}_ci"] is None
         assert "one token budget" in fit["unidentified"][name]
     assert fit["alpha"] is not None  # the size dependence is still measured
+    assert fit["boot_failed"] == 0  # the unidentified ones are not counted as failed refits
 
 
 def test_bad_input_is_named():

@@ -118,7 +118,8 @@ def check_run_cost(size):
             f"target needs it; one training run: {cost.describe()}",
             file=sys.stderr,
         )
-    if CFG.resources("train", size).gpus == 0 and not gpu_visible():
+    on_cpu = CFG.raw["train"]["device"] == "cpu" or not gpu_visible()
+    if CFG.resources("train", size).gpus == 0 and on_cpu:
         why = cpu_refusal(size, cost, CFG.raw["train"]["max_cpu_hours"])
         if why:
             raise ValueError(why)
