@@ -67,16 +67,17 @@ def test_bad_input_is_named():
 
 @pytest.mark.slow
 def test_bootstrap_covers_alpha_beta_and_a_at_the_stated_rate():
-    """40 simulated 4 x 3 x 2 grids with 1 % noise: each 95 % interval holds the truth 34 to
-    40 times (the binomial 99 % band around 38)."""
+    """24 simulated 4 x 3 x 2 grids with 1 % noise (60 resamples each, about 2 minutes): each
+    95 % interval holds the truth at least 19 times (the binomial 99.5 % lower bound around
+    22.8)."""
     rng = np.random.default_rng(7)
     hits = {"alpha": 0, "beta": 0, "a": 0}
     truths = {"alpha": TRUTH["alpha"], "beta": TRUTH["beta"], "a": TRUTH_A}
-    sims = 40
+    sims = 24
     for _ in range(sims):
         N, D, L = _grid(rng, sd=0.01)
-        fit = fit_grid(N, D, L, n_boot=100, seed=int(rng.integers(1 << 30)))
+        fit = fit_grid(N, D, L, n_boot=60, seed=int(rng.integers(1 << 30)))
         for k in hits:
             lo, hi = fit[f"{k}_ci"]
             hits[k] += lo <= truths[k] <= hi
-    assert all(34 <= h <= sims for h in hits.values()), hits
+    assert all(19 <= h <= sims for h in hits.values()), hits
