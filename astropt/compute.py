@@ -1,4 +1,8 @@
-"""What a training run costs, before it runs: parameters, FLOPs and estimated hours.
+"""Model shapes and what a training run costs, before it runs: parameters, FLOPs, hours.
+
+:class:`GPTConfig` (an AstroPT model's shape) and the paper's :data:`PRESETS` live here,
+beside the formulas, so that the workflow's parse and config validation never import torch;
+:mod:`astropt.model` re-exports them.
 
 Torch-free (the workflow calls it while parsing, and on every job start): the parameter
 count is the formula of :class:`astropt.model.GPT`'s layers (``tests/test_compute.py`` checks
@@ -23,8 +27,85 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+@dataclass
+class GPTConfig:
+    """Shape of an AstroPT model; the field names are v1's ``model_args``."""
+
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 12  # attention heads per block
+    n_embd: int = 768  # model width d
+    n_chan: int = 3  # image channels (g, r, z)
+    patch_size: int = 16  # patch side in pixels
+    block_size: int = 1024  # maximum sequence length (position embeddings)
+    dropout: float = 0.0  # dropout rate; the paper used 0
+    bias: bool = False  # biases in the blocks' Linear and LayerNorm layers (v1: none)
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_head", "n_embd", "n_chan", "patch_size", "block_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by "
+                f"n_head ({self.n_head}) so each head gets n_embd / n_head channels"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+
+    @property
+    def input_dim(self) -> int:
+        """Length of one patch vector: ``patch_size**2 * n_chan`` (768 in the paper)."""
+        return self.patch_size**2 * self.n_chan
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the fields, as stored in a checkpoint's ``model_args``."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
+        """Build a config from a ``model_args`` dict.
+
+        Unknown keys (v1 checkpoints may carry extras) are ignored; missing keys
+        take the dataclass defaults.
+        """
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _preset(n_layer: int, n_head: int, n_embd: int) -> GPTConfig:
+    return GPTConfig(
+        n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_chan=3, patch_size=16, block_size=1024
+    )
+
+
+# The paper's sweep (configs at v1.0.0); names are the paper's size labels.
+PRESETS: dict[str, GPTConfig] = {
+    "1M": _preset(4, 8, 128),
+    "5M": _preset(6, 8, 256),
+    "12M": _preset(6, 8, 384),
+    "21M": _preset(6, 8, 512),
+    "89M": _preset(12, 12, 768),
+    "309M": _preset(24, 16, 1024),
+    "830M": _preset(16, 8, 2048),
+    "2100M": _preset(26, 32, 2560),
+}
+
+# Peak learning rates of the sweep.
+PRESET_LR: dict[str, float] = {
+    "1M": 1e-3,
+    "5M": 1e-3,
+    "12M": 1e-3,
+    "21M": 1e-3,
+    "89M": 6e-4,
+    "309M": 3e-4,
+    "830M": 3e-4,
+    "2100M": 1.6e-4,
+}
+
 
 #: An optimistic CPU training throughput per thread (fp32 matmuls with AVX2 / AVX-512).
 CPU_FLOPS_PER_THREAD = 50e9

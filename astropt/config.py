@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import yaml
 
-from astropt.model import PRESET_LR, PRESETS, GPTConfig
+from astropt.compute import PRESET_LR, PRESETS, GPTConfig
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 SPLITS = ("train", "validation", "test")
@@ -110,6 +110,24 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def spec_to_json(spec: SizeSpec, cfg: TrainConfig) -> dict:
+    """What the ``train`` rule passes to this module: the size and its training settings.
+
+    The thread count is left out (it is the job's, given with ``--threads``), so a
+    different CPU allocation does not make Snakemake rerun training.
+    """
+    train = {k: v for k, v in cfg.to_dict().items() if k != "threads"}
+    return {"size": spec.name, "model": spec.model.to_dict(), "lr": spec.lr, "train": train}
+
+
+def spec_from_json(d: dict) -> tuple[SizeSpec, TrainConfig]:
+    """Inverse of :func:`spec_to_json`."""
+    return (
+        SizeSpec(name=d["size"], model=GPTConfig.from_dict(d["model"]), lr=float(d["lr"])),
+        TrainConfig.from_dict(d["train"]),
+    )
 
 
 @dataclass(frozen=True)

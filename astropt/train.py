@@ -57,7 +57,7 @@ import pandas as pd
 import torch
 
 from astropt.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
-from astropt.config import SizeSpec, TrainConfig
+from astropt.config import SizeSpec, TrainConfig, spec_from_json, spec_to_json  # noqa: F401 (re-exported)
 from astropt.hardware import peak_flops, peak_memory_gb
 from astropt.loader import BatchGatherer
 from astropt.model import GPT, GPTConfig
@@ -591,14 +591,6 @@ def _stop_agreed(stop: StopRequest, dist: Dist) -> bool:
 # --------------------------------------------------------------------------- CLI
 
 
-def spec_from_json(d: dict) -> tuple[SizeSpec, TrainConfig]:
-    """Inverse of :func:`spec_to_json`."""
-    return (
-        SizeSpec(name=d["size"], model=GPTConfig.from_dict(d["model"]), lr=float(d["lr"])),
-        TrainConfig.from_dict(d["train"]),
-    )
-
-
 def _plan(spec: SizeSpec, cfg: TrainConfig, global_batch: int, device: torch.device, world: int,
           peak: float | None) -> str:
     """The run's FLOPs and estimated time, logged before its first step (astropt.compute)."""
@@ -612,16 +604,6 @@ def _plan(spec: SizeSpec, cfg: TrainConfig, global_batch: int, device: torch.dev
     else:
         when = f"at least {cost.cpu_hours * 60:.3g} min on {cost.threads} CPU thread(s)"
     return f"{cost.flops:.3g} FLOPs for {cost.tokens:,} tokens; {when}"
-
-
-def spec_to_json(spec: SizeSpec, cfg: TrainConfig) -> dict:
-    """What the ``train`` rule passes to this module: the size and its training settings.
-
-    The thread count is left out (it is the job's, given with ``--threads``), so a
-    different CPU allocation does not make Snakemake rerun training.
-    """
-    train = {k: v for k, v in cfg.to_dict().items() if k != "threads"}
-    return {"size": spec.name, "model": spec.model.to_dict(), "lr": spec.lr, "train": train}
 
 
 def main(argv: list[str] | None = None) -> int:

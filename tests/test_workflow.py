@@ -315,3 +315,18 @@ def test_huggingface_source_through_the_workflow(tmp_path):
         if path.is_file():
             text = path.read_bytes()
             assert b"SECRETtoken" not in text and b"OTHERtoken" not in text, path
+
+
+@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/paper.yaml"])
+def test_lint_is_clean(configfile):
+    proc = snakemake("--lint", f"--configfile={configfile}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_config_parse_does_not_import_torch():
+    """Every parse (and every job start) reads the config: it must not pay torch's import."""
+    code = ("import sys, astropt.config as c; cfg = c.load_config('config/config.yaml'); "
+            "cfg.size_spec('309M'); c.spec_to_json(cfg.size_spec('42K'), cfg.train_config('42K')); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

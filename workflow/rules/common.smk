@@ -1,20 +1,17 @@
-# Helpers shared by the rule files: config validation, paths, per-size settings.
+# Helpers shared by the rule files (config validation, paths, per-size settings).
 import json
 import os
 import re
 import sys
 from pathlib import Path
 
-# Make the astropt library importable here and in every job (local or on SLURM)
-# even when it is not pip-installed.
-_REPO = str(Path(workflow.basedir).resolve())
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (_REPO, os.environ.get("PYTHONPATH", "")) if p
-)
-
-from astropt.config import ConfigError, known_sizes, load_config
+# The astropt library is installed with the workflow's environment (README: `make env`, or
+# `pip install --no-deps -e .` in the conda environment of environment.yml), so the parse and
+# every job (local or on SLURM) import it without path changes.
+try:
+    from astropt.config import ConfigError, known_sizes, load_config
+except ImportError as err:
+    sys.exit(f"The astropt library is not importable ({err}): install it with `pip install --no-deps -e .`")
 
 try:
     CFG = load_config(config)
@@ -73,7 +70,7 @@ def train_spec(wildcards):
     Only settings that affect training are in it, so changing, say, a figure option
     does not retrain the models (Snakemake reruns a job when its params change).
     """
-    from astropt.train import spec_to_json
+    from astropt.config import spec_to_json
 
     try:
         spec = CFG.size_spec(wildcards.size)
@@ -118,10 +115,10 @@ def check_run_cost(size):
             f"target needs it; one training run: {cost.describe()}",
             file=sys.stderr,
         )
-    on_cpu = CFG.raw["train"]["device"] == "cpu" or not gpu_visible()
-    if CFG.resources("train", size).gpus == 0 and on_cpu:
-        why = cpu_refusal(size, cost, CFG.raw["train"]["max_cpu_hours"])
-        if why:
+    why = cpu_refusal(size, cost, CFG.raw["train"]["max_cpu_hours"])
+    # torch (to look for a GPU) only for a run that is long enough to be refused
+    if why and CFG.resources("train", size).gpus == 0:
+        if CFG.raw["train"]["device"] == "cpu" or not gpu_visible():
             raise ValueError(why)
 
 
@@ -277,8 +274,7 @@ def download_params():
 # Where the models come from: trained here (`train`) or the released AstroPT v1 weights
 # (`released_model`, workflow/rules/train.smk; README, "The released weights").
 MODELS_SOURCE = CFG.raw["models"]["source"]
-if MODELS_SOURCE == "trained" and workflow.is_main_process and not os.environ.get("ASTROPT_PLAN_SHOWN"):
-    os.environ["ASTROPT_PLAN_SHOWN"] = "1"  # once per invocation, though Snakemake may parse twice
+if MODELS_SOURCE == "trained" and workflow.is_main_process:
     print(training_plan(), file=sys.stderr)
 
 

@@ -1,4 +1,6 @@
 rule download:
+    conda:
+        "../../environment.yml"
     # Compute nodes are often cut off from the internet: on SLURM the HuggingFace download
     # runs where Snakemake runs (see README, "The paper's data").
     localrule: CFG.data["source"] == "huggingface"
@@ -20,6 +22,8 @@ rule download:
 
 
 rule tokenise:
+    conda:
+        "../../environment.yml"
     # One job per shard group ("part") of a split: `tokens.jobs` of them, in parallel.
     # Priorities (see train_priority in common.smk): the data first, so that training starts
     # as early as it can.
@@ -52,6 +56,8 @@ rule tokenise:
 
 
 rule token_index:
+    conda:
+        "../../environment.yml"
     priority: 3
     input:
         parts=token_parts,
@@ -71,6 +77,8 @@ rule token_index:
 
 
 rule rejected:
+    conda:
+        "../../environment.yml"
     input:
         download=rules.download.output.rejected,
         splits=expand("results/tokens/{split}/rejected.csv", split=SPLITS),

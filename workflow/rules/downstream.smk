@@ -1,4 +1,6 @@
 rule embed:
+    conda:
+        "../../environment.yml"
     priority: 2  # a finished run's embedding and probes before the next run's training
     input:
         ckpt="results/models/{size}/seed{seed}/ckpt.pt",
@@ -19,6 +21,8 @@ rule embed:
 
 
 rule probe:
+    conda:
+        "../../environment.yml"
     # One run's probes, and the bootstrap draws behind their intervals (probe_size combines
     # the runs of a size from them).
     priority: 2
@@ -43,6 +47,8 @@ rule probe:
 
 
 rule probe_size:
+    conda:
+        "../../environment.yml"
     # A size's probes over its runs: mean, between-run spread, intervals that resample runs
     # and then galaxies. The target users ask for: results/probes/309M.csv.
     input:
@@ -65,6 +71,8 @@ rule probe_size:
 
 
 rule scaling:
+    conda:
+        "../../environment.yml"
     input:
         sidecars=runs("results/models/{size}/seed{seed}/ckpt.json"),
     output:
@@ -89,6 +97,8 @@ rule scaling:
 
 
 rule summary:
+    conda:
+        "../../environment.yml"
     input:
         sidecars=runs("results/models/{size}/seed{seed}/ckpt.json"),
         fit="results/scaling/fit.json",

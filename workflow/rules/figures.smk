@@ -1,4 +1,6 @@
 rule figure_scaling:
+    conda:
+        "../../environment.yml"
     input:
         fit=rules.scaling.output.fit,
         table=rules.scaling.output.table,
@@ -20,6 +22,8 @@ rule figure_scaling:
 
 
 rule figure_loss_curves:
+    conda:
+        "../../environment.yml"
     input:
         metrics=runs("results/models/{size}/seed{seed}/metrics.csv"),
         sidecars=runs("results/models/{size}/seed{seed}/ckpt.json"),
@@ -39,6 +43,8 @@ rule figure_loss_curves:
 
 
 rule figure_downstream:
+    conda:
+        "../../environment.yml"
     input:
         probes=runs("results/probes/{size}/seed{seed}.csv"),
         sidecars=runs("results/models/{size}/seed{seed}/ckpt.json"),
@@ -59,6 +65,8 @@ rule figure_downstream:
 
 
 rule figure_umap:
+    conda:
+        "../../environment.yml"
     priority: 2  # (about a minute on one core) as soon as its run is probed, not last
     input:
         # The map is of one run (the first seed's); its probe table names the probed properties
@@ -88,6 +96,8 @@ rule figure_umap:
 
 
 rule figure_examples:
+    conda:
+        "../../environment.yml"
     priority: 2  # early, beside the training runs, not in the last minute
     input:
         tokens=f"results/tokens/{EMBED_SPLIT}/index.parquet",
@@ -110,6 +120,8 @@ rule figure_examples:
 
 
 rule figure_predictions:
+    conda:
+        "../../environment.yml"
     priority: 2
     input:
         ckpt=f"results/models/{CFG.predictions_size}/seed{FIRST_SEED}/ckpt.pt",

@@ -1,4 +1,6 @@
 rule train:
+    conda:
+        "../../environment.yml"
     # One job per run: each size once per training seed (train.seeds).
     priority: train_priority
     input:
@@ -43,6 +45,8 @@ if MODELS_SOURCE == "released":
     ruleorder: released_model > train
 
     rule released_model:
+        conda:
+            "../../environment.yml"
         # Downloads from the Hub: on SLURM it runs where Snakemake runs (compute nodes are
         # often offline), like the huggingface download. It needs no tokens.
         localrule: True
