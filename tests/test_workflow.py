@@ -33,7 +33,7 @@ def _scratch_workflow(tmp_path: Path) -> Path:
     """A copy of the workflow to run in (results land there, not in the repo)."""
     work = tmp_path / "wf"
     work.mkdir()
-    for item in ("Snakefile", "workflow", "config"):
+    for item in ("Snakefile", "workflow", "config", "environment.yml"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
     return work
