@@ -208,3 +208,61 @@ def cpu_refusal(size: str, cost: RunCost, limit_hours: float | None) -> str | No
         f"size of this config, or let it run here anyway with "
         f"--config train='{{max_cpu_hours: null}}' (or set train.max_cpu_hours in the config)."
     )
+
+
+def compute_table(runs) -> list[dict[str, Any]]:
+    """The measured cost of every cell of a sweep (one size at one token budget), for
+    ``fit.json`` and ``fit.md``.
+
+    Args:
+        runs: One row per run (:func:`astropt.pipeline.load_sidecars`): ``size``, ``budget``,
+            ``params``, ``tokens_seen``, ``flops``, ``elapsed_s``, ``gpu_hours``.
+
+    Returns:
+        One dict per cell, fewest parameters then tokens first: ``size``, ``budget``,
+        ``runs``, ``N``, ``D``, ``C_6ND`` (Chinchilla's compute), ``flops`` (6ND plus attention,
+        per run), ``wall_h`` (mean hours per run), ``gpu_hours`` (per run; 0 on a CPU, None when
+        not recorded) and ``flops_per_s`` (achieved throughput, mean over runs).
+    """
+    import pandas as pd
+
+    runs = pd.DataFrame(runs)
+    rows = []
+    for (_, _, budget, size), cell in runs.groupby(["params", "tokens_seen", "budget", "size"], sort=True):
+        wall = pd.to_numeric(cell["elapsed_s"], errors="coerce")
+        gpu = pd.to_numeric(cell["gpu_hours"], errors="coerce")
+        N, D = int(cell["params"].iloc[0]), int(cell["tokens_seen"].iloc[0])
+        rows.append({
+            "size": size, "budget": budget, "runs": len(cell), "N": N, "D": D, "C_6ND": 6.0 * N * D,
+            "flops": float(cell["flops"].mean()),
+            "wall_h": float(wall.mean() / 3600) if wall.notna().any() else None,
+            "gpu_hours": float(gpu.mean()) if gpu.notna().any() else None,
+            "flops_per_s": float((cell["flops"] / wall).mean()) if (wall > 0).any() else None,
+        })
+    return rows
+
+
+def compute_markdown(rows: list[dict[str, Any]]) -> str:
+    """:func:`compute_table` as a Markdown table, with the sweep's totals below it."""
+    lines = [
+        "## Training compute (measured)",
+        "",
+        "| size | budget | runs | N | D (tokens) | 6ND | FLOPs per run | wall h per run | GPU-h per run | FLOP/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def num(v, fmt):
+        return "n/a" if v is None else format(v, fmt)
+
+    for r in rows:
+        lines.append(
+            f"| {r['size']} | {r['budget']} | {r['runs']} | {r['N']:,} | {r['D']:,} | {r['C_6ND']:.3g} | "
+            f"{r['flops']:.3g} | {num(r['wall_h'], '.3g')} | {num(r['gpu_hours'], '.3g')} | {num(r['flops_per_s'], '.3g')} |"
+        )
+    total_flops = sum(r["flops"] * r["runs"] for r in rows)
+    wall = sum((r["wall_h"] or 0.0) * r["runs"] for r in rows)
+    gpu = sum((r["gpu_hours"] or 0.0) * r["runs"] for r in rows)
+    lines += ["", f"Total: {sum(r['runs'] for r in rows)} runs, {total_flops:.3g} FLOPs, "
+              f"{wall:.3g} wall-hours, {gpu:.3g} GPU-hours (FLOPs: 6ND plus attention, astropt/compute.py; "
+              f"hours as measured by each run's trainer)."]
+    return "\n".join(lines) + "\n"

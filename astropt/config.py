@@ -141,6 +141,29 @@ class Resources:
     nodes: int = 1
 
 
+@dataclass(frozen=True)
+class Budget:
+    """One token budget of a size (``train.budgets``): its optimiser steps and training tokens.
+
+    ``label`` names the run's folder: ``""`` for the size's default budget (``train.steps``:
+    results/models/{size}/seed{seed}/), ``D<tokens>`` for the others
+    (results/models/{size}/D403K/seed{seed}/).
+    """
+
+    label: str
+    steps: int
+    tokens: int
+
+    @property
+    def default(self) -> bool:
+        return self.label == ""
+
+    @property
+    def path(self) -> str:
+        """The ``{budget}`` part of a run's path: ``""`` or ``"D403K/"``."""
+        return f"{self.label}/" if self.label else ""
+
+
 @dataclass
 class Config:
     """The validated workflow configuration (defaults filled in)."""
@@ -236,11 +259,14 @@ class Config:
         )
         return SizeSpec(name=name, model=model, lr=float(lr))
 
-    def train_config(self, name: str, seed: int | None = None) -> TrainConfig:
+    def train_config(self, name: str, seed: int | None = None, budget: Budget | None = None) -> TrainConfig:
         """The trainer's settings for one run of a size (threads from that size's resources);
-        ``seed`` is its training seed (default the first of ``train.seeds``)."""
-        train = {k: v for k, v in self.raw["train"].items() if k not in ("sizes", "seeds")}
-        return TrainConfig.from_dict(
+        ``seed`` is its training seed (default the first of ``train.seeds``), ``budget`` its
+        token budget (default: ``train.steps``). Another budget's schedule is scaled to its
+        steps: the cosine decay ends at its last step (a set ``decay_steps`` is scaled in
+        proportion); the warm-up stays ``train.warmup_steps``."""
+        train = {k: v for k, v in self.raw["train"].items() if k not in ("sizes", "seeds", "budgets")}
+        tc = TrainConfig.from_dict(
             {
                 **train,
                 **self.raw["train"]["sizes"].get(name, {}),
@@ -250,6 +276,46 @@ class Config:
                 "threads": self.resources("train", name).cpus,
             }
         )
+        if budget is not None and budget.steps != tc.steps:
+            if tc.decay_steps is not None:
+                tc.decay_steps = max(tc.warmup_steps + 1, round(tc.decay_steps * budget.steps / tc.steps))
+            tc.steps = budget.steps
+        return tc
+
+    def tokens_per_step(self, name: str) -> int:
+        """Training tokens of one optimiser step of a size: global batch x trained positions
+        (each galaxy's ``block_size - 1`` next-patch predictions)."""
+        tc = self.train_config(name)
+        return tc.micro_batch * tc.grad_accum * (self.n_tokens - 1)
+
+    def budgets(self, name: str) -> list[Budget]:
+        """The token budgets a size is trained for (``train.budgets``), fewest tokens first;
+        the default budget (``train.steps``) is always among them."""
+        listed = self.raw["train"]["budgets"]
+        if isinstance(listed, dict):
+            listed = listed.get(name, listed.get("default", []))
+        per_step, default_steps = self.tokens_per_step(name), self.train_config(name).steps
+        steps = {default_steps}
+        for entry in listed or []:
+            steps.add(budget_steps(entry, default_steps, per_step))
+        return [
+            Budget("" if n == default_steps else f"D{format_tokens(n * per_step)}", n, n * per_step)
+            for n in sorted(steps)
+        ]
+
+    def budget(self, name: str, label: str) -> Budget:
+        """A size's budget by its label (``""`` or ``D403K``, a trailing ``/`` allowed)."""
+        label = label.rstrip("/")
+        for b in self.budgets(name):
+            if b.label == label:
+                return b
+        known = ", ".join(b.label or "(default)" for b in self.budgets(name))
+        raise ConfigError(f"size {name} has no token budget {label!r} in train.budgets (its budgets: {known})")
+
+    @property
+    def grid(self) -> bool:
+        """Whether any size is trained for more than one token budget (an N x D grid)."""
+        return any(len(self.budgets(s)) > 1 for s in self.sizes)
 
     def resources(self, rule: str, size: str | None = None) -> Resources:
         """Resources of one job: per size for train and embed, `resources.default` otherwise."""
@@ -306,6 +372,13 @@ def _validate(raw: dict) -> None:
             lines.append(f"config key '{name}' is missing: {e.message}")
         elif e.validator == "additionalProperties":
             lines.append(f"config key '{key}': unknown key(s): {e.message}")
+        elif e.validator == "oneOf" and e.context:
+            # the branch that got furthest into the value (['-2x']: its item, not "not null")
+            best = max(e.context, key=lambda c: len(c.relative_path))
+            why = best.message
+            if best.validator == "pattern" and "budget" in key:
+                why = f"{best.instance!r} is neither a number of tokens nor a multiple such as '0.5x'"
+            lines.append(f"config key '{_key_path([*e.absolute_path, *best.relative_path])}': {why}")
         else:
             lines.append(f"config key '{key}': {e.message}")
     raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
@@ -466,6 +539,8 @@ def _check_semantics(cfg: Config) -> None:
             f"config key 'train.decay_steps': {tr['decay_steps']} must lie after the warm-up "
             f"({tr['warmup_steps']}) and at most train.steps ({tr['steps']})"
         )
+    if not problems:
+        problems += _check_budgets(cfg)
     embed_tokens = raw["embed"]["n_tokens"]
     if embed_tokens > cfg.n_tokens:
         problems.append(
@@ -526,6 +601,37 @@ def _check_semantics(cfg: Config) -> None:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
 
+def _check_budgets(cfg: Config) -> list[str]:
+    """Checks of ``train.budgets``: known sizes, every budget past the warm-up, distinct folder
+    names, and no grid of the released weights (one run per size)."""
+    raw, problems = cfg.raw, []
+    listed = raw["train"]["budgets"]
+    if listed is None:
+        return problems
+    if raw["models"]["source"] == "released":
+        return ["config key 'train.budgets': the released weights are one run per size (set it to null)"]
+    if isinstance(listed, dict):
+        for s in listed:
+            if s != "default" and s not in raw["custom_sizes"] and s not in PRESETS:
+                problems.append(f"config key 'train.budgets.{s}': unknown size {s!r}")
+    warmup = raw["train"]["warmup_steps"]
+    for s in raw["sizes"]:
+        budgets = cfg.budgets(s)
+        short = [b for b in budgets if b.steps <= warmup]
+        if short:
+            problems.append(
+                f"config key 'train.budgets': size {s}'s budget of {short[0].tokens:,} tokens is "
+                f"{short[0].steps} steps, not more than train.warmup_steps ({warmup}): give it more tokens"
+            )
+        labels = [b.label for b in budgets]
+        if len(set(labels)) < len(labels):
+            problems.append(
+                f"config key 'train.budgets': two budgets of size {s} round to the same folder name "
+                f"({', '.join(labels)}): make them further apart"
+            )
+    return problems
+
+
 def _check_huggingface(hf: dict) -> list[str]:
     """Checks of ``data.huggingface`` the schema cannot express (used when it is the source).
 
@@ -552,6 +658,25 @@ def _check_models(raw: dict) -> list[str]:
     from astropt.released import config_problems
 
     return config_problems(raw)
+
+
+def budget_steps(entry: float | str, default_steps: int, tokens_per_step: int) -> int:
+    """Optimiser steps of one ``train.budgets`` entry: tokens (a number) or a multiple of the
+    default budget (a string ending in ``x``), rounded to whole steps (at least 1)."""
+    text = str(entry).strip()
+    if text.endswith("x"):
+        steps = float(text[:-1]) * default_steps
+    else:
+        steps = float(text) / tokens_per_step
+    return max(1, round(steps))
+
+
+def format_tokens(n: int) -> str:
+    """Tokens in a folder name, 3 significant digits: 403200 -> ``403K``, 1612800 -> ``1.61M``."""
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale * 0.9995:  # 999,600 -> 1M, not 1e+03K
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
 
 
 def _format_count(n: int) -> str:

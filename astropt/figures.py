@@ -13,6 +13,10 @@ Agg canvas: no display, no pyplot global state, nothing left open.
 - :func:`plot_umap`: hexbin panels of a 2-D UMAP of embeddings, coloured by the
   median of each property (the paper's UMAP figure).
 - :func:`plot_loss_curves`: train / validation loss against tokens seen, per size.
+- :func:`plot_isoflop`, :func:`plot_frontier`, :func:`plot_loss_tokens`: the N x D grid
+  (:mod:`astropt.chinchilla`): IsoFLOP profiles (Chinchilla's approach 2), the
+  compute-optimal N and D against compute (approaches 2 and 3), and the loss against
+  tokens per size with approach 3's fitted law and the held-out corner.
 """
 
 from __future__ import annotations
@@ -874,3 +878,460 @@ def plot_examples(
         caption = ", ".join(f"{_SHORT_NAMES.get(c, c)}\u00a0{row[c]:.2f}" for c in columns)
         ax.set_title(f"{row['id']}\n" + "\n".join(textwrap.wrap(caption, 28)), fontsize=6.5)
     _save(fig, out)
+
+
+# --- The N x D grid: IsoFLOP profiles (approach 2), the compute-optimal frontier and the loss
+# against tokens (approach 3), with the held-out corner. ``grid`` is the grid rule's dict:
+# ``{"approach3": fit_grid(...) + "frontier", "isoflop": {...}, "holdout": {...}}``; any part
+# may carry only a "reason", which is then written in the panel instead of what it would draw.
+# Artists that tests look for carry a ``gid`` ("parabola:0", "approach3:N", "holdout:observed").
+
+
+def _value_ci(value: float | None, ci: Sequence[float] | None) -> str:
+    """``0.503 [0.471, 0.534]``: a fitted value with its interval, at the decimals of its width."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    if ci and len(ci) == 2 and None not in ci and all(math.isfinite(v) for v in ci) and ci[1] > ci[0]:
+        d = max(2, min(6, 1 - math.floor(math.log10((ci[1] - ci[0]) / 4))))
+        return f"{value:.{d}f} [{ci[0]:.{d}f}, {ci[1]:.{d}f}]"
+    return f"{value:.3g}"
+
+
+def _flops_text(C: float) -> str:
+    """FLOPs as mathtext: ``1.2×10^15``."""
+    e = math.floor(math.log10(C))
+    m = f"{C / 10**e:.2g}"
+    if float(m) >= 10:
+        e, m = e + 1, f"{C / 10 ** (e + 1):.2g}"
+    return f"${m}{{\\times}}10^{{{e}}}$"
+
+
+def _size_colours(table: pd.DataFrame) -> dict:
+    """Each size's colour (viridis, smallest first), as in :func:`plot_scaling`."""
+    from matplotlib import colormaps
+
+    sizes = list(dict.fromkeys(table.sort_values("params", kind="stable")["size"]))
+    cmap = colormaps["viridis"]
+    return {s: cmap(i / max(len(sizes) - 1, 1) * 0.9) for i, s in enumerate(sizes)}
+
+
+def _compute_cmap():
+    """Colours of compute levels: plasma without its pale yellow end."""
+    from matplotlib import colormaps
+
+    return ListedColormap(colormaps["plasma"](np.linspace(0.0, 0.85, 256)))
+
+
+def _notes(ax, notes: Sequence[str], centre: bool = False) -> None:
+    """What a panel cannot draw, and why, written in it (lower left, under the data; centred when
+    the panel is empty)."""
+    if not notes:
+        return
+    text = "\n".join(textwrap.fill(n, 62) for n in notes)
+    x, y, ha, va = (0.5, 0.5, "center", "center") if centre else (0.02, 0.02, "left", "bottom")
+    ax.text(x, y, text, transform=ax.transAxes, ha=ha, va=va, fontsize=8, zorder=0.8, gid="note",
+            bbox={"boxstyle": "round", "fc": "white", "ec": "0.6", "alpha": 0.9})
+
+
+def _unidentified(fit: Mapping, *names: str) -> str:
+    """Why ``fit`` (approach 3) has no value of ``names``: not identified by the grid (with
+    the reasons), or no fit at all."""
+    if "unidentified" not in fit:
+        return f"no fit ({fit.get('reason') or fit.get('error') or 'none in the grid section'})"
+    why = "; ".join(dict.fromkeys((fit.get("unidentified") or {}).get(n) or "not in the fit" for n in names))
+    return f"{', '.join(names)} not identified ({why})"
+
+
+def _grid_part(grid: Mapping, key: str) -> Mapping:
+    """``grid[key]``; without it, the grid's own ``reason`` (no grid at all) stands in."""
+    part = grid.get(key)
+    if part:
+        return part
+    return {"reason": grid["reason"]} if grid.get("reason") else {}
+
+
+def _below_legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(0.0, -0.11), ncols=1, frameon=False,
+                  borderaxespad=0)
+
+
+def _draw_isoflop(fig: Figure | None, table: pd.DataFrame, grid: Mapping) -> Figure:
+    """:func:`plot_isoflop`'s figure (its first axes the profiles, the second the colourbar)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import LogNorm
+
+    fig = fig if fig is not None else Figure(figsize=(8.0, 7.6), layout="constrained")
+    ax = fig.subplots()
+    iso = _grid_part(grid, "isoflop")
+    a3 = _grid_part(grid, "approach3")
+    levels = sorted((lv for lv in iso.get("levels") or [] if lv.get("C")), key=lambda lv: float(lv["C"]))
+    runs = f" ({len(table)} runs)" if len(table) else ""
+    ax.set_title(f"IsoFLOP profiles (approach 2): loss vs model size at fixed compute{runs}", fontsize=11)
+    ax.set_xlabel("parameters N (excluding position embedding)")
+    ax.set_ylabel("validation loss (interpolated on the level)")
+    if not levels:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        _notes(ax, [f"approach 2 (IsoFLOP profiles): {iso.get('reason') or 'no IsoFLOP levels in the grid'}"],
+               centre=True)
+        return fig
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    Cs = [float(lv["C"]) for lv in levels]
+    norm = LogNorm(min(Cs) / (1.5 if len(Cs) == 1 else 1), max(Cs) * (1.5 if len(Cs) == 1 else 1))
+    cmap = _compute_cmap()
+    pct = f"{100 * (iso.get('ci_level') or a3.get('ci_level') or 0.95):g} %"
+    losses, dashed, marked = [], False, False
+    for i, lv in enumerate(levels):
+        C = float(lv["C"])
+        colour = cmap(norm(C))
+        N = np.asarray(lv.get("N") or [], dtype=float)
+        L = np.asarray(lv.get("L") or [], dtype=float)
+        ok = np.isfinite(N) & np.isfinite(L) & (N > 0) & (L > 0)
+        N, L = N[ok], L[ok]
+        order = np.argsort(N)
+        N, L = N[order], L[order]
+        losses.extend(L)
+        if len(N):
+            ax.plot(N, L, ls="", marker="o", ms=4, color=colour, alpha=0.8, zorder=4, gid=f"points:{i}")
+        n_opt, ci = lv.get("N_opt"), lv.get("N_opt_ci")
+        has_min = n_opt is not None and math.isfinite(n_opt)
+        par = lv.get("parabola")
+        par = None if par is None or None in par else [float(v) for v in par]
+        if has_min:
+            label = f"C = {_flops_text(C)}: $N_{{opt}}$ = {_human(n_opt)}"
+            share, why = lv.get("unbracketed_share"), lv.get("reason")
+            if ci and None not in ci:
+                label += f" [{_human(ci[0])}, {_human(ci[1])}]"
+            elif why:
+                label += f", no interval: {why}"
+            if share and not why:
+                label += f"; minimum outside the sizes in {100 * share:.0f} % of resamples"
+        else:
+            why = lv.get("reason")
+            label = f"C = {_flops_text(C)}: " + (why if why and "minimum" in why else
+                                                 "no minimum" + (f" ({why})" if why else ""))
+            dashed = True
+        style = {"color": colour, "lw": 1.6 if has_min else 1.2, "ls": "-" if has_min else "--", "zorder": 3,
+                 "label": label, "gid": f"parabola:{i}" if par else f"profile:{i}"}
+        if par and len(N) >= 2:
+            c2, c1, c0 = par
+            x = np.linspace(math.log(N[0]), math.log(N[-1]), 200)
+            if c2 > 0 and x[0] < -c1 / (2 * c2) < x[-1]:  # the vertex itself, so the line's lowest point is it
+                x = np.sort(np.append(x, -c1 / (2 * c2)))
+            ax.plot(np.exp(x), np.exp(c2 * x * x + c1 * x + c0), **style)
+        elif len(N) >= 2:
+            ax.plot(N, L, **style)
+        else:
+            ax.plot([], [], " ", label=label)
+        L_opt = lv.get("L_opt")
+        if has_min and L_opt is None and par:
+            L_opt = math.exp(par[0] * math.log(n_opt) ** 2 + par[1] * math.log(n_opt) + par[2])
+        if has_min and L_opt is not None:
+            xerr = [[n_opt - ci[0]], [ci[1] - n_opt]] if ci and None not in ci else None
+            eb = ax.errorbar(n_opt, L_opt, xerr=xerr, fmt="*", ms=13, mfc=colour, mec="black", mew=0.8,
+                             ecolor="black", elinewidth=1.2, capsize=3, zorder=6)
+            eb.lines[0].set_gid(f"minimum:{i}")
+            for col in eb.lines[2]:
+                col.set_gid(f"minimum_ci:{i}")
+            losses.append(L_opt)
+            marked = True
+    if marked:
+        ax.plot([], [], ls="", marker="*", ms=10, mfc="white", mec="black",
+                label=f"minimum of the level's parabola (ln L in ln N) ± {pct} bootstrap interval")
+    if dashed:
+        ax.plot([], [], ls="--", color="0.4", label="no minimum inside the level's range")
+    a2 = iso.get("a")
+    if a2 is not None:
+        label = f"approach 2 (IsoFLOP minima): $N_{{opt}}{{\\propto}}C^a$, a = {_value_ci(a2, iso.get('a_ci'))}"
+    else:
+        label = f"approach 2 (IsoFLOP minima): a not measured ({iso.get('reason') or 'fewer than two minima'})"
+    ax.plot([], [], " ", label=label)
+    ax.plot([], [], " ", label=(f"approach 3 (fit of L(N, D)): a = {_value_ci(a3['a'], a3.get('a_ci'))}"
+                                if a3.get("a") is not None else
+                                f"approach 3 (fit of L(N, D)): {_unidentified(a3, 'a')}"))
+    if losses:
+        _loss_limits(ax, np.asarray(losses, dtype=float), None)
+    _size_axis(ax)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.01, label="compute C = 6ND of the level (FLOPs)")
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, [textwrap.fill(t, 90, subsequent_indent="    ") for t in labels], fontsize=7.5,
+              loc="upper left", bbox_to_anchor=(0.0, -0.11), ncols=1, frameon=False, borderaxespad=0)
+    return fig
+
+
+def plot_isoflop(table: pd.DataFrame, grid: Mapping, out: str | os.PathLike) -> None:
+    """Chinchilla's approach 2: the loss along each IsoFLOP level against model size.
+
+    At each compute level C (colour, with a colourbar in FLOPs): the losses interpolated on the
+    level (points), the parabola fitted to ln L against ln N over the level's range of N (line),
+    its minimum (star) with the bootstrap interval of ``N_opt`` (horizontal bar). A level whose
+    parabola has no minimum inside its range is drawn dashed, without a star, and says why. The
+    legend ends with the exponent ``a`` of ``N_opt ~ C^a`` from the minima (approach 2) beside
+    approach 3's (from the fit of L(N, D)), each with its interval.
+
+    Args:
+        table: The grid's runs (one row each); only counted here.
+        grid: The grid rule's dict; ``grid["isoflop"]`` has the levels (or only a ``reason``,
+            then written in the panel) and ``grid["approach3"]`` the fit.
+        out: PNG path.
+    """
+    _save(_draw_isoflop(None, table, grid), out)
+
+
+def _flops_axis(ax) -> None:
+    """A log axis of FLOPs: powers of ten, and 2x and 5x too under 2 decades (as in
+    :func:`plot_scaling`); no crowded minor labels."""
+    lo, hi = ax.get_xlim()
+
+    def flops(v: float, _: int) -> str:
+        m, e = _mantissa(v), math.floor(math.log10(v) + 1e-9)
+        return f"${m}{{\\times}}10^{{{e}}}$" if hi / lo < 100 and m in (2, 5) else ""
+
+    ax.xaxis.set_minor_formatter(FuncFormatter(flops))
+    ax.tick_params(axis="x", which="minor", labelsize=8)
+
+
+def _draw_frontier(fig: Figure | None, table: pd.DataFrame, grid: Mapping) -> Figure:
+    """:func:`plot_frontier`'s figure: axes 0 ``N_opt(C)``, axes 1 ``D_opt(C)``."""
+    from astropt.chinchilla import optimal_allocation
+
+    _require(table, ["params", "tokens_seen"], "grid table")
+    fig = fig if fig is not None else Figure(figsize=(13.0, 6.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    a3 = _grid_part(grid, "approach3")
+    iso = _grid_part(grid, "isoflop")
+    front = a3.get("frontier") or None
+    pct = f"{100 * a3.get('ci_level', 0.95):g} %"
+    pct2 = f"{100 * (iso.get('ci_level') or a3.get('ci_level') or 0.95):g} %"
+    N = table["params"].to_numpy(dtype=float)
+    D = table["tokens_seen"].to_numpy(dtype=float)
+    C_runs = 6 * N * D
+    levels = [lv for lv in iso.get("levels") or [] if lv.get("C") and lv.get("N_opt") is not None]
+    C_min = [float(lv["C"]) for lv in levels]
+    C_all = np.concatenate([C_runs, C_min]) if len(C_runs) or C_min else np.array([1.0, 10.0])
+    n_cells = len(set(zip(N, D)))
+    for ax, key, exp_name, what, values in ((axes[0], "N", "a", "parameters", N), (axes[1], "D", "b", "tokens", D)):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        notes = []
+        if len(values):
+            ax.scatter(C_runs, values, s=14, color="0.78", edgecolors="none", zorder=1, gid=f"runs:{key}",
+                       label=f"grid runs ({len(values)} runs, {n_cells} cells): {key} against 6ND")
+        opt = f"{key}_{{opt}}"
+        a_value = a3.get(exp_name)
+        if a_value is None:
+            notes.append(f"approach 3 (fit of L(N, D)), no frontier: {_unidentified(a3, exp_name)}")
+        else:
+            label = f"approach 3 (fit of L(N, D)): ${opt}{{\\propto}}C^{exp_name}$, {exp_name} = " \
+                    f"{_value_ci(a_value, a3.get(f'{exp_name}_ci'))}"
+            lo = hi = None
+            if front and front.get("C"):
+                C = np.asarray(front["C"], dtype=float)
+                y = np.asarray(front[f"{key}_opt"], dtype=float)
+                if front.get(f"{key}_lo") is not None and front.get(f"{key}_hi") is not None:
+                    lo = np.asarray(front[f"{key}_lo"], dtype=float)
+                    hi = np.asarray(front[f"{key}_hi"], dtype=float)
+            elif a3.get("G") is not None:
+                C = np.geomspace(C_all.min() / 2, C_all.max() * 2, 100)
+                y = optimal_allocation(a3, C)[0 if key == "N" else 1]
+            else:
+                C = None
+                notes.append(f"approach 3 (fit of L(N, D)), no frontier: {_unidentified(a3, 'G')}")
+            if C is not None:
+                ax.plot(C, y, color="black", lw=1.8, zorder=4, label=label, gid=f"approach3:{key}")
+                if lo is not None:
+                    ax.fill_between(C, lo, hi, color="black", alpha=0.13, lw=0, zorder=2, gid=f"approach3_band:{key}",
+                                    label=f"approach 3: {pct} bootstrap band of ${opt}$")
+        if levels:
+            Cm = np.array(C_min)
+            if key == "N":
+                ym = np.array([float(lv["N_opt"]) for lv in levels])
+                cis = [lv.get("N_opt_ci") for lv in levels]
+            else:
+                ym = np.array([float(lv["D_opt"]) if lv.get("D_opt") is not None else float(lv["C"]) / (6 * lv["N_opt"])
+                               for lv in levels])
+                # on a level D = C / (6 N): the interval of N_opt, turned over
+                cis = [lv.get("D_opt_ci") or ([float(lv["C"]) / (6 * ci[1]), float(lv["C"]) / (6 * ci[0])]
+                                              if (ci := lv.get("N_opt_ci")) and None not in ci else None)
+                       for lv in levels]
+            err = np.array([[max(y - ci[0], 0), max(ci[1] - y, 0)] if ci and None not in ci else [0.0, 0.0]
+                            for y, ci in zip(ym, cis)]).T
+            eb = ax.errorbar(Cm, ym, yerr=err, fmt="o", ms=7, color="C3", mfc="white", mec="C3", mew=1.5,
+                             elinewidth=1.2, capsize=3, zorder=5,
+                             label=f"approach 2: minimum of each IsoFLOP profile ± {pct2} interval")
+            eb.lines[0].set_gid(f"approach2:{key}")
+            e2 = iso.get(exp_name)
+            if e2 is not None and len(Cm) >= 2:
+                # the exponent's line, through the minima (their mean in log-log)
+                k = float(np.mean(np.log(ym) - e2 * np.log(Cm)))
+                Cl = np.geomspace(Cm.min() / 1.5, Cm.max() * 1.5, 50)
+                ax.plot(Cl, np.exp(k) * Cl**e2, color="C3", lw=1.3, ls="--", zorder=3, gid=f"approach2_fit:{key}",
+                        label=f"approach 2 (IsoFLOP minima): ${opt}{{\\propto}}C^{exp_name}$, {exp_name} = "
+                              f"{_value_ci(e2, iso.get(f'{exp_name}_ci'))}")
+            else:
+                notes.append(f"approach 2 (IsoFLOP minima): {exp_name} not measured"
+                             + (f": {iso['reason']}" if iso.get("reason") else ""))
+        else:
+            notes.append(f"approach 2 (IsoFLOP profiles): {iso.get('reason') or 'no level with a minimum'}")
+        ax.set_xlabel("compute C = 6ND (FLOPs)")
+        _flops_axis(ax)
+        ax.set_ylabel(f"compute-optimal {what} ${opt}$")
+        ax.set_title(f"Compute-optimal {what} vs compute", fontsize=11)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _human(v)))
+        ax.grid(True, which="major", alpha=0.3)
+        ax.grid(True, which="minor", alpha=0.1)
+        _notes(ax, notes)
+        _below_legend(ax)
+    return fig
+
+
+def plot_frontier(table: pd.DataFrame, grid: Mapping, out: str | os.PathLike) -> None:
+    """The compute-optimal allocation: ``N_opt`` (left) and ``D_opt`` (right) against C = 6ND.
+
+    Approach 3's frontier (black line, ``N_opt = G (C/6)^a``, ``D_opt = (C/6)^b / G``, from
+    ``grid["approach3"]["frontier"]``, with its bootstrap band; computed from ``a, b, G`` when
+    the frontier is absent), approach 2's minimum of each IsoFLOP profile with its interval (red
+    circles; the D interval is N's turned over, D = C / 6N on a level) and a dashed line of
+    approach 2's exponent through them, over every run of the grid (grey: its N or D against its
+    6ND). The legends give a and b of both approaches with their intervals; what cannot be drawn
+    (an exponent not identified, no IsoFLOP levels) is written in the panel with the reason.
+
+    Args:
+        table: The grid's runs, with ``params`` and ``tokens_seen``.
+        grid: The grid rule's dict (``approach3``, ``isoflop``).
+        out: PNG path.
+    """
+    _save(_draw_frontier(None, table, grid), out)
+
+
+def _holdout_mask(table: pd.DataFrame, holdout: Mapping) -> np.ndarray:
+    """The runs of the held-out cell: the cell nearest ``(N, D)``, within 10 % of each."""
+    mask = np.zeros(len(table), dtype=bool)
+    N, D = holdout.get("N"), holdout.get("D")
+    if N is None or D is None or not len(table):
+        return mask
+    budget = table["budget"].astype(str) if "budget" in table else table["tokens_seen"].map(_human)
+    keys = table["size"].astype(str) + "|" + budget
+    cells = table.groupby(keys, sort=False).agg(N=("params", "median"), D=("tokens_seen", "median"))
+    dist = np.maximum(np.abs(np.log(cells["N"] / float(N))), np.abs(np.log(cells["D"] / float(D))))
+    if dist.min() < math.log(1.1):
+        mask = (keys == dist.idxmin()).to_numpy()
+    return mask
+
+
+def _draw_loss_tokens(fig: Figure | None, table: pd.DataFrame, grid: Mapping) -> Figure:
+    """:func:`plot_loss_tokens`'s figure."""
+    from astropt.chinchilla import predict
+
+    _require(table, ["size", "params", "tokens_seen", "val_loss"], "grid table")
+    fig = fig if fig is not None else Figure(figsize=(8.0, 7.6), layout="constrained")
+    ax = fig.subplots()
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    a3 = _grid_part(grid, "approach3")
+    h = _grid_part(grid, "holdout")
+    colours = _size_colours(table)
+    held = _holdout_mask(table, h)
+    rest = table[~held]
+    notes, values = [], list(table["val_loss"].astype(float))
+    ax.scatter(rest["tokens_seen"], rest["val_loss"], s=10, c=[colours[s] for s in rest["size"]], alpha=0.6,
+               edgecolors="none", zorder=3, gid="runs")
+    budget = rest["budget"].astype(str) if "budget" in rest else rest["tokens_seen"].map(_human)
+    logs = rest.assign(_cell=budget, _logL=np.log(rest["val_loss"].astype(float)),
+                       _logD=np.log(rest["tokens_seen"].astype(float)))
+    sizes = list(colours)
+    for size in sizes:
+        cells = logs[logs["size"] == size].groupby("_cell", sort=False)[["_logD", "_logL"]].mean().sort_values("_logD")
+        if len(cells):
+            ax.plot(np.exp(cells["_logD"]), np.exp(cells["_logL"]), ls="", marker="o", ms=7, mfc=colours[size],
+                    mec="black", mew=0.8, zorder=5, gid=f"means:{size}")
+        n = float(table.loc[table["size"] == size, "params"].median())
+        ax.plot([], [], color=colours[size], marker="o", mec="black", ms=6, lw=1.4, label=f"{size} (N = {_human(n)})")
+    ax.plot([], [], ls="", marker=".", ms=6, color="0.4", label="final validation loss of one run")
+    ax.plot([], [], ls="", marker="o", ms=6, mfc="white", mec="black", label="cell mean (geometric) of its runs")
+    D_all = table["tokens_seen"].to_numpy(dtype=float)
+    if h.get("D") is not None:
+        D_all = np.append(D_all, float(h["D"]))
+    law = ("E", "A", "B", "alpha", "beta")
+    missing = [k for k in law if a3.get(k) is None]
+    if missing:
+        notes.append(f"approach 3 (fit of L(N, D)) not drawn: {_unidentified(a3, *missing)}")
+    elif len(D_all):
+        Dg = np.geomspace(D_all.min() / 1.25, D_all.max() * 1.25, 200)
+        for size in sizes:
+            n = float(table.loc[table["size"] == size, "params"].median())
+            ax.plot(Dg, predict(a3, n, Dg), color=colours[size], lw=1.4, zorder=2, gid=f"approach3:{size}")
+        ax.plot([], [], color="black", lw=1.4,
+                label=textwrap.fill(f"approach 3: L = E + A/N$^\\alpha$ + B/D$^\\beta$ at each size's N; "
+                                    f"α = {_value_ci(a3['alpha'], a3.get('alpha_ci'))}, "
+                                    f"β = {_value_ci(a3['beta'], a3.get('beta_ci'))}, "
+                                    f"E = {_value_ci(a3['E'], a3.get('E_ci'))}", 80, subsequent_indent="    "))
+    observed = h.get("observed")
+    if isinstance(observed, (list, tuple, np.ndarray)):
+        observed = float(np.exp(np.mean(np.log(np.asarray(observed, dtype=float))))) if len(observed) else None
+    if observed is not None and h.get("D") is not None:
+        Dh = float(h["D"])
+        size = table.loc[held, "size"].iloc[0] if held.any() else None
+        colour = colours.get(size, "black")
+        if held.any():
+            ax.scatter(table.loc[held, "tokens_seen"], table.loc[held, "val_loss"], s=22, marker="D",
+                       facecolors="none", edgecolors=colour, linewidths=1.0, zorder=6, gid="holdout:runs")
+        elif h.get("runs") and all(isinstance(v, (int, float)) for v in h["runs"]):
+            ax.scatter([Dh] * len(h["runs"]), h["runs"], s=22, marker="D", facecolors="none", edgecolors=colour,
+                       linewidths=1.0, zorder=6, gid="holdout:runs")
+            values.extend(float(v) for v in h["runs"])
+        cell = h.get("cell") or (f"{size}" if size else "")
+        n_runs = h.get("n_runs") or int(held.sum())
+        label = (f"held-out corner {cell} (N = {_human(float(h.get('N') or 0))}, D = {_human(Dh)}): "
+                 f"mean of its {n_runs} run{'s' if n_runs != 1 else ''}, not fitted")
+        verdict = h.get("verdict") or (f"no verdict: {h['reason']}" if h.get("reason") else None)
+        label = textwrap.fill(label, 80, subsequent_indent="    ")
+        if verdict:
+            label += "\n" + textwrap.fill(f"verdict: {verdict}", 80, subsequent_indent="    ", break_on_hyphens=False)
+        ax.plot([Dh], [observed], ls="", marker="D", ms=11, mfc="none", mec="black", mew=1.8, zorder=8,
+                gid="holdout:observed", label=label)
+        values.append(observed)
+        pred, pi = h.get("predicted"), h.get("pi")
+        if pred is not None:
+            yerr = [[pred - pi[0]], [pi[1] - pred]] if pi and None not in pi else None
+            pct = f"{100 * h.get('ci_level', 0.95):g} %"
+            eb = ax.errorbar(Dh * 1.07, pred, yerr=yerr, fmt="s", ms=6, color="C3", mfc="white", elinewidth=2.0,
+                             capsize=4, zorder=7,
+                             label="its prediction by the fit without it"
+                                   + (f", {pct} prediction interval" if yerr else ""))
+            eb.lines[0].set_gid("holdout:predicted")
+            values.extend([pred, *(pi if pi and None not in pi else [])])
+    elif h.get("reason"):
+        notes.append(f"held-out corner: {h['reason']}")
+    ax.set_title(f"Final validation loss vs training tokens, per model size ({len(table)} runs)", fontsize=11)
+    ax.set_xlabel("training tokens D (tokens seen)")
+    ax.set_ylabel("validation loss")
+    if values:
+        _loss_limits(ax, np.asarray(values, dtype=float), None)
+    _size_axis(ax)
+    _notes(ax, notes)
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, labels, fontsize=7.5, loc="upper left", bbox_to_anchor=(0.0, -0.11), ncols=1, frameon=False,
+              borderaxespad=0)
+    return fig
+
+
+def plot_loss_tokens(table: pd.DataFrame, grid: Mapping, out: str | os.PathLike) -> None:
+    """Final validation loss against training tokens D, one colour per model size N.
+
+    Each run is a small dot and each (N, D) cell's geometric mean a circle, in its size's
+    colour; the lines are approach 3's fitted law ``L = E + A/N^alpha + B/D^beta`` at each
+    size's N (:func:`astropt.chinchilla.predict`). The held-out corner is drawn apart: its runs
+    as open diamonds, their mean as a large open diamond (not fitted), and beside it the
+    prediction of the fit without it with its prediction interval; the legend gives the verdict.
+    What cannot be drawn (the law not identified, no held-out test) is written in the panel.
+
+    Args:
+        table: The grid's runs: ``size``, ``params``, ``tokens_seen``, ``val_loss`` (and
+            ``budget``, the cell's token budget).
+        grid: The grid rule's dict (``approach3``, ``holdout``).
+        out: PNG path.
+    """
+    _save(_draw_loss_tokens(None, table, grid), out)

@@ -8,6 +8,7 @@ scripts under ``workflow/scripts/`` only unpack ``snakemake.input/params/output`
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -230,10 +231,13 @@ def write_atomic(path: str | Path, write) -> None:
 
 
 def run_name(path: str | Path) -> tuple[str, int]:
-    """``(size, seed)`` of a run's file: ``results/models/{size}/seed{seed}/...`` (the folder)
-    or ``results/{stage}/{size}/seed{seed}.ext`` (the file name)."""
+    """``(size, seed)`` of a run's file: ``results/models/{size}/seed{seed}/...`` or
+    ``results/models/{size}/D<tokens>/seed{seed}/...`` (the folder), or
+    ``results/{stage}/{size}/seed{seed}.ext`` (the file name)."""
     path = Path(path)
-    for size, stem in ((path.parent.parent.name, path.parent.name), (path.parent.name, path.name.split(".")[0])):
+    above = path.parent.parent
+    folder_size = above.parent.name if run_budget(path) else above.name  # .../{size}/D403K/seed0/
+    for size, stem in ((folder_size, path.parent.name), (path.parent.name, path.name.split(".")[0])):
         if stem.startswith("seed") and stem[4:].isdigit():
             return size, int(stem[4:])
     raise ValueError(f"{path}: not a run's file (expected .../{{size}}/seed{{n}}/... or .../{{size}}/seed{{n}}.ext)")
@@ -262,19 +266,34 @@ def aggregate_probes(tables, draws, out_csv: str | Path, n_boot: int, seed: int,
 PROVENANCE_COLUMNS = ("data_seed", "threads", "cpu_capability", "cpu", "gpu", "torch", "host")
 
 
+def run_budget(path: str | Path) -> str:
+    """The token budget in a run's path: ``"D403K"`` for ``results/models/{size}/D403K/seed{n}/...``,
+    ``""`` for the size's default budget (``results/models/{size}/seed{n}/...``)."""
+    folder = Path(path).parent.parent.name
+    return folder if re.fullmatch(r"D[0-9.]+[KMGT]?", folder) else ""
+
+
 def load_sidecars(paths) -> pd.DataFrame:
-    """One row per run from the ``ckpt.json`` sidecars (``results/models/{size}/seed{seed}/``),
-    sorted by parameters, then seed. ``seed`` is the run's training seed (from its folder); the
-    run's provenance (:data:`PROVENANCE_COLUMNS`: data seed, threads, CPU kernels or GPU, torch)
+    """One row per run from the ``ckpt.json`` sidecars (``results/models/{size}/seed{seed}/``,
+    or ``.../{size}/D<tokens>/seed{seed}/`` for another token budget), sorted by parameters,
+    tokens, then seed. ``seed`` is the run's training seed (from its folder); ``budget`` its
+    tokens as a folder name (``D806K``), ``default_budget`` whether it is the size's default
+    budget (``train.steps``: the runs the fit over N, the probes and the maps use); the run's
+    provenance (:data:`PROVENANCE_COLUMNS`: data seed, threads, CPU kernels or GPU, torch)
     follows, None where the sidecar does not record it (the released weights)."""
+    from astropt.config import format_tokens
+
     rows = []
     for p in paths:
         d = json.loads(Path(p).read_text())
         prov = d.get("provenance") or {}
+        budget = run_budget(p)
         rows.append(
             {
                 "size": d["size"],
                 "seed": run_name(p)[1],
+                "budget": budget or f"D{format_tokens(int(d['tokens_seen']))}",
+                "default_budget": not budget,
                 "params": d["params"],
                 "val_loss": d["final_val_loss"],
                 "best_val_loss": d["best_val_loss"],
@@ -286,7 +305,7 @@ def load_sidecars(paths) -> pd.DataFrame:
                 **{col: prov.get(col) for col in PROVENANCE_COLUMNS},
             }
         )
-    table = pd.DataFrame(rows).sort_values(["params", "seed"], ignore_index=True)
+    table = pd.DataFrame(rows).sort_values(["params", "tokens_seen", "seed"], ignore_index=True)
     for col in ("elapsed_s", "gpu_hours"):  # None (released weights) -> NaN
         table[col] = pd.to_numeric(table[col], errors="coerce")
     return table
@@ -308,18 +327,31 @@ def scaling(sidecars, out_fit, out_table, out_md, out_tex, out_csv=None, scaling
     table = load_sidecars(sidecars)
     write_atomic(out_table, lambda tmp: table.to_csv(tmp, index=False))
     for row in table.itertuples():
-        log(f"  {row.size:>6} seed {row.seed}: {row.params:>12,} parameters, {row.flops:.3g} training FLOPs, "
+        log(f"  {row.size:>6} {row.budget:>7} seed {row.seed}: {row.params:>12,} parameters, {row.flops:.3g} training FLOPs, "
             f"final val loss {row.val_loss:.5f}")
     bad = table[~(table["flops"] > 0)]
     if len(bad):
-        raise ValueError(f"runs {(bad['size'] + '/seed' + bad['seed'].astype(str)).tolist()} have no positive "
-                         f"'flops' in their ckpt.json: retrain them to record the training compute")
-    fit = fit_study(table, estimator=cfg["estimator"], n_boot=cfg["n_boot"], holdout=holdout, seed=seed, log=log)
+        raise ValueError(f"runs {(bad['size'] + '/' + bad['budget'] + '/seed' + bad['seed'].astype(str)).tolist()} "
+                         f"have no positive 'flops' in their ckpt.json: retrain them to record the training compute")
+    from astropt.compute import compute_markdown, compute_table
+
+    main = table[table["default_budget"]].reset_index(drop=True)
+    fit = fit_study(main, estimator=cfg["estimator"], n_boot=cfg["n_boot"], holdout=holdout, seed=seed, log=log)
+    if table["budget"].nunique() > 1 or not table["default_budget"].all():
+        from astropt.chinchilla import grid_study
+
+        fit["grid"] = grid_study(table, n_boot=cfg["n_boot"], seed=seed, log=log)
+    fit["cost"] = compute_table(table)  # "compute" holds the fit over C
     write_atomic(out_fit, lambda tmp: tmp.write_text(json.dumps(fit, indent=2) + "\n"))
     fits = fit_table(fit)
-    md = table_markdown(fits)
+    md, tex = table_markdown(fits), table_latex(fits)
+    if "grid" in fit:
+        from astropt.chinchilla import grid_latex, grid_markdown
+
+        md, tex = f"{md}\n{grid_markdown(fit['grid'])}", f"{tex}\n{grid_latex(fit['grid'])}"
+    md = f"{md}\n{compute_markdown(fit['cost'])}"
     write_atomic(out_md, lambda tmp: tmp.write_text(md))
-    write_atomic(out_tex, lambda tmp: tmp.write_text(table_latex(fits)))
+    write_atomic(out_tex, lambda tmp: tmp.write_text(tex))
     if out_csv is not None:
         header, rows, notes = table_cells(fits)
         # The note column spelled out: the report shows this table without the notes below it.
@@ -334,6 +366,19 @@ def scaling(sidecars, out_fit, out_table, out_md, out_tex, out_csv=None, scaling
     return fit
 
 
+def figure_grid(fit_path, table_path, out_isoflop, out_frontier, out_loss_tokens, log=print) -> None:
+    """The N x D grid's figures from ``fit.json``'s ``grid`` section and every run of
+    ``losses.csv``: IsoFLOP profiles, the compute-optimal frontier, loss against tokens."""
+    from astropt.figures import plot_frontier, plot_isoflop, plot_loss_tokens
+
+    fit = json.loads(Path(fit_path).read_text())
+    grid = fit.get("grid") or {"reason": "train.budgets lists one budget: there is no N x D grid"}
+    table = pd.read_csv(table_path)
+    for plot, out in ((plot_isoflop, out_isoflop), (plot_frontier, out_frontier), (plot_loss_tokens, out_loss_tokens)):
+        plot(table, grid, out)
+        log(f"wrote {out}")
+
+
 def figure_scaling(fit_path, table_path, metrics_paths, out, log=print) -> None:
     """The scaling figure: every run's final validation loss against parameters and against
     training compute with the fits of ``fit.json`` (bootstrap band, held-out size), and each
@@ -342,7 +387,10 @@ def figure_scaling(fit_path, table_path, metrics_paths, out, log=print) -> None:
 
     fit = json.loads(Path(fit_path).read_text())
     metrics = {"{}/seed{}".format(*run_name(p)): pd.read_csv(p) for p in metrics_paths}
-    plot_scaling(pd.read_csv(table_path), fit, out, metrics=metrics)
+    table = pd.read_csv(table_path)
+    if "default_budget" in table:  # the grid's other budgets are drawn by figure_grid
+        table = table[table["default_budget"]].reset_index(drop=True)
+    plot_scaling(table, fit, out, metrics=metrics)
     log(f"wrote {out}")
 
 

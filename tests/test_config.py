@@ -186,3 +186,64 @@ def test_released_weights_take_one_seed(default):
                train={**default["train"], "seeds": [0, 1]})
     with pytest.raises(ConfigError, match="train.seeds.*released weights are one run per size"):
         load_config(cfg)
+
+
+def test_no_budgets_is_one_default_budget_per_size(default):
+    cfg = load_config(default)
+    assert not cfg.grid
+    (b,) = cfg.budgets("42K")
+    # 800 steps x 16 galaxies x 63 trained positions
+    assert (b.label, b.path, b.steps, b.tokens) == ("", "", 800, 800 * 16 * 63)
+    assert cfg.train_config("42K", budget=b) == cfg.train_config("42K")
+
+
+def test_budgets_as_multiples_and_tokens(default):
+    default["train"]["budgets"] = ["0.25x", 403200, "2x"]
+    cfg = load_config(default)
+    assert cfg.grid
+    got = [(b.label, b.steps, b.tokens) for b in cfg.budgets("85K")]
+    assert got == [("D202K", 200, 201600), ("D403K", 400, 403200), ("", 800, 806400), ("D1.61M", 1600, 1612800)]
+    assert cfg.budget("85K", "D403K/").steps == 400 and cfg.budget("85K", "").default
+    with pytest.raises(ConfigError, match="no token budget 'D999K'.*D202K"):
+        cfg.budget("85K", "D999K")
+    # each run's cosine ends at its own last step; the warm-up stays
+    short = cfg.train_config("85K", seed=1, budget=cfg.budget("85K", "D202K"))
+    assert (short.steps, short.last_decay_step, short.warmup_steps, short.seed) == (200, 200, 100, 1)
+
+
+def test_per_size_budgets_and_scaled_decay(default):
+    default["train"]["budgets"] = {"42K": ["0.5x"], "default": ["2x"]}
+    default["train"]["decay_steps"] = 760
+    cfg = load_config(default)
+    assert [b.steps for b in cfg.budgets("42K")] == [400, 800]
+    assert [b.steps for b in cfg.budgets("217K")] == [800, 1600]
+    assert cfg.train_config("42K", budget=cfg.budgets("42K")[0]).decay_steps == 380  # 760 x 400 / 800
+    assert cfg.train_config("42K").decay_steps == 760
+
+
+@pytest.mark.parametrize(
+    "budgets, match",
+    [
+        (["-2x"], r"train\.budgets\[0\]'.*neither a number of tokens nor a multiple"),
+        (["0.1x"], r"size 42K's budget of 80,640 tokens is 80 steps, not more than train.warmup_steps \(100\)"),
+        ({"99K": ["2x"]}, r"train\.budgets\.99K': unknown size"),
+        ([1008000, 1009008], r"round to the same folder name"),
+        ("2x", r"train\.budgets"),
+    ],
+)
+def test_bad_budgets_name_the_key(default, budgets, match):
+    default["train"]["budgets"] = budgets
+    with pytest.raises(ConfigError, match=match):
+        load_config(default)
+
+
+def test_budgets_from_the_command_line(default):
+    default["train"]["budgets"] = ["0.5x", "4.0e5"]  # --config train='{budgets: [0.5x, 4.0e5]}'
+    assert [b.label for b in load_config(default).budgets("42K")] == ["D400K", "D403K", ""]
+
+
+def test_grid_config_merged_over_default_is_valid(default):
+    grid = yaml.safe_load((ROOT / "config/grid.yaml").read_text())
+    cfg = load_config(_deep_merge(default, grid))
+    assert cfg.grid and cfg.seeds == [0, 1] and len(cfg.sizes) >= 4
+    assert all([b.steps for b in cfg.budgets(s)] == [200, 400, 800] for s in cfg.sizes)

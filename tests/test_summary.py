@@ -256,6 +256,35 @@ def test_one_size_tables_spell_out_each_reason_once(tmp_path):
 
 def test_run_names_come_from_paths():
     assert pipeline.run_name("results/models/416K/seed2/ckpt.json") == ("416K", 2)
+    assert pipeline.run_name("results/models/416K/D1.61M/seed2/ckpt.json") == ("416K", 2)  # another token budget
+    assert pipeline.run_budget("results/models/416K/D1.61M/seed2/ckpt.json") == "D1.61M"
+    assert pipeline.run_budget("results/models/416K/seed2/ckpt.json") == ""
     assert pipeline.run_name("results/probes/85K/seed10.draws.parquet") == ("85K", 10)
     with pytest.raises(ValueError, match="not a run's file"):
         pipeline.run_name("results/probes/85K.csv")
+
+
+def test_losses_and_cost_of_a_grid(tmp_path):
+    """Runs of two budgets: the fit over N sees the default budget's runs only; losses.csv and
+    the cost table (fit.json "cost", fit.md) every run, by cell."""
+    paths = _sidecars(tmp_path)
+    for p in list(paths):  # the same runs again at half the tokens, in D605K/
+        d = json.loads(Path(p).read_text())
+        half = Path(p).parent.parent / "D605K" / Path(p).parent.name
+        half.mkdir(parents=True)
+        d.update(tokens_seen=604_800, flops=d["flops"] / 2, elapsed_s=30.0, final_val_loss=d["final_val_loss"] * 1.1)
+        (half / "ckpt.json").write_text(json.dumps(d))
+        paths.append(str(half / "ckpt.json"))
+    losses = pipeline.load_sidecars(paths)
+    assert len(losses) == 24 and losses["default_budget"].sum() == 12
+    assert set(losses["budget"]) == {"D605K", "D1.21M"}
+    from astropt.compute import compute_markdown, compute_table
+
+    cost = compute_table(losses)
+    assert len(cost) == 8 and [r["budget"] for r in cost[:2]] == ["D605K", "D1.21M"]
+    first = cost[0]
+    assert first["runs"] == 3 and first["C_6ND"] == 6.0 * first["N"] * 604_800
+    assert abs(first["wall_h"] - 30 / 3600) < 1e-12 and first["gpu_hours"] is None
+    assert abs(first["flops_per_s"] - first["flops"] / 30) < 1e-6 * first["flops_per_s"]
+    md = compute_markdown(cost)
+    assert "Total: 24 runs" in md and md.count("\n| ") == 9  # header + 8 cells

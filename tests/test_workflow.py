@@ -109,6 +109,22 @@ def test_paper_2100M_is_one_job_on_two_nodes():
     assert '"grad_accum": 32' in out and '"micro_batch": 10' in out
 
 
+def test_grid_dry_run_has_a_job_per_size_budget_and_seed():
+    """config/grid.yaml: 4 sizes x 3 token budgets x 2 seeds, each its own training job with the
+    budget's steps, addressable by path; the probes use the default budget's runs only; the
+    whole grid's cost is printed before anything runs."""
+    proc = snakemake("-n", "--forceall", "--cores", "2", "--configfile=config/grid.yaml", "-p", "all")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = _jobs(proc.stdout)
+    assert jobs["train"] == 24 and jobs["embed"] == 8 and jobs["probe"] == 8 and jobs["figure_grid"] == 1
+    assert "Training plan: 24 runs (4 sizes x 3 token budgets x 2 seeds)" in proc.stderr
+    out = proc.stdout
+    for path, steps in (("42K/D202K/seed1", 200), ("217K/D403K/seed0", 400), ("144K/seed1", 800)):
+        cmd = next(line for line in out.splitlines() if f"--out-dir results/models/{path} " in line)
+        assert f'"steps": {steps},' in cmd, (path, cmd[:400])
+    assert "results/embeddings/42K/D202K" not in out and "results/figures/isoflop.png" in out
+
+
 def test_bad_config_stops_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("sizes: [42K, 3M]\ntrain: {steps: many}\n")
@@ -121,7 +137,8 @@ def test_bad_config_stops_before_any_job(tmp_path):
 
 @pytest.mark.slow
 def test_micro_workflow_end_to_end(tmp_path):
-    """The whole DAG on a micro config (3 sizes x 2 training seeds), in a scratch copy of the workflow."""
+    """The whole DAG on a micro config (3 sizes x 2 token budgets x 2 training seeds), in a
+    scratch copy of the workflow."""
     work = _scratch_workflow(tmp_path)
     proc = snakemake("--cores", "2", f"--configfile={ROOT / 'tests/data/micro.yaml'}", "all", cwd=work, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -160,12 +177,27 @@ def test_micro_workflow_end_to_end(tmp_path):
     assert fit["compute"]["separate_evidence"] is False
     holdout = fit["holdout"]
     assert holdout["size"] == "144K" and holdout["pi_mean"] and holdout["verdict"]
-    assert len(pd.read_csv(work / "results/scaling/losses.csv")) == 6
-    for fig in ("scaling.png", "loss_curves.png", "downstream.png", "umap_144K.png", "examples.png", "predictions.png"):
+    losses = pd.read_csv(work / "results/scaling/losses.csv")
+    assert len(losses) == 12 and losses["default_budget"].sum() == 6
+    assert sorted(losses["budget"].unique()) == ["D3.6K", "D7.2K"]  # 15 and 30 steps x 16 galaxies x 15 positions
+    for size in sizes:  # the other budget's runs: their own folders, half the steps
+        for seed in seeds:
+            metrics = pd.read_csv(work / f"results/models/{size}/D3.6K/seed{seed}/metrics.csv")
+            assert metrics["step"].iloc[-1] == 15 and metrics["lr"].iloc[-1] < metrics["lr"].max()
+    # the grid: Chinchilla's fit over all 12 runs, approach 2, the held-out corner, the cost table
+    grid = fit["grid"]
+    assert grid["approach3"]["n_runs"] == 12 and grid["approach3"]["n_N"] == 3 and grid["approach3"]["n_D"] == 2
+    assert "levels" in grid["isoflop"] and (grid["isoflop"]["a"] is not None or grid["isoflop"]["reason"])
+    assert grid["holdout"]["cell"] and (grid["holdout"].get("predicted") is not None or grid["holdout"]["reason"])
+    assert len(fit["cost"]) == 6 and all(r["wall_h"] > 0 and r["runs"] == 2 for r in fit["cost"])
+    for fig in ("scaling.png", "loss_curves.png", "downstream.png", "umap_144K.png", "examples.png", "predictions.png",
+                "isoflop.png", "frontier.png", "loss_tokens.png"):
         assert (work / "results/figures" / fig).stat().st_size > 10_000
     assert not (work / "results/figures/umap_30K.png").exists()
     for table in ("fit.md", "fit.tex"):
-        assert "C (training FLOPs) | power law" in (work / "results/scaling" / table).read_text().replace(" &", " |")
+        text = (work / "results/scaling" / table).read_text()
+        assert "C (training FLOPs) | power law" in text.replace(" &", " |") and "Chinchilla" in text
+    assert "## Training compute (measured)" in (work / "results/scaling/fit.md").read_text()
     down = pd.read_csv(work / "results/probes/summary.csv")
     assert (down.loc[down["value"].notna(), "n_runs"] == 2).all() and "seeds_agree" in down
     summary = (work / "results/summary.md").read_text()
@@ -176,7 +208,8 @@ def test_micro_workflow_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (work / "report.html").read_text()
     for name in ("scaling.png", "loss_curves.png", "downstream.png", "umap_144K.png", "examples.png",
-                 "predictions.png", "summary.html", "AstroPT scaling study", "probe_size"):
+                 "predictions.png", "isoflop.png", "frontier.png", "loss_tokens.png", "summary.html",
+                 "AstroPT scaling study", "probe_size"):
         assert name in report, name
     for split in ("train", "validation", "test"):
         assert (work / f"results/tokens/{split}/shards/00000.npy").exists()

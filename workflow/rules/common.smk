@@ -33,6 +33,8 @@ wildcard_constraints:
     # Only known size names (so results/probes/summary.csv is not a size's probe table).
     size="|".join(re.escape(s) for s in known_sizes(CFG)),
     seed=r"\d+",
+    # A run's token budget in its path: "" (the default budget) or "D<tokens>/" (train.budgets)
+    budget=r"(D[0-9.]+[KMGT]?/)?",
     split="|".join(SPLITS),
     part=r"\d{4}-of-\d{4}",
 
@@ -40,6 +42,17 @@ wildcard_constraints:
 def runs(pattern):
     """`pattern` (with {size} and {seed}) for every run of the config: each size x seed."""
     return expand(pattern, size=SIZES, seed=SEEDS)
+
+
+def grid_runs(pattern):
+    """`pattern` (with {size}, {budget} and {seed}) for every run of the grid: each size x token
+    budget (train.budgets, the default budget included) x seed."""
+    return [
+        pattern.format(size=size, budget=budget.path, seed=seed)
+        for size in SIZES
+        for budget in CFG.budgets(size)
+        for seed in SEEDS
+    ]
 
 
 def size_runs(pattern):
@@ -60,12 +73,21 @@ def final_outputs():
         "results/figures/examples.png",
         "results/figures/predictions.png",
         *expand("results/figures/umap_{size}.png", size=CFG.umap_sizes),
+        *(GRID_FIGURES if CFG.grid else []),
     ]
 
 
+# The N x D grid's figures (train.budgets): made only when some size has several budgets.
+GRID_FIGURES = [
+    "results/figures/isoflop.png",
+    "results/figures/frontier.png",
+    "results/figures/loss_tokens.png",
+]
+
+
 def train_spec(wildcards):
-    """JSON handed to `python -m astropt.train --spec`: the size, its training settings and the
-    run's training seed.
+    """JSON handed to `python -m astropt.train --spec`: the size, its training settings (its
+    steps and schedule from the run's token budget) and the run's training seed.
 
     Only settings that affect training are in it, so changing, say, a figure option
     does not retrain the models (Snakemake reruns a job when its params change).
@@ -74,18 +96,20 @@ def train_spec(wildcards):
 
     try:
         spec = CFG.size_spec(wildcards.size)
+        budget = CFG.budget(wildcards.size, wildcards.budget)
     except ConfigError as err:
         raise ValueError(str(err)) from None
-    check_run_cost(wildcards.size)
-    cfg = CFG.train_config(wildcards.size, seed=int(wildcards.seed))
+    check_run_cost(wildcards.size, budget)
+    cfg = CFG.train_config(wildcards.size, seed=int(wildcards.seed), budget=budget)
     return json.dumps(spec_to_json(spec, cfg), sort_keys=True)
 
 
-def size_cost(size):
-    """One training run of `size` under this config: parameters, tokens, FLOPs, estimated hours."""
+def size_cost(size, budget=None):
+    """One training run of `size` (at its token `budget`, default `train.steps`) under this
+    config: parameters, tokens, FLOPs, estimated hours."""
     from astropt.compute import run_cost
 
-    spec, tc = CFG.size_spec(size), CFG.train_config(size)
+    spec, tc = CFG.size_spec(size), CFG.train_config(size, budget=budget)
     return run_cost(
         spec.model.to_dict(),
         tc.steps,
@@ -99,16 +123,17 @@ def size_cost(size):
 _COST_CHECKED = set()
 
 
-def check_run_cost(size):
-    """While the DAG is built (so `snakemake -n` shows it), once per size: warn when a target
-    asks for a size outside the config's `sizes`, with its cost, and refuse a run that would
-    train on the CPU for longer than `train.max_cpu_hours` (astropt.compute.cpu_refusal)."""
-    if size in _COST_CHECKED:
+def check_run_cost(size, budget=None):
+    """While the DAG is built (so `snakemake -n` shows it), once per size and budget: warn when
+    a target asks for a size outside the config's `sizes`, with its cost, and refuse a run that
+    would train on the CPU for longer than `train.max_cpu_hours` (astropt.compute.cpu_refusal)."""
+    key = (size, budget.label if budget else "")
+    if key in _COST_CHECKED:
         return
-    _COST_CHECKED.add(size)
+    _COST_CHECKED.add(key)
     from astropt.compute import cpu_refusal
 
-    cost = size_cost(size)
+    cost = size_cost(size, budget)
     if size not in SIZES:
         print(
             f"Warning: size {size} is not in this config's sizes ({', '.join(SIZES)}), but a "
@@ -132,13 +157,14 @@ def training_plan():
     """One line: the config's training runs and their estimated cost (printed before a run)."""
     from astropt.compute import format_hours
 
-    costs = [size_cost(size) for size in SIZES]
+    costs = [size_cost(size, budget) for size in SIZES for budget in CFG.budgets(size)]
     flops = sum(c.flops for c in costs) * len(SEEDS)
     gpu_h = sum(c.gpu_hours for c in costs) * len(SEEDS)
     cpu_h = sum(c.cpu_hours for c in costs) * len(SEEDS)
     c = costs[0]
+    budgets = f" x {len(costs) / len(SIZES):.3g} token budgets" if CFG.grid else ""
     return (
-        f"Training plan: {len(SIZES) * len(SEEDS)} runs ({len(SIZES)} sizes x {len(SEEDS)} "
+        f"Training plan: {len(costs) * len(SEEDS)} runs ({len(SIZES)} sizes{budgets} x {len(SEEDS)} "
         f"seed{'s' if len(SEEDS) > 1 else ''}), {flops:.3g} FLOPs: about {format_hours(gpu_h)} "
         f"GPU-hours at {c.mfu:.0%} MFU of a {c.gpu_peak_flops / 1e12:.0f} TFLOP/s GPU, or at "
         f"least {format_hours(cpu_h)} CPU-hours (astropt/compute.py)"

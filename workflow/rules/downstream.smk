@@ -73,8 +73,10 @@ rule probe_size:
 rule scaling:
     conda:
         "../../environment.yml"
+    # The fit over N (and C) of the default budget's runs; with train.budgets, also Chinchilla's
+    # fit of L(N, D) over every run of the grid, its IsoFLOP profiles and held-out corner.
     input:
-        sidecars=runs("results/models/{size}/seed{seed}/ckpt.json"),
+        sidecars=grid_runs("results/models/{size}/{budget}seed{seed}/ckpt.json"),
     output:
         fit="results/scaling/fit.json",
         table="results/scaling/losses.csv",

@@ -21,6 +21,29 @@ rule figure_scaling:
         "../scripts/figure_scaling.py"
 
 
+rule figure_grid:
+    conda:
+        "../../environment.yml"
+    # The N x D grid (train.budgets): IsoFLOP profiles, the compute-optimal frontier, loss
+    # against tokens; from fit.json's "grid" section and every run's row of losses.csv.
+    input:
+        fit=rules.scaling.output.fit,
+        table=rules.scaling.output.table,
+    output:
+        isoflop=report("results/figures/isoflop.png", caption="../report/isoflop.rst", category="Scaling"),
+        frontier=report("results/figures/frontier.png", caption="../report/frontier.rst", category="Scaling"),
+        loss_tokens=report("results/figures/loss_tokens.png", caption="../report/loss_tokens.rst", category="Scaling"),
+    log:
+        "logs/figures/grid.log",
+    benchmark:
+        "logs/benchmarks/figures/grid.tsv"
+    threads: job_threads("figures")
+    resources:
+        **job_resources("figures"),
+    script:
+        "../scripts/figure_grid.py"
+
+
 rule figure_loss_curves:
     conda:
         "../../environment.yml"

@@ -1,15 +1,16 @@
 rule train:
     conda:
         "../../environment.yml"
-    # One job per run: each size once per training seed (train.seeds).
+    # One job per run: each size once per training seed (train.seeds) and token budget
+    # (train.budgets; {budget} is "" for the default budget, else e.g. "D403K/").
     priority: train_priority
     input:
         train="results/tokens/train/index.parquet",
         val="results/tokens/validation/index.parquet",
     output:
-        ckpt="results/models/{size}/seed{seed}/ckpt.pt",
-        sidecar="results/models/{size}/seed{seed}/ckpt.json",
-        metrics="results/models/{size}/seed{seed}/metrics.csv",
+        ckpt="results/models/{size}/{budget}seed{seed}/ckpt.pt",
+        sidecar="results/models/{size}/{budget}seed{seed}/ckpt.json",
+        metrics="results/models/{size}/{budget}seed{seed}/metrics.csv",
     params:
         spec=train_spec,
         launcher=train_launcher,
@@ -17,9 +18,9 @@ rule train:
         val_dir=lambda wc, input: os.path.dirname(input.val),
         out_dir=lambda wc, output: os.path.dirname(output.ckpt),
     log:
-        "logs/train/{size}/seed{seed}.log",
+        "logs/train/{size}/{budget}seed{seed}.log",
     benchmark:
-        "logs/benchmarks/train/{size}/seed{seed}.tsv"
+        "logs/benchmarks/train/{size}/{budget}seed{seed}.tsv"
     threads: job_threads("train")
     resources:
         **job_resources("train"),
