@@ -234,8 +234,38 @@ def _fit_section(fit: Mapping, fit_table: Sequence | None) -> list[Block]:
                                  f"{_ci(pi_run)}. Method: {h.get('method', '')}."))
     elif h.get("reason"):
         blocks.append(Block("p", f"**Held-out size.** No test: {h['reason']}."))
+    if fit.get("grid"):
+        blocks.append(Block("p", _grid_paragraph(fit["grid"])))
     blocks.append(_from("fit"))
     return blocks
+
+
+def _grid_paragraph(grid: Mapping) -> str:
+    """The N x D grid in one paragraph: both approaches' compute-optimal exponents (or why a
+    number is missing) and the held-out corner's verdict."""
+    three, two = grid.get("approach3") or {}, grid.get("isoflop") or {}
+
+    def exponent(fit: Mapping, key: str, why: str | None) -> str:
+        if fit.get(key) is None:
+            return f"not identified ({why or fit.get('reason') or 'no estimate'})"
+        ci = fit.get(f"{key}_ci")
+        if not ci:
+            return f"{fmt(fit[key], 2)} (no interval)"
+        open_ends = " (an end at the exponent's limit, 0 or 1: the runs set no limit there)" if (
+            ci[0] <= 0 or ci[1] >= 1) else ""
+        return fmt_ci(fit[key], *ci, digits=2) + open_ends
+
+    unidentified = three.get("unidentified") or {}
+    parts = [f"approach 3 (L = E + A/N^alpha + B/D^beta over {three.get('n_runs', 0)} runs): "
+             f"N_opt ~ C^a with a = {exponent(three, 'a', unidentified.get('a'))}, "
+             f"D_opt ~ C^b with b = {exponent(three, 'b', unidentified.get('b'))}",
+             f"approach 2 (IsoFLOP profiles): a = {exponent(two, 'a', two.get('reason'))}"]
+    h = grid.get("holdout") or {}
+    corner = h.get("verdict") or (f"no test: {h['reason']}" if h.get("reason") else None)
+    text = "**N x D grid (Chinchilla).** " + "; ".join(parts) + "."
+    if corner:
+        text += f" Held-out corner: {corner}."
+    return text + " Every parameter, level and interval: `results/scaling/fit.md`."
 
 
 def _probe_rows(largest: pd.DataFrame, downstream: pd.DataFrame, protocol: str, metric: str) -> list[list[str]]:

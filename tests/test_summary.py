@@ -288,3 +288,19 @@ def test_losses_and_cost_of_a_grid(tmp_path):
     assert abs(first["flops_per_s"] - first["flops"] / 30) < 1e-6 * first["flops_per_s"]
     md = compute_markdown(cost)
     assert "Total: 24 runs" in md and md.count("\n| ") == 9  # header + 8 cells
+
+
+def test_grid_paragraph_says_what_the_grid_cannot_tell():
+    from astropt.summary import _grid_paragraph
+
+    text = _grid_paragraph({
+        "approach3": {"n_runs": 24, "a": 0.32, "a_ci": [0.04, 1.0], "b": 0.68, "b_ci": [0.0, 0.96]},
+        "isoflop": {"a": None, "reason": "0 of 5 compute levels have a minimum inside the sizes"},
+        "holdout": {"verdict": "inside the 95 % prediction interval"},
+    })
+    assert "a = 0.32 [0.04, 1] (an end at the exponent's limit" in text
+    assert "approach 2 (IsoFLOP profiles): a = not identified (0 of 5 compute levels" in text
+    assert "Held-out corner: inside the 95 % prediction interval." in text
+    one = _grid_paragraph({"approach3": {"n_runs": 6, "a": None, "b": None,
+                                         "unidentified": {"a": "the grid has one token budget"}}})
+    assert "a = not identified (the grid has one token budget)" in one and "Held-out corner" not in one

@@ -350,7 +350,7 @@ def test_huggingface_source_through_the_workflow(tmp_path):
             assert b"SECRETtoken" not in text and b"OTHERtoken" not in text, path
 
 
-@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/paper.yaml"])
+@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/paper.yaml", "config/grid.yaml"])
 def test_lint_is_clean(configfile):
     proc = snakemake("--lint", f"--configfile={configfile}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
