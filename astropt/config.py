@@ -39,6 +39,9 @@ SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 SPLITS = ("train", "validation", "test")
 # Custom size names must match their parameter count to within this factor.
 NAME_TOLERANCE = 0.25
+# Fewest galaxies a probe is fitted on (astropt.probe; here so that the parse checks it
+# without importing scikit-learn).
+PROBE_MIN_ROWS = 10
 # Rules whose resources are set per model size.
 PER_SIZE_RULES = ("train", "embed")
 
@@ -541,6 +544,7 @@ def _check_semantics(cfg: Config) -> None:
         )
     if not problems:
         problems += _check_budgets(cfg)
+        problems += _check_split_size(raw)
     embed_tokens = raw["embed"]["n_tokens"]
     if embed_tokens > cfg.n_tokens:
         problems.append(
@@ -629,6 +633,50 @@ def _check_budgets(cfg: Config) -> list[str]:
                 f"config key 'train.budgets': two budgets of size {s} round to the same folder name "
                 f"({', '.join(labels)}): make them further apart"
             )
+    return problems
+
+
+def _embed_split_size(raw: dict) -> tuple[int, str] | None:
+    """The number of galaxies of the embedded split where the config alone fixes it (synthetic
+    data), with the key that sets it; None where only the data can tell."""
+    split, data = raw["embed"]["split"], raw["data"]
+    if data["source"] != "synthetic":
+        return None
+    key = {"train": "n_train", "validation": "n_val", "test": "n_test"}[split]
+    return int(data["synthetic"][key]), f"data.synthetic.{key}"
+
+
+def _check_split_size(raw: dict) -> list[str]:
+    """The embedded split must hold enough galaxies for the probes' folds; otherwise every probe
+    would come out empty, after the training has run."""
+    known = _embed_split_size(raw)
+    if known is None:
+        return []
+    n, key = known
+    folds = raw["probe"]["folds"]
+    need = max(PROBE_MIN_ROWS, 2 * folds)
+    problems = []
+    if n < need:
+        problems.append(
+            f"config key '{key}': {n} galaxies in the '{raw['embed']['split']}' split (embed.split) are too few for "
+            f"the probes ({folds}-fold cross-validation with 2 galaxies per fold, and {PROBE_MIN_ROWS} to fit one: "
+            f"at least {need}); give it more galaxies or lower probe.folds"
+        )
+    return problems
+
+
+def input_problems(cfg: Config) -> list[str]:
+    """Files the config names that do not exist, checked where the workflow starts (so that
+    `snakemake -n` says so, before any job): the folder source's image folder and catalogue."""
+    problems = []
+    if cfg.data["source"] == "folder":
+        folder = cfg.data["folder"]
+        if folder["images"] and not Path(folder["images"]).is_dir():
+            problems.append(f"config key 'data.folder.images': {folder['images']!r} is not a folder "
+                            f"(relative paths start from {Path.cwd()})")
+        if folder["catalogue"] and not Path(folder["catalogue"]).is_file():
+            problems.append(f"config key 'data.folder.catalogue': {folder['catalogue']!r} is not a file "
+                            f"(relative paths start from {Path.cwd()})")
     return problems
 
 

@@ -956,6 +956,91 @@ def _below_legend(ax) -> None:
                   borderaxespad=0)
 
 
+def _level_label(lv: Mapping, C: float, has_min: bool) -> str:
+    """An IsoFLOP level's legend label: its minimum ``N_opt`` with the interval (or why there is
+    none), or why the level has no minimum."""
+    if has_min:
+        n_opt, ci = lv.get("N_opt"), lv.get("N_opt_ci")
+        label = f"C = {_flops_text(C)}: $N_{{opt}}$ = {_human(n_opt)}"
+        share, why = lv.get("unbracketed_share"), lv.get("reason")
+        if ci and None not in ci:
+            label += f" [{_human(ci[0])}, {_human(ci[1])}]"
+        elif why:
+            label += f", no interval: {why}"
+        if share and not why:
+            label += f"; minimum outside the sizes in {100 * share:.0f} % of resamples"
+        return label
+    why = lv.get("reason")
+    return f"C = {_flops_text(C)}: " + (why if why and "minimum" in why else
+                                        "no minimum" + (f" ({why})" if why else ""))
+
+
+def _draw_level(ax, i: int, lv: Mapping, colour) -> tuple[list, bool, bool]:
+    """The ``i``-th IsoFLOP level of :func:`_draw_isoflop`, in ``colour``: its points, its parabola
+    (or profile) and its minimum. Returns the losses drawn, whether the level is dashed (no
+    minimum) and whether its minimum is marked."""
+    C = float(lv["C"])
+    N = np.asarray(lv.get("N") or [], dtype=float)
+    L = np.asarray(lv.get("L") or [], dtype=float)
+    ok = np.isfinite(N) & np.isfinite(L) & (N > 0) & (L > 0)
+    N, L = N[ok], L[ok]
+    order = np.argsort(N)
+    N, L = N[order], L[order]
+    losses = list(L)
+    if len(N):
+        ax.plot(N, L, ls="", marker="o", ms=4, color=colour, alpha=0.8, zorder=4, gid=f"points:{i}")
+    n_opt, ci = lv.get("N_opt"), lv.get("N_opt_ci")
+    has_min = n_opt is not None and math.isfinite(n_opt)
+    par = lv.get("parabola")
+    par = None if par is None or None in par else [float(v) for v in par]
+    label = _level_label(lv, C, has_min)
+    style = {"color": colour, "lw": 1.6 if has_min else 1.2, "ls": "-" if has_min else "--", "zorder": 3,
+             "label": label, "gid": f"parabola:{i}" if par else f"profile:{i}"}
+    if par and len(N) >= 2:
+        c2, c1, c0 = par
+        x = np.linspace(math.log(N[0]), math.log(N[-1]), 200)
+        if c2 > 0 and x[0] < -c1 / (2 * c2) < x[-1]:  # the vertex itself, so the line's lowest point is it
+            x = np.sort(np.append(x, -c1 / (2 * c2)))
+        ax.plot(np.exp(x), np.exp(c2 * x * x + c1 * x + c0), **style)
+    elif len(N) >= 2:
+        ax.plot(N, L, **style)
+    else:
+        ax.plot([], [], " ", label=label)
+    L_opt = lv.get("L_opt")
+    if has_min and L_opt is None and par:
+        L_opt = math.exp(par[0] * math.log(n_opt) ** 2 + par[1] * math.log(n_opt) + par[2])
+    marked = False
+    if has_min and L_opt is not None:
+        xerr = [[n_opt - ci[0]], [ci[1] - n_opt]] if ci and None not in ci else None
+        eb = ax.errorbar(n_opt, L_opt, xerr=xerr, fmt="*", ms=13, mfc=colour, mec="black", mew=0.8,
+                         ecolor="black", elinewidth=1.2, capsize=3, zorder=6)
+        eb.lines[0].set_gid(f"minimum:{i}")
+        for col in eb.lines[2]:
+            col.set_gid(f"minimum_ci:{i}")
+        losses.append(L_opt)
+        marked = True
+    return losses, not has_min, marked
+
+
+def _isoflop_footer(ax, iso: Mapping, a3: Mapping, pct: str, dashed: bool, marked: bool) -> None:
+    """The legend's last entries in :func:`_draw_isoflop`: the star and the dashes explained, then
+    the exponent ``a`` of approach 2 and of approach 3."""
+    if marked:
+        ax.plot([], [], ls="", marker="*", ms=10, mfc="white", mec="black",
+                label=f"minimum of the level's parabola (ln L in ln N) ± {pct} bootstrap interval")
+    if dashed:
+        ax.plot([], [], ls="--", color="0.4", label="no minimum inside the level's range")
+    a2 = iso.get("a")
+    if a2 is not None:
+        label = f"approach 2 (IsoFLOP minima): $N_{{opt}}{{\\propto}}C^a$, a = {_value_ci(a2, iso.get('a_ci'))}"
+    else:
+        label = f"approach 2 (IsoFLOP minima): a not measured ({iso.get('reason') or 'fewer than two minima'})"
+    ax.plot([], [], " ", label=label)
+    ax.plot([], [], " ", label=(f"approach 3 (fit of L(N, D)): a = {_value_ci(a3['a'], a3.get('a_ci'))}"
+                                if a3.get("a") is not None else
+                                f"approach 3 (fit of L(N, D)): {_unidentified(a3, 'a')}"))
+
+
 def _draw_isoflop(fig: Figure | None, table: pd.DataFrame, grid: Mapping) -> Figure:
     """:func:`plot_isoflop`'s figure (its first axes the profiles, the second the colourbar)."""
     from matplotlib.cm import ScalarMappable
@@ -984,73 +1069,10 @@ def _draw_isoflop(fig: Figure | None, table: pd.DataFrame, grid: Mapping) -> Fig
     pct = f"{100 * (iso.get('ci_level') or a3.get('ci_level') or 0.95):g} %"
     losses, dashed, marked = [], False, False
     for i, lv in enumerate(levels):
-        C = float(lv["C"])
-        colour = cmap(norm(C))
-        N = np.asarray(lv.get("N") or [], dtype=float)
-        L = np.asarray(lv.get("L") or [], dtype=float)
-        ok = np.isfinite(N) & np.isfinite(L) & (N > 0) & (L > 0)
-        N, L = N[ok], L[ok]
-        order = np.argsort(N)
-        N, L = N[order], L[order]
-        losses.extend(L)
-        if len(N):
-            ax.plot(N, L, ls="", marker="o", ms=4, color=colour, alpha=0.8, zorder=4, gid=f"points:{i}")
-        n_opt, ci = lv.get("N_opt"), lv.get("N_opt_ci")
-        has_min = n_opt is not None and math.isfinite(n_opt)
-        par = lv.get("parabola")
-        par = None if par is None or None in par else [float(v) for v in par]
-        if has_min:
-            label = f"C = {_flops_text(C)}: $N_{{opt}}$ = {_human(n_opt)}"
-            share, why = lv.get("unbracketed_share"), lv.get("reason")
-            if ci and None not in ci:
-                label += f" [{_human(ci[0])}, {_human(ci[1])}]"
-            elif why:
-                label += f", no interval: {why}"
-            if share and not why:
-                label += f"; minimum outside the sizes in {100 * share:.0f} % of resamples"
-        else:
-            why = lv.get("reason")
-            label = f"C = {_flops_text(C)}: " + (why if why and "minimum" in why else
-                                                 "no minimum" + (f" ({why})" if why else ""))
-            dashed = True
-        style = {"color": colour, "lw": 1.6 if has_min else 1.2, "ls": "-" if has_min else "--", "zorder": 3,
-                 "label": label, "gid": f"parabola:{i}" if par else f"profile:{i}"}
-        if par and len(N) >= 2:
-            c2, c1, c0 = par
-            x = np.linspace(math.log(N[0]), math.log(N[-1]), 200)
-            if c2 > 0 and x[0] < -c1 / (2 * c2) < x[-1]:  # the vertex itself, so the line's lowest point is it
-                x = np.sort(np.append(x, -c1 / (2 * c2)))
-            ax.plot(np.exp(x), np.exp(c2 * x * x + c1 * x + c0), **style)
-        elif len(N) >= 2:
-            ax.plot(N, L, **style)
-        else:
-            ax.plot([], [], " ", label=label)
-        L_opt = lv.get("L_opt")
-        if has_min and L_opt is None and par:
-            L_opt = math.exp(par[0] * math.log(n_opt) ** 2 + par[1] * math.log(n_opt) + par[2])
-        if has_min and L_opt is not None:
-            xerr = [[n_opt - ci[0]], [ci[1] - n_opt]] if ci and None not in ci else None
-            eb = ax.errorbar(n_opt, L_opt, xerr=xerr, fmt="*", ms=13, mfc=colour, mec="black", mew=0.8,
-                             ecolor="black", elinewidth=1.2, capsize=3, zorder=6)
-            eb.lines[0].set_gid(f"minimum:{i}")
-            for col in eb.lines[2]:
-                col.set_gid(f"minimum_ci:{i}")
-            losses.append(L_opt)
-            marked = True
-    if marked:
-        ax.plot([], [], ls="", marker="*", ms=10, mfc="white", mec="black",
-                label=f"minimum of the level's parabola (ln L in ln N) ± {pct} bootstrap interval")
-    if dashed:
-        ax.plot([], [], ls="--", color="0.4", label="no minimum inside the level's range")
-    a2 = iso.get("a")
-    if a2 is not None:
-        label = f"approach 2 (IsoFLOP minima): $N_{{opt}}{{\\propto}}C^a$, a = {_value_ci(a2, iso.get('a_ci'))}"
-    else:
-        label = f"approach 2 (IsoFLOP minima): a not measured ({iso.get('reason') or 'fewer than two minima'})"
-    ax.plot([], [], " ", label=label)
-    ax.plot([], [], " ", label=(f"approach 3 (fit of L(N, D)): a = {_value_ci(a3['a'], a3.get('a_ci'))}"
-                                if a3.get("a") is not None else
-                                f"approach 3 (fit of L(N, D)): {_unidentified(a3, 'a')}"))
+        level_losses, level_dashed, level_marked = _draw_level(ax, i, lv, cmap(norm(float(lv["C"]))))
+        losses.extend(level_losses)
+        dashed, marked = dashed or level_dashed, marked or level_marked
+    _isoflop_footer(ax, iso, a3, pct, dashed, marked)
     if losses:
         _loss_limits(ax, np.asarray(losses, dtype=float), None)
     _size_axis(ax)
@@ -1093,16 +1115,107 @@ def _flops_axis(ax) -> None:
     ax.tick_params(axis="x", which="minor", labelsize=8)
 
 
-def _draw_frontier(fig: Figure | None, table: pd.DataFrame, grid: Mapping) -> Figure:
-    """:func:`plot_frontier`'s figure: axes 0 ``N_opt(C)``, axes 1 ``D_opt(C)``."""
+def _frontier_approach3(ax, key: str, exp_name: str, opt: str, a3: Mapping, C_all: np.ndarray, pct: str) -> list:
+    """Approach 3's frontier of ``key`` (N or D) in a panel of :func:`_draw_frontier`, with its
+    bootstrap band when the frontier has one. Returns the notes of what could not be drawn."""
     from astropt.chinchilla import optimal_allocation
 
+    notes = []
+    front = a3.get("frontier") or None
+    a_value = a3.get(exp_name)
+    if a_value is None:
+        notes.append(f"approach 3 (fit of L(N, D)), no frontier: {_unidentified(a3, exp_name)}")
+        return notes
+    label = f"approach 3 (fit of L(N, D)): ${opt}{{\\propto}}C^{exp_name}$, {exp_name} = " \
+            f"{_value_ci(a_value, a3.get(f'{exp_name}_ci'))}"
+    lo = hi = None
+    if front and front.get("C"):
+        C = np.asarray(front["C"], dtype=float)
+        y = np.asarray(front[f"{key}_opt"], dtype=float)
+        if front.get(f"{key}_lo") is not None and front.get(f"{key}_hi") is not None:
+            lo = np.asarray(front[f"{key}_lo"], dtype=float)
+            hi = np.asarray(front[f"{key}_hi"], dtype=float)
+    elif a3.get("G") is not None:
+        C = np.geomspace(C_all.min() / 2, C_all.max() * 2, 100)
+        y = optimal_allocation(a3, C)[0 if key == "N" else 1]
+    else:
+        C = None
+        notes.append(f"approach 3 (fit of L(N, D)), no frontier: {_unidentified(a3, 'G')}")
+    if C is not None:
+        ax.plot(C, y, color="black", lw=1.8, zorder=4, label=label, gid=f"approach3:{key}")
+        if lo is not None:
+            ax.fill_between(C, lo, hi, color="black", alpha=0.13, lw=0, zorder=2, gid=f"approach3_band:{key}",
+                            label=f"approach 3: {pct} bootstrap band of ${opt}$")
+    return notes
+
+
+def _frontier_approach2(ax, key: str, exp_name: str, opt: str, iso: Mapping, levels: list, pct2: str) -> list:
+    """Approach 2 in a panel of :func:`_draw_frontier`: each IsoFLOP level's minimum of ``key`` (N
+    or D) with its interval, and the exponent's line through them. Returns the notes of what could
+    not be drawn."""
+    if not levels:
+        return [f"approach 2 (IsoFLOP profiles): {iso.get('reason') or 'no level with a minimum'}"]
+    Cm = np.array([float(lv["C"]) for lv in levels])
+    if key == "N":
+        ym = np.array([float(lv["N_opt"]) for lv in levels])
+        cis = [lv.get("N_opt_ci") for lv in levels]
+    else:
+        ym = np.array([float(lv["D_opt"]) if lv.get("D_opt") is not None else float(lv["C"]) / (6 * lv["N_opt"])
+                       for lv in levels])
+        # on a level D = C / (6 N): the interval of N_opt, turned over
+        cis = [lv.get("D_opt_ci") or ([float(lv["C"]) / (6 * ci[1]), float(lv["C"]) / (6 * ci[0])]
+                                      if (ci := lv.get("N_opt_ci")) and None not in ci else None)
+               for lv in levels]
+    err = np.array([[max(y - ci[0], 0), max(ci[1] - y, 0)] if ci and None not in ci else [0.0, 0.0]
+                    for y, ci in zip(ym, cis)]).T
+    eb = ax.errorbar(Cm, ym, yerr=err, fmt="o", ms=7, color="C3", mfc="white", mec="C3", mew=1.5,
+                     elinewidth=1.2, capsize=3, zorder=5,
+                     label=f"approach 2: minimum of each IsoFLOP profile ± {pct2} interval")
+    eb.lines[0].set_gid(f"approach2:{key}")
+    e2 = iso.get(exp_name)
+    if e2 is not None and len(Cm) >= 2:
+        # the exponent's line, through the minima (their mean in log-log)
+        k = float(np.mean(np.log(ym) - e2 * np.log(Cm)))
+        Cl = np.geomspace(Cm.min() / 1.5, Cm.max() * 1.5, 50)
+        ax.plot(Cl, np.exp(k) * Cl**e2, color="C3", lw=1.3, ls="--", zorder=3, gid=f"approach2_fit:{key}",
+                label=f"approach 2 (IsoFLOP minima): ${opt}{{\\propto}}C^{exp_name}$, {exp_name} = "
+                      f"{_value_ci(e2, iso.get(f'{exp_name}_ci'))}")
+        return []
+    return [f"approach 2 (IsoFLOP minima): {exp_name} not measured"
+            + (f": {iso['reason']}" if iso.get("reason") else "")]
+
+
+def _frontier_panel(ax, key: str, exp_name: str, what: str, values: np.ndarray, *, C_runs: np.ndarray,
+                    n_cells: int, C_all: np.ndarray, a3: Mapping, iso: Mapping, levels: list, pct: str,
+                    pct2: str) -> None:
+    """One panel of :func:`_draw_frontier`: ``key``'s (N or D, the exponent ``exp_name``)
+    compute-optimal ``what`` against compute, over the grid's runs (``values``, at ``C_runs``)."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    if len(values):
+        ax.scatter(C_runs, values, s=14, color="0.78", edgecolors="none", zorder=1, gid=f"runs:{key}",
+                   label=f"grid runs ({len(values)} runs, {n_cells} cells): {key} against 6ND")
+    opt = f"{key}_{{opt}}"
+    notes = _frontier_approach3(ax, key, exp_name, opt, a3, C_all, pct)
+    notes += _frontier_approach2(ax, key, exp_name, opt, iso, levels, pct2)
+    ax.set_xlabel("compute C = 6ND (FLOPs)")
+    _flops_axis(ax)
+    ax.set_ylabel(f"compute-optimal {what} ${opt}$")
+    ax.set_title(f"Compute-optimal {what} vs compute", fontsize=11)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _human(v)))
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, which="minor", alpha=0.1)
+    _notes(ax, notes)
+    _below_legend(ax)
+
+
+def _draw_frontier(fig: Figure | None, table: pd.DataFrame, grid: Mapping) -> Figure:
+    """:func:`plot_frontier`'s figure: axes 0 ``N_opt(C)``, axes 1 ``D_opt(C)``."""
     _require(table, ["params", "tokens_seen"], "grid table")
     fig = fig if fig is not None else Figure(figsize=(13.0, 6.8), layout="constrained")
     axes = fig.subplots(1, 2)
     a3 = _grid_part(grid, "approach3")
     iso = _grid_part(grid, "isoflop")
-    front = a3.get("frontier") or None
     pct = f"{100 * a3.get('ci_level', 0.95):g} %"
     pct2 = f"{100 * (iso.get('ci_level') or a3.get('ci_level') or 0.95):g} %"
     N = table["params"].to_numpy(dtype=float)
@@ -1113,77 +1226,8 @@ def _draw_frontier(fig: Figure | None, table: pd.DataFrame, grid: Mapping) -> Fi
     C_all = np.concatenate([C_runs, C_min]) if len(C_runs) or C_min else np.array([1.0, 10.0])
     n_cells = len(set(zip(N, D)))
     for ax, key, exp_name, what, values in ((axes[0], "N", "a", "parameters", N), (axes[1], "D", "b", "tokens", D)):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        notes = []
-        if len(values):
-            ax.scatter(C_runs, values, s=14, color="0.78", edgecolors="none", zorder=1, gid=f"runs:{key}",
-                       label=f"grid runs ({len(values)} runs, {n_cells} cells): {key} against 6ND")
-        opt = f"{key}_{{opt}}"
-        a_value = a3.get(exp_name)
-        if a_value is None:
-            notes.append(f"approach 3 (fit of L(N, D)), no frontier: {_unidentified(a3, exp_name)}")
-        else:
-            label = f"approach 3 (fit of L(N, D)): ${opt}{{\\propto}}C^{exp_name}$, {exp_name} = " \
-                    f"{_value_ci(a_value, a3.get(f'{exp_name}_ci'))}"
-            lo = hi = None
-            if front and front.get("C"):
-                C = np.asarray(front["C"], dtype=float)
-                y = np.asarray(front[f"{key}_opt"], dtype=float)
-                if front.get(f"{key}_lo") is not None and front.get(f"{key}_hi") is not None:
-                    lo = np.asarray(front[f"{key}_lo"], dtype=float)
-                    hi = np.asarray(front[f"{key}_hi"], dtype=float)
-            elif a3.get("G") is not None:
-                C = np.geomspace(C_all.min() / 2, C_all.max() * 2, 100)
-                y = optimal_allocation(a3, C)[0 if key == "N" else 1]
-            else:
-                C = None
-                notes.append(f"approach 3 (fit of L(N, D)), no frontier: {_unidentified(a3, 'G')}")
-            if C is not None:
-                ax.plot(C, y, color="black", lw=1.8, zorder=4, label=label, gid=f"approach3:{key}")
-                if lo is not None:
-                    ax.fill_between(C, lo, hi, color="black", alpha=0.13, lw=0, zorder=2, gid=f"approach3_band:{key}",
-                                    label=f"approach 3: {pct} bootstrap band of ${opt}$")
-        if levels:
-            Cm = np.array(C_min)
-            if key == "N":
-                ym = np.array([float(lv["N_opt"]) for lv in levels])
-                cis = [lv.get("N_opt_ci") for lv in levels]
-            else:
-                ym = np.array([float(lv["D_opt"]) if lv.get("D_opt") is not None else float(lv["C"]) / (6 * lv["N_opt"])
-                               for lv in levels])
-                # on a level D = C / (6 N): the interval of N_opt, turned over
-                cis = [lv.get("D_opt_ci") or ([float(lv["C"]) / (6 * ci[1]), float(lv["C"]) / (6 * ci[0])]
-                                              if (ci := lv.get("N_opt_ci")) and None not in ci else None)
-                       for lv in levels]
-            err = np.array([[max(y - ci[0], 0), max(ci[1] - y, 0)] if ci and None not in ci else [0.0, 0.0]
-                            for y, ci in zip(ym, cis)]).T
-            eb = ax.errorbar(Cm, ym, yerr=err, fmt="o", ms=7, color="C3", mfc="white", mec="C3", mew=1.5,
-                             elinewidth=1.2, capsize=3, zorder=5,
-                             label=f"approach 2: minimum of each IsoFLOP profile ± {pct2} interval")
-            eb.lines[0].set_gid(f"approach2:{key}")
-            e2 = iso.get(exp_name)
-            if e2 is not None and len(Cm) >= 2:
-                # the exponent's line, through the minima (their mean in log-log)
-                k = float(np.mean(np.log(ym) - e2 * np.log(Cm)))
-                Cl = np.geomspace(Cm.min() / 1.5, Cm.max() * 1.5, 50)
-                ax.plot(Cl, np.exp(k) * Cl**e2, color="C3", lw=1.3, ls="--", zorder=3, gid=f"approach2_fit:{key}",
-                        label=f"approach 2 (IsoFLOP minima): ${opt}{{\\propto}}C^{exp_name}$, {exp_name} = "
-                              f"{_value_ci(e2, iso.get(f'{exp_name}_ci'))}")
-            else:
-                notes.append(f"approach 2 (IsoFLOP minima): {exp_name} not measured"
-                             + (f": {iso['reason']}" if iso.get("reason") else ""))
-        else:
-            notes.append(f"approach 2 (IsoFLOP profiles): {iso.get('reason') or 'no level with a minimum'}")
-        ax.set_xlabel("compute C = 6ND (FLOPs)")
-        _flops_axis(ax)
-        ax.set_ylabel(f"compute-optimal {what} ${opt}$")
-        ax.set_title(f"Compute-optimal {what} vs compute", fontsize=11)
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _human(v)))
-        ax.grid(True, which="major", alpha=0.3)
-        ax.grid(True, which="minor", alpha=0.1)
-        _notes(ax, notes)
-        _below_legend(ax)
+        _frontier_panel(ax, key, exp_name, what, values, C_runs=C_runs, n_cells=n_cells, C_all=C_all, a3=a3,
+                        iso=iso, levels=levels, pct=pct, pct2=pct2)
     return fig
 
 
@@ -1219,6 +1263,51 @@ def _holdout_mask(table: pd.DataFrame, holdout: Mapping) -> np.ndarray:
     if dist.min() < math.log(1.1):
         mask = (keys == dist.idxmin()).to_numpy()
     return mask
+
+
+def _draw_holdout(ax, table: pd.DataFrame, held: np.ndarray, h: Mapping, colours: dict) -> tuple[list, list]:
+    """The held-out corner in :func:`_draw_loss_tokens`: its runs, their mean (not fitted) and the
+    prediction of the fit without it, with the verdict in the legend. Returns the losses drawn and
+    the notes of what could not be drawn."""
+    values, notes = [], []
+    observed = h.get("observed")
+    if isinstance(observed, (list, tuple, np.ndarray)):
+        observed = float(np.exp(np.mean(np.log(np.asarray(observed, dtype=float))))) if len(observed) else None
+    if observed is not None and h.get("D") is not None:
+        Dh = float(h["D"])
+        size = table.loc[held, "size"].iloc[0] if held.any() else None
+        colour = colours.get(size, "black")
+        if held.any():
+            ax.scatter(table.loc[held, "tokens_seen"], table.loc[held, "val_loss"], s=22, marker="D",
+                       facecolors="none", edgecolors=colour, linewidths=1.0, zorder=6, gid="holdout:runs")
+        elif h.get("runs") and all(isinstance(v, (int, float)) for v in h["runs"]):
+            ax.scatter([Dh] * len(h["runs"]), h["runs"], s=22, marker="D", facecolors="none", edgecolors=colour,
+                       linewidths=1.0, zorder=6, gid="holdout:runs")
+            values.extend(float(v) for v in h["runs"])
+        cell = h.get("cell") or (f"{size}" if size else "")
+        n_runs = h.get("n_runs") or int(held.sum())
+        label = (f"held-out corner {cell} (N = {_human(float(h.get('N') or 0))}, D = {_human(Dh)}): "
+                 f"mean of its {n_runs} run{'s' if n_runs != 1 else ''}, not fitted")
+        verdict = h.get("verdict") or (f"no verdict: {h['reason']}" if h.get("reason") else None)
+        label = textwrap.fill(label, 80, subsequent_indent="    ")
+        if verdict:
+            label += "\n" + textwrap.fill(f"verdict: {verdict}", 80, subsequent_indent="    ", break_on_hyphens=False)
+        ax.plot([Dh], [observed], ls="", marker="D", ms=11, mfc="none", mec="black", mew=1.8, zorder=8,
+                gid="holdout:observed", label=label)
+        values.append(observed)
+        pred, pi = h.get("predicted"), h.get("pi")
+        if pred is not None:
+            yerr = [[pred - pi[0]], [pi[1] - pred]] if pi and None not in pi else None
+            pct = f"{100 * h.get('ci_level', 0.95):g} %"
+            eb = ax.errorbar(Dh * 1.07, pred, yerr=yerr, fmt="s", ms=6, color="C3", mfc="white", elinewidth=2.0,
+                             capsize=4, zorder=7,
+                             label="its prediction by the fit without it"
+                                   + (f", {pct} prediction interval" if yerr else ""))
+            eb.lines[0].set_gid("holdout:predicted")
+            values.extend([pred, *(pi if pi and None not in pi else [])])
+    elif h.get("reason"):
+        notes.append(f"held-out corner: {h['reason']}")
+    return values, notes
 
 
 def _draw_loss_tokens(fig: Figure | None, table: pd.DataFrame, grid: Mapping) -> Figure:
@@ -1268,43 +1357,9 @@ def _draw_loss_tokens(fig: Figure | None, table: pd.DataFrame, grid: Mapping) ->
                                     f"α = {_value_ci(a3['alpha'], a3.get('alpha_ci'))}, "
                                     f"β = {_value_ci(a3['beta'], a3.get('beta_ci'))}, "
                                     f"E = {_value_ci(a3['E'], a3.get('E_ci'))}", 80, subsequent_indent="    "))
-    observed = h.get("observed")
-    if isinstance(observed, (list, tuple, np.ndarray)):
-        observed = float(np.exp(np.mean(np.log(np.asarray(observed, dtype=float))))) if len(observed) else None
-    if observed is not None and h.get("D") is not None:
-        Dh = float(h["D"])
-        size = table.loc[held, "size"].iloc[0] if held.any() else None
-        colour = colours.get(size, "black")
-        if held.any():
-            ax.scatter(table.loc[held, "tokens_seen"], table.loc[held, "val_loss"], s=22, marker="D",
-                       facecolors="none", edgecolors=colour, linewidths=1.0, zorder=6, gid="holdout:runs")
-        elif h.get("runs") and all(isinstance(v, (int, float)) for v in h["runs"]):
-            ax.scatter([Dh] * len(h["runs"]), h["runs"], s=22, marker="D", facecolors="none", edgecolors=colour,
-                       linewidths=1.0, zorder=6, gid="holdout:runs")
-            values.extend(float(v) for v in h["runs"])
-        cell = h.get("cell") or (f"{size}" if size else "")
-        n_runs = h.get("n_runs") or int(held.sum())
-        label = (f"held-out corner {cell} (N = {_human(float(h.get('N') or 0))}, D = {_human(Dh)}): "
-                 f"mean of its {n_runs} run{'s' if n_runs != 1 else ''}, not fitted")
-        verdict = h.get("verdict") or (f"no verdict: {h['reason']}" if h.get("reason") else None)
-        label = textwrap.fill(label, 80, subsequent_indent="    ")
-        if verdict:
-            label += "\n" + textwrap.fill(f"verdict: {verdict}", 80, subsequent_indent="    ", break_on_hyphens=False)
-        ax.plot([Dh], [observed], ls="", marker="D", ms=11, mfc="none", mec="black", mew=1.8, zorder=8,
-                gid="holdout:observed", label=label)
-        values.append(observed)
-        pred, pi = h.get("predicted"), h.get("pi")
-        if pred is not None:
-            yerr = [[pred - pi[0]], [pi[1] - pred]] if pi and None not in pi else None
-            pct = f"{100 * h.get('ci_level', 0.95):g} %"
-            eb = ax.errorbar(Dh * 1.07, pred, yerr=yerr, fmt="s", ms=6, color="C3", mfc="white", elinewidth=2.0,
-                             capsize=4, zorder=7,
-                             label="its prediction by the fit without it"
-                                   + (f", {pct} prediction interval" if yerr else ""))
-            eb.lines[0].set_gid("holdout:predicted")
-            values.extend([pred, *(pi if pi and None not in pi else [])])
-    elif h.get("reason"):
-        notes.append(f"held-out corner: {h['reason']}")
+    held_values, held_notes = _draw_holdout(ax, table, held, h, colours)
+    values.extend(held_values)
+    notes.extend(held_notes)
     ax.set_title(f"Final validation loss vs training tokens, per model size ({len(table)} runs)", fontsize=11)
     ax.set_xlabel("training tokens D (tokens seen)")
     ax.set_ylabel("validation loss")

@@ -70,9 +70,11 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from astropt.config import PROBE_MIN_ROWS
+
 #: Fewer kept rows than this and a regression probe returns NaN scores instead of fitting
 #: (the cross-validated probes also need at least two rows per fold).
-MIN_ROWS = 10
+MIN_ROWS = PROBE_MIN_ROWS  # (astropt.config holds it: the config check uses it)
 
 #: Coverage of the bootstrap intervals.
 CI_LEVEL = 0.95

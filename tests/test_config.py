@@ -247,3 +247,26 @@ def test_grid_config_merged_over_default_is_valid(default):
     cfg = load_config(_deep_merge(default, grid))
     assert cfg.grid and cfg.seeds == [0, 1] and len(cfg.sizes) >= 4
     assert all([b.steps for b in cfg.budgets(s)] == [200, 400, 800] for s in cfg.sizes)
+
+
+def test_a_split_too_small_for_the_probes_stops_before_any_job(default):
+    default["data"]["synthetic"]["n_test"] = 3
+    with pytest.raises(ConfigError, match=r"'data\.synthetic\.n_test': 3 galaxies in the 'test' split .* at least 10"):
+        load_config(default)
+    default["embed"]["split"] = "validation"  # the split embedded is the one checked
+    assert load_config(default).embed["split"] == "validation"
+    default["probe"]["folds"] = 600
+    with pytest.raises(ConfigError, match=r"'data\.synthetic\.n_val': 1024 galaxies .* at least 1200"):
+        load_config(default)
+
+
+def test_missing_folder_inputs_are_named(default, tmp_path):
+    from astropt.config import input_problems
+
+    default["data"]["source"] = "folder"
+    default["data"]["folder"] = {"images": str(tmp_path / "stamps"), "catalogue": str(tmp_path / "cat.csv")}
+    problems = input_problems(load_config(default))
+    assert len(problems) == 2 and "'data.folder.images'" in problems[0] and "is not a folder" in problems[0]
+    (tmp_path / "stamps").mkdir()
+    (tmp_path / "cat.csv").write_text("id\n1\n")
+    assert input_problems(load_config(default)) == []

@@ -65,6 +65,7 @@ def _config(work: Path, name: str, **train) -> Path:
     config = yaml.safe_load((ROOT / "tests/data/micro.yaml").read_text())
     config["sizes"], config["umap"]["sizes"] = [SIZE], [SIZE]  # tokens.jobs kept: 2 train jobs
     config["train"]["seeds"] = [0]  # one training run (the micro config trains two per size)
+    config["train"]["budgets"] = None  # and one token budget (the micro config's grid has two)
     # The train rule asks sbatch for --signal=TERM@signal_lead_s (a warning that long before
     # the time limit, checked every 30 s): at the minimum, 30 s, it never fires in these
     # 10-minute jobs; the preemption test sends its signal itself.
@@ -142,7 +143,8 @@ def test_micro_workflow_on_slurm_with_a_gpu_job(slurm_work, slurm_cluster):  # n
     # SLURM ran every job (11 of them) and gave the training job the node's fake GPU.
     train = _jobs(cluster, "train")
     assert [(j["state"], j["gres"]) for j in train] == [("COMPLETED", "gpu:fakegpu:1")], train
-    slurm_log = (work / f".snakemake/slurm_logs/rule_train/{SIZE}_0/{train[0]['id']}.log").read_text()
+    # the executor names the folder by the job's wildcards: size, budget ("" here) and seed
+    slurm_log = (work / f".snakemake/slurm_logs/rule_train/{SIZE}__0/{train[0]['id']}.log").read_text()
     assert "slurm_extra=--signal=TERM@30" in slurm_log  # the warning before the time limit
     runtimes = [f"train {train[0]['runtime']}"]
     for rule, count in (("download", 1), ("tokenise", 4), ("token_index", 3), ("embed", 1), ("probe", 1),

@@ -135,6 +135,14 @@ def test_bad_config_stops_before_any_job(tmp_path):
     assert "train.steps" in out
 
 
+def test_missing_folder_source_stops_the_dry_run(tmp_path):
+    """A folder source whose stamps or catalogue are not there: the dry run names the key."""
+    proc = snakemake("-n", "--cores", "1", "--config",
+                     f"data={{source: folder, folder: {{images: {tmp_path}/none, catalogue: {tmp_path}/cat.csv}}}}")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "'data.folder.images'" in out and "'data.folder.catalogue'" in out, out[-2000:]
+
+
 @pytest.mark.slow
 def test_micro_workflow_end_to_end(tmp_path):
     """The whole DAG on a micro config (3 sizes x 2 token budgets x 2 training seeds), in a

@@ -9,7 +9,7 @@ from pathlib import Path
 # `pip install --no-deps -e .` in the conda environment of environment.yml), so the parse and
 # every job (local or on SLURM) import it without path changes.
 try:
-    from astropt.config import ConfigError, known_sizes, load_config
+    from astropt.config import ConfigError, input_problems, known_sizes, load_config
 except ImportError as err:
     sys.exit(f"The astropt library is not importable ({err}): install it with `pip install --no-deps -e .`")
 
@@ -17,6 +17,9 @@ try:
     CFG = load_config(config)
 except ConfigError as err:
     sys.exit(f"Error in the workflow config (config/config.yaml or --configfile/--config):\n{err}")
+# Files the config names must exist where the workflow starts (before any job is planned).
+if workflow.is_main_process and (missing := input_problems(CFG)):
+    sys.exit("Error in the workflow config (config/config.yaml or --configfile/--config):\n  " + "\n  ".join(missing))
 # Scripts see the validated config with every default filled in.
 config.update(CFG.raw)
 

@@ -69,6 +69,8 @@ rule token_index:
         jobs=lambda wc: CFG.token_jobs(wc.split),
     log:
         "logs/token_index/{split}.log",
+    benchmark:
+        "logs/benchmarks/token_index/{split}.tsv"
     threads: job_threads("token_index")
     resources:
         **job_resources("token_index"),
@@ -86,6 +88,8 @@ rule rejected:
         "results/tokens/rejected.csv",
     log:
         "logs/rejected/rejected.log",
+    benchmark:
+        "logs/benchmarks/rejected/rejected.tsv"
     threads: job_threads("rejected")
     resources:
         **job_resources("rejected"),

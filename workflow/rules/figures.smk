@@ -14,6 +14,8 @@ rule figure_scaling:
         ),
     log:
         "logs/figures/scaling.log",
+    benchmark:
+        "logs/benchmarks/figures/scaling.tsv"
     threads: job_threads("figures")
     resources:
         **job_resources("figures"),
@@ -58,6 +60,8 @@ rule figure_loss_curves:
         ),
     log:
         "logs/figures/loss_curves.log",
+    benchmark:
+        "logs/benchmarks/figures/loss_curves.tsv"
     threads: job_threads("figures")
     resources:
         **job_resources("figures"),
@@ -80,6 +84,8 @@ rule figure_downstream:
         table="results/probes/summary.csv",
     log:
         "logs/figures/downstream.log",
+    benchmark:
+        "logs/benchmarks/figures/downstream.tsv"
     threads: job_threads("figures")
     resources:
         **job_resources("figures"),
@@ -135,6 +141,8 @@ rule figure_examples:
         seed=CFG.seed,
     log:
         "logs/figures/examples.log",
+    benchmark:
+        "logs/benchmarks/figures/examples.tsv"
     threads: job_threads("figures")
     resources:
         **job_resources("figures"),
@@ -161,6 +169,8 @@ rule figure_predictions:
         seed=CFG.seed,
     log:
         "logs/figures/predictions.log",
+    benchmark:
+        "logs/benchmarks/figures/predictions.tsv"
     threads: job_threads("figures")
     resources:
         **job_resources("figures"),
