@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from astropt.io import atomic_write
 from astropt.model import GPT, GPTConfig
 
 __all__ = ["save_checkpoint", "load_checkpoint", "clean_state_dict", "load_model"]
@@ -57,17 +58,14 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
         state: The checkpoint dict (see the module docstring for its keys).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
     # make the rename itself durable (best effort; not possible on every platform)
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)

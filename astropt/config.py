@@ -37,6 +37,8 @@ from astropt.compute import PRESET_LR, PRESETS, GPTConfig
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 SPLITS = ("train", "validation", "test")
+# Columns of every rejected.csv (galaxies dropped, with the reason).
+REJECTED_COLUMNS = ["id", "image_path", "reason"]
 # Custom size names must match their parameter count to within this factor.
 NAME_TOLERANCE = 0.25
 # Fewest galaxies a probe is fitted on (astropt.probe; here so that the parse checks it

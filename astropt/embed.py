@@ -30,6 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from astropt.io import atomic_write
+
 if TYPE_CHECKING:  # torch is imported where it is used: reading embeddings does not need it
     import torch
 
@@ -232,10 +234,7 @@ def write_embeddings(path: str | Path, ids, embeddings: np.ndarray) -> None:
             "embedding": pa.FixedSizeListArray.from_arrays(values, dim),
         }
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def read_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

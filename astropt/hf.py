@@ -58,13 +58,14 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from astropt.config import REJECTED_COLUMNS, SPLITS
+from astropt.io import atomic_write
+
 __all__ = [
     "HuggingFaceSourceError", "RemoteFile", "download_huggingface", "read_parquet_images",
     "SOURCE_JSON", "VERIFIED_SIDECAR",
 ]
 
-SPLITS = ("train", "validation", "test")
-REJECTED_COLUMNS = ["id", "image_path", "reason"]
 REPO_TYPE = "dataset"
 SOURCE_JSON = "source.json"
 """Written beside ``metadata.parquet``: repo, requested revision, commit, files with sizes and hashes."""
@@ -362,7 +363,7 @@ class _VerifiedCache:
     def record(self, f: RemoteFile, local: Path) -> None:
         with self.lock:
             self.entries[f.path] = [f.size, local.stat().st_mtime_ns, f.expected_hash]
-            _write_atomic(self.path, lambda p: p.write_text(json.dumps(self.entries, indent=0, sort_keys=True)))
+            atomic_write(self.path, lambda p: p.write_text(json.dumps(self.entries, indent=0, sort_keys=True)))
 
 
 class _Progress:
@@ -747,9 +748,9 @@ def download_huggingface(
         "files": [{"path": f.path, "size": f.size, f.hash_kind: f.expected_hash} for f in wanted],
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_metadata, lambda p: meta.to_parquet(p, index=False))
-    _write_atomic(out_rejected, lambda p: rejected[REJECTED_COLUMNS].to_csv(p, index=False))
-    _write_atomic(out_dir / SOURCE_JSON, lambda p: p.write_text(json.dumps(source, indent=1) + "\n"))
+    atomic_write(out_metadata, lambda p: meta.to_parquet(p, index=False))
+    atomic_write(out_rejected, lambda p: rejected[REJECTED_COLUMNS].to_csv(p, index=False))
+    atomic_write(out_dir / SOURCE_JSON, lambda p: p.write_text(json.dumps(source, indent=1) + "\n"))
 
     counts = meta["split"].value_counts()
     reasons = rejected["reason"].str.replace(r" \(.*", "", regex=True).value_counts()
@@ -866,13 +867,3 @@ def _check_rejects(index: pd.DataFrame, rejected: pd.DataFrame, max_fraction: fl
                 f"{len(bad):,} of {n:,} rows of split {split} rejected ({len(bad) / n:.0%} > config key "
                 f"'{_CONFIG}.max_reject_fraction' {max_fraction}); e.g. {examples}"
             )
-
-
-def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write ``path`` through a temporary file in the same folder, then rename it into place."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

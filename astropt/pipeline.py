@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from astropt.config import REJECTED_COLUMNS
+from astropt.io import atomic_write
+
 
 def script_log(snakemake):
     """In a workflow script: send stdout/stderr to the rule's log, keep torch and the BLAS
@@ -37,9 +40,6 @@ def script_log(snakemake):
         print(*args, flush=True)
 
     return log
-
-
-REJECTED_COLUMNS = ["id", "image_path", "reason"]
 
 
 def download(data: dict, out_metadata: str | Path, out_rejected: str | Path, seed: int, log=print) -> pd.DataFrame:
@@ -212,22 +212,10 @@ def probe(
         dropped = f" (of {first.n_total}: {first.n_missing} missing, {first.n_clipped} clipped)" if first.n < first.n_total else ""
         log(f"  {prop:<28} {protocol:<11} n={first.n:<6}{dropped} {scores}" + (f"  ({note})" if note else ""))
     log(f"probed {table['property'].nunique()} properties in {time.perf_counter() - t0:.1f} s")
-    write_atomic(out_csv, lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(out_csv, lambda tmp: table.to_csv(tmp, index=False))
     if out_draws is not None:
-        write_atomic(out_draws, lambda tmp: draws.to_parquet(tmp, index=False))
+        atomic_write(out_draws, lambda tmp: draws.to_parquet(tmp, index=False))
     return table
-
-
-def write_atomic(path: str | Path, write) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then rename it into place: a file
-    that exists is complete."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def run_name(path: str | Path) -> tuple[str, int]:
@@ -258,7 +246,7 @@ def aggregate_probes(tables, draws, out_csv: str | Path, n_boot: int, seed: int,
     for r in table.itertuples():
         log(f"  {r.property:<28} {r.protocol:<11} {r.metric:<16} {r.value:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}]"
             f" sd {r.run_sd:.4f} over {r.n_runs} runs")
-    write_atomic(out_csv, lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(out_csv, lambda tmp: table.to_csv(tmp, index=False))
     return table
 
 
@@ -325,7 +313,7 @@ def scaling(sidecars, out_fit, out_table, out_md, out_tex, out_csv=None, scaling
 
     cfg = {"estimator": "least_squares", "n_boot": 1000, **(scaling_cfg or {})}
     table = load_sidecars(sidecars)
-    write_atomic(out_table, lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(out_table, lambda tmp: table.to_csv(tmp, index=False))
     for row in table.itertuples():
         log(f"  {row.size:>6} {row.budget:>7} seed {row.seed}: {row.params:>12,} parameters, {row.flops:.3g} training FLOPs, "
             f"final val loss {row.val_loss:.5f}")
@@ -342,7 +330,7 @@ def scaling(sidecars, out_fit, out_table, out_md, out_tex, out_csv=None, scaling
 
         fit["grid"] = grid_study(table, n_boot=cfg["n_boot"], seed=seed, log=log)
     fit["cost"] = compute_table(table)  # "compute" holds the fit over C
-    write_atomic(out_fit, lambda tmp: tmp.write_text(json.dumps(fit, indent=2) + "\n"))
+    atomic_write(out_fit, lambda tmp: tmp.write_text(json.dumps(fit, indent=2) + "\n"))
     fits = fit_table(fit)
     md, tex = table_markdown(fits), table_latex(fits)
     if "grid" in fit:
@@ -350,13 +338,13 @@ def scaling(sidecars, out_fit, out_table, out_md, out_tex, out_csv=None, scaling
 
         md, tex = f"{md}\n{grid_markdown(fit['grid'])}", f"{tex}\n{grid_latex(fit['grid'])}"
     md = f"{md}\n{compute_markdown(fit['cost'])}"
-    write_atomic(out_md, lambda tmp: tmp.write_text(md))
-    write_atomic(out_tex, lambda tmp: tmp.write_text(tex))
+    atomic_write(out_md, lambda tmp: tmp.write_text(md))
+    atomic_write(out_tex, lambda tmp: tmp.write_text(tex))
     if out_csv is not None:
         header, rows, notes = table_cells(fits)
         # The note column spelled out: the report shows this table without the notes below it.
         spelled = [[*r[:-1], notes[int(r[-1].strip("()")) - 1] if r[-1] else ""] for r in rows]
-        write_atomic(out_csv, lambda tmp: pd.DataFrame(spelled, columns=header).to_csv(tmp, index=False))
+        atomic_write(out_csv, lambda tmp: pd.DataFrame(spelled, columns=header).to_csv(tmp, index=False))
     if fit["n_sizes"] < 2:
         log(f"only one size ({', '.join(fit['sizes'])}): no fit; {out_fit} and the tables say so")
     log(md)

@@ -61,6 +61,7 @@ import pandas as pd
 import torch
 
 from astropt.hf import _first_line  # the Hub errors are worded alike
+from astropt.io import atomic_write
 from astropt.model import PRESET_LR, PRESETS, GPT, GPTConfig
 
 __all__ = [
@@ -502,11 +503,7 @@ def released_model(
     del out, ckpt
     for path, write in ((out_sidecar, lambda p: p.write_text(json.dumps(sidecar, indent=2) + "\n")),
                         (out_metrics, lambda p: metrics.to_csv(p, index=False))):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        write(tmp)
-        os.replace(tmp, path)
+        atomic_write(path, write)
     loss = sidecar["final_val_loss"]
     log(
         f"released: {size}: {sidecar['params']:,} parameters, step {sidecar['steps']:,}, "

@@ -27,7 +27,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from astropt.config import REJECTED_COLUMNS, SPLITS
 from astropt.images import FITS_SUFFIXES
+from astropt.io import atomic_write
 
 __all__ = [
     "IMAGE_SUFFIXES", "stamp_id", "scan_stamps", "read_catalogue", "folder_catalogue", "write_folder_source",
@@ -36,8 +38,6 @@ __all__ = [
 IMAGE_SUFFIXES = tuple(sorted({".png", ".jpg", ".jpeg", *FITS_SUFFIXES}, key=len, reverse=True))
 """Stamp file endings (matched case-insensitively), longest first so ``.fits.gz`` wins over ``.gz``."""
 
-REJECTED_COLUMNS = ["id", "image_path", "reason"]
-SPLITS = ("train", "validation", "test")
 _SPLIT_ALIASES = {
     "train": "train", "validation": "validation", "val": "validation", "valid": "validation", "test": "test",
 }
@@ -371,17 +371,6 @@ def write_folder_source(
     """
     meta, rejected = folder_catalogue(image_dir, catalogue, **kwargs)
     out = Path(out_metadata)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    suffix = f".tmp-{os.getpid()}"
-    targets = [
-        (out, lambda p: meta.to_parquet(p, index=False)),
-        (out.with_name("rejected.csv"), lambda p: rejected.to_csv(p, index=False)),
-    ]
-    for path, write in targets:
-        tmp = path.with_name(path.name + suffix)
-        try:
-            write(tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+    atomic_write(out, lambda p: meta.to_parquet(p, index=False))
+    atomic_write(out.with_name("rejected.csv"), lambda p: rejected.to_csv(p, index=False))
     return meta

@@ -66,9 +66,10 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, special, stats
 
+from astropt.io import atomic_write
+
 __all__ = ["SyntheticConfig", "generate", "sample_properties", "render_batch"]
 
-SPLITS = ("train", "validation", "test")
 _ZP = 22.5  # Legacy Survey magnitude zero point: flux in nanomaggies = 10**(-0.4 (m - 22.5))
 _BANDS = ("g", "r", "z")
 _B_SERSIC = {1: 1.6783469900166612, 4: 7.669249443105143}  # b_n: half the light inside r_e
@@ -701,9 +702,7 @@ def generate(out_dir: Path, cfg: SyntheticConfig, log: Callable[[str], Any] = pr
                 consume(fut.result())
 
     meta = pd.concat(parts, ignore_index=True)
-    tmp = out_dir / f"metadata.parquet.tmp-{os.getpid()}"
-    meta.to_parquet(tmp, index=False)
-    os.replace(tmp, out_dir / "metadata.parquet")
+    atomic_write(out_dir / "metadata.parquet", lambda p: meta.to_parquet(p, index=False))
     dt = time.perf_counter() - t0
     log(
         f"generated {n_all} galaxies in {dt:.1f}s ({n_all / max(dt, 1e-9):.0f}/s); "

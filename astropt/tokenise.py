@@ -50,7 +50,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from astropt.config import REJECTED_COLUMNS
 from astropt.images import FITS_SUFFIXES, ReadOptions, is_fits, read_stamps
+from astropt.io import atomic_write
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -817,9 +819,8 @@ def tokenise_group(
         os.replace(current["npy"], shard_dir / f"{stem}.npy")
         record = {"format": SHARD_FORMAT, "fingerprint": current["fp"], "shard": k,
                   "ids": current["ids"], "rejected": current["rejected"], "fixed": current["fixed"]}
-        tmp = shard_dir / (stem + ".json" + tmp_suffix)
-        tmp.write_text(json.dumps(record) + "\n")
-        os.replace(tmp, shard_dir / f"{stem}.json")  # the record last: it marks the shard done
+        # the record last: it marks the shard done
+        atomic_write(shard_dir / f"{stem}.json", lambda p: p.write_text(json.dumps(record) + "\n"))
         records[k] = record
         current.clear()
 
@@ -892,10 +893,10 @@ def tokenise_group(
     }
     part = out_dir / "parts" / part_name(group, groups)
     part.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(part.with_suffix(".parquet"), lambda p: index.to_parquet(p, index=False))
-    _atomic(part.with_suffix(".rejected.csv"),
-            lambda p: pd.DataFrame(rejected, columns=["id", "image_path", "reason"]).to_csv(p, index=False))
-    _atomic(part.with_suffix(".json"), lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
+    atomic_write(part.with_suffix(".parquet"), lambda p: index.to_parquet(p, index=False))
+    atomic_write(part.with_suffix(".rejected.csv"),
+                 lambda p: pd.DataFrame(rejected, columns=REJECTED_COLUMNS).to_csv(p, index=False))
+    atomic_write(part.with_suffix(".json"), lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
     dt = time.perf_counter() - t0
     extra = [
         f"{counts[k]} {lab}"
@@ -917,15 +918,6 @@ def tokenise_group(
         f"{counts['n_wrong_size']} wrong size" + "".join(f", {e}" for e in extra)
     )
     return summary
-
-
-def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 _SETTING_KEYS = ("format", "patch_size", "image_size", "n_chan", "fit", "nan", "dtype", "image_column",
@@ -989,9 +981,9 @@ def merge_token_groups(out_dir: Path, groups: int, max_reject_fraction: float = 
         )
     _remove_stale(out_dir, ref["n_shards"], groups, log)
     meta = {**ref, "shards": [{"file": s["file"], "n": s["n"]} for s in shards], "groups": groups, **counts}
-    _atomic(out_dir / "index.parquet", lambda p: index.to_parquet(p, index=False))
-    _atomic(out_dir / "rejected.csv", lambda p: rejected.to_csv(p, index=False))
-    _atomic(out_dir / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(out_dir / "index.parquet", lambda p: index.to_parquet(p, index=False))
+    atomic_write(out_dir / "rejected.csv", lambda p: rejected.to_csv(p, index=False))
+    atomic_write(out_dir / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
     log(
         f"{out_dir}: {counts['n_galaxies']} of {counts['n_total']} galaxies in {len(shards)} shard(s) "
         f"from {groups} job(s); {counts['n_rejected']} rejected"
@@ -1136,15 +1128,17 @@ def _shrink_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
 def _copy_rows(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
     """Stream the first ``shape[0]`` rows of a .npy file into a fresh one that replaces it."""
     fmt = np.lib.format
-    src = np.load(path, mmap_mode="r")
-    fresh = path.with_name(path.name + ".shrink")
-    out = fmt.open_memmap(fresh, mode="w+", dtype=dtype, shape=shape)
-    for i in range(0, shape[0], 1024):
-        j = min(i + 1024, shape[0])
-        out[i:j] = src[i:j]
-    out.flush()
-    del out, src
-    os.replace(fresh, path)
+
+    def copy(fresh: Path) -> None:
+        src = np.load(path, mmap_mode="r")
+        out = fmt.open_memmap(fresh, mode="w+", dtype=dtype, shape=shape)
+        for i in range(0, shape[0], 1024):
+            j = min(i + 1024, shape[0])
+            out[i:j] = src[i:j]
+        out.flush()
+        del out, src
+
+    atomic_write(path, copy)
 
 
 def _open_file_budget(wanted: int) -> int:

@@ -59,6 +59,7 @@ import torch
 from astropt.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
 from astropt.config import SizeSpec, TrainConfig, spec_from_json, spec_to_json  # noqa: F401 (re-exported)
 from astropt.hardware import peak_flops, peak_memory_gb
+from astropt.io import atomic_write
 from astropt.loader import BatchGatherer
 from astropt.model import GPT, GPTConfig
 from astropt.tokenise import load_tokens, normalise
@@ -555,12 +556,8 @@ def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say, stop
             "lr": spec.lr,
             "train": cfg.to_dict(),
         }
-        tmp = out_dir / "ckpt.json.tmp"
-        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
-        os.replace(tmp, out_dir / "ckpt.json")
-        tmp = out_dir / "metrics.csv.tmp"
-        metrics.to_csv(tmp, index=False)
-        os.replace(tmp, out_dir / "metrics.csv")
+        atomic_write(out_dir / "ckpt.json", lambda p: p.write_text(json.dumps(sidecar, indent=2) + "\n"))
+        atomic_write(out_dir / "metrics.csv", lambda p: metrics.to_csv(p, index=False))
         # The run is complete: a later (forced or re-planned) run must train afresh,
         # not "resume" at the last step.
         last.unlink(missing_ok=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 # `pip install --no-deps -e .` in the conda environment of environment.yml), so the parse and
 # every job (local or on SLURM) import it without path changes.
 try:
-    from astropt.config import ConfigError, input_problems, known_sizes, load_config
+    from astropt.config import SPLITS, ConfigError, input_problems, known_sizes, load_config
 except ImportError as err:
     sys.exit(f"The astropt library is not importable ({err}): install it with `pip install --no-deps -e .`")
 
@@ -28,7 +28,6 @@ SIZES = CFG.sizes
 SEEDS = CFG.seeds
 # The run that stands for its size where one model is shown (UMAP, predictions).
 FIRST_SEED = SEEDS[0]
-SPLITS = ["train", "validation", "test"]
 EMBED_SPLIT = CFG.embed["split"]
 
 
