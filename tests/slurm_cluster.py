@@ -293,8 +293,10 @@ SelectTypeParameters=CR_Core_Memory
 # without it a job takes all the node's memory and jobs run one at a time
 DefMemPerCPU=500
 ReturnToService=2
-# finished jobs stay visible to squeue / scontrol for 5 minutes (no accounting here)
-MinJobAge=300
+# finished jobs stay visible to squeue / scontrol for 2 hours (no accounting here): the
+# tests list a run's jobs after it ends, which on a slow machine is more than SLURM's
+# default 5 minutes after its first job ended
+MinJobAge=7200
 KillWait=30
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
@@ -402,6 +404,23 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
             time.sleep(0.1)
         raise RuntimeError("munged started but munge -n | unmunge fails")
 
+    def cancel_jobs(self, wait: float = 45) -> list[str]:
+        """Cancel every job of the partition still pending or running and wait (up to ``wait``
+        seconds) until none is left; the jobs that were there (``"id state"``)."""
+        try:
+            alive = self.run("squeue", "-h", "-p", self.partition, "-t", "PD,R,CG", "-o", "%i %T", timeout=10).stdout.split("\n")
+            alive = [line for line in alive if line.strip()]
+            if alive:
+                self.run("scancel", "--partition", self.partition, "--full", timeout=15)
+                deadline = time.monotonic() + wait
+                while time.monotonic() < deadline:
+                    if not self.run("squeue", "-h", "-p", self.partition, "-t", "PD,R,CG", "-o", "%i", timeout=10).stdout.strip():
+                        break
+                    time.sleep(0.5)
+            return alive
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+
     def stop(self) -> None:
         """Cancel every job, stop what :meth:`start` started, remove its files. Idempotent."""
         if self._stopped:
@@ -409,16 +428,7 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
         self._stopped = True
         ctld = _read_pid(self.ctld_pid)
         if ctld is not None and _alive(ctld):
-            try:
-                self.run("scancel", "--partition", self.partition, "--full", timeout=15)
-                deadline = time.monotonic() + 45
-                while time.monotonic() < deadline:
-                    # squeue lists pending, running and completing jobs by default
-                    if not self.run("squeue", "-h", "-p", self.partition, "-o", "%i %T", timeout=10).stdout.strip():
-                        break
-                    time.sleep(0.5)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
+            self.cancel_jobs()
         _stop_pid(_read_pid(self.slurmd_pid), "slurmd")
         _stop_pid(ctld, "slurmctld")
         # Job step daemons that outlived slurmd (a job the scancel did not end): kill them

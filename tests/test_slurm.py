@@ -94,7 +94,7 @@ def _env() -> dict:
 
 def _jobs(cluster, rule: str) -> list[dict]:
     """This session's SLURM jobs of a rule, oldest first (finished jobs stay listed for
-    MinJobAge = 5 min): id, state, exit code, the GPUs SLURM allocated (JOB_GRES)."""
+    MinJobAge = 2 h): id, state, exit code, the GPUs SLURM allocated (JOB_GRES)."""
     out = cluster.run("squeue", "-h", "-t", "all", "-p", cluster.partition, "-o", "%i|%k|%T").stdout
     rows = []
     for line in out.splitlines():
@@ -121,6 +121,17 @@ def slurm_work(slurm_plugin, tmp_path_factory, slurm_cluster):  # noqa: F811
     return _scratch_workflow(tmp_path_factory.mktemp("slurm"))
 
 
+@pytest.fixture(autouse=True)
+def _cancel_leftover_jobs(request):
+    """After a SLURM test: a run that failed or timed out may leave jobs behind (a killed
+    Snakemake does not scancel them); cancel them so they do not slow what follows."""
+    yield
+    if "slurm_cluster" in request.fixturenames:
+        left = request.getfixturevalue("slurm_cluster").cancel_jobs()
+        if left:
+            print(f"cancelled SLURM jobs left behind: {left}")
+
+
 @pytest.mark.slow
 def test_micro_workflow_on_slurm_with_a_gpu_job(slurm_work, slurm_cluster):  # noqa: F811
     """download -> tokenise (2 train jobs) -> token_index -> train (1 fake GPU) -> embed ->
@@ -129,8 +140,13 @@ def test_micro_workflow_on_slurm_with_a_gpu_job(slurm_work, slurm_cluster):  # n
     config = _config(work, "slurm_micro.yaml")
     t0 = time.monotonic()
     # --retries 0: a failing job fails the test at once (the profile retries once)
-    proc = subprocess.run(_snakemake_cmd(config, f"results/probes/{SIZE}.csv", "--retries", "0"), cwd=work, env=_env(),
-                          capture_output=True, text=True, timeout=600)
+    try:
+        proc = subprocess.run(_snakemake_cmd(config, f"results/probes/{SIZE}.csv", "--retries", "0"), cwd=work,
+                              env=_env(), capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired as err:
+        text = [x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (err.stdout, err.stderr)]
+        out = text[0][-4000:] + text[1][-4000:]
+        raise AssertionError(f"snakemake still running after {err.timeout:.0f} s:\n{out}{cluster.logs()}") from None
     took = time.monotonic() - t0
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:] + cluster.logs()
     print(f"micro workflow on SLURM: {took:.0f} s")
