@@ -63,9 +63,10 @@ import numpy as np
 from scipy import optimize
 from scipy.special import logsumexp
 
+from astropt.config import CI_LEVEL, N_BOOT
+from astropt.io import to_jsonable
+
 HUBER_DELTA = 1e-3
-CI_LEVEL = 0.95
-N_BOOT = 1000
 # Starts of L-BFGS: Hoffmann et al.'s grid, over log A, log B, log E, alpha, beta.
 _STARTS = {
     "logA": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
@@ -536,6 +537,51 @@ def _exponents(levels: list[dict], lnB: list, boot: dict | None, ci_level: float
     return out
 
 
+def _isoflop(N, D, L, cells, C_levels, n_levels: int, n_boot: int, seed: int, ci_level: float) -> dict[str, Any]:
+    """:func:`isoflop_profiles` on checked inputs (``C_levels`` None: the default levels)."""
+    from astropt.resample import group_variances, resample_within_groups
+
+    codes, labels, cellN, cellD = _cell_values(N, D, cells)
+    y, k = np.log(L), len(labels)
+    ybar = np.bincount(codes, y, minlength=k) / np.bincount(codes, minlength=k)
+    out: dict[str, Any] = {
+        "method": ("Chinchilla approach 2 (IsoFLOP profiles): cell means of ln L interpolated linearly in ln D "
+                   "along each size (no extrapolation), a least-squares parabola of ln L in ln N at each compute "
+                   "C = 6ND, a = slope of ln N_opt on ln C; bootstrap over runs within cells "
+                   f"({int(n_boot)} resamples), t-calibrated percentile intervals"),
+        "levels": [], "a": None, "a_ci": None, "b": None, "b_ci": None, "n_levels": 0, "n_bracketed": 0,
+        "n_boot": int(n_boot), "ci_level": ci_level, "reason": None,
+    }
+    n_N, n_D = len(np.unique(cellN)), len(np.unique(cellD))
+    if n_D < 2:
+        out["reason"] = (f"the grid has one token budget (D = {cellD[0]:.3g}): each size sits at one compute, "
+                         "so no IsoFLOP profile can be drawn")
+        return out
+    if n_N < 3:
+        out["reason"] = f"the grid has {n_N} model size(s): a parabola in ln N needs 3"
+        return out
+    budgets = _size_budgets(cellN, cellD)
+    if C_levels is None:
+        C_levels = _default_levels(budgets, n_levels)
+        if C_levels is None:
+            out["reason"] = ("no compute C is reached by 3 sizes inside their token budgets "
+                             "(their ranges of 6 N D do not overlap)")
+            return out
+    boot = None
+    if n_boot > 0:
+        _, means = resample_within_groups(y, codes, int(n_boot), np.random.default_rng(seed))
+        var, counts = group_variances(y, codes)
+        boot = {"means": means, "var": var, "counts": counts}
+    entries, lnB = [], []
+    for C in C_levels:
+        entry, reps = _level_entry(float(C), *_profile(float(C), budgets, k), ybar, boot, ci_level)
+        entries.append(entry)
+        lnB.append(reps)
+    out.update(levels=entries, n_levels=len(entries), n_bracketed=sum(e["N_opt"] is not None for e in entries))
+    out.update(_exponents(entries, lnB, boot, ci_level))
+    return out
+
+
 def isoflop_profiles(
     N: Sequence[float],
     D: Sequence[float],
@@ -596,51 +642,11 @@ def isoflop_profiles(
         ValueError: On mismatched lengths, values that are not finite and positive, a cell of
             several (N, D) pairs, or levels that are not positive.
     """
-    from astropt.resample import group_variances, resample_within_groups
-
     N, D, L = _check_runs(N, D, L)
     C_levels = None if levels is None else _positive_levels(levels, "levels")
     if levels is None and not (isinstance(n_levels, (int, np.integer)) and n_levels >= 1):
         raise ValueError(f"n_levels must be a positive integer, got {n_levels!r}")
-    codes, labels, cellN, cellD = _cell_values(N, D, cells)
-    y, k = np.log(L), len(labels)
-    ybar = np.bincount(codes, y, minlength=k) / np.bincount(codes, minlength=k)
-    out: dict[str, Any] = {
-        "method": ("Chinchilla approach 2 (IsoFLOP profiles): cell means of ln L interpolated linearly in ln D "
-                   "along each size (no extrapolation), a least-squares parabola of ln L in ln N at each compute "
-                   "C = 6ND, a = slope of ln N_opt on ln C; bootstrap over runs within cells "
-                   f"({int(n_boot)} resamples), t-calibrated percentile intervals"),
-        "levels": [], "a": None, "a_ci": None, "b": None, "b_ci": None, "n_levels": 0, "n_bracketed": 0,
-        "n_boot": int(n_boot), "ci_level": ci_level, "reason": None,
-    }
-    n_N, n_D = len(np.unique(cellN)), len(np.unique(cellD))
-    if n_D < 2:
-        out["reason"] = (f"the grid has one token budget (D = {cellD[0]:.3g}): each size sits at one compute, "
-                         "so no IsoFLOP profile can be drawn")
-        return out
-    if n_N < 3:
-        out["reason"] = f"the grid has {n_N} model size(s): a parabola in ln N needs 3"
-        return out
-    budgets = _size_budgets(cellN, cellD)
-    if C_levels is None:
-        C_levels = _default_levels(budgets, int(n_levels))
-        if C_levels is None:
-            out["reason"] = ("no compute C is reached by 3 sizes inside their token budgets "
-                             "(their ranges of 6 N D do not overlap)")
-            return out
-    boot = None
-    if n_boot > 0:
-        _, means = resample_within_groups(y, codes, int(n_boot), np.random.default_rng(seed))
-        var, counts = group_variances(y, codes)
-        boot = {"means": means, "var": var, "counts": counts}
-    entries, lnB = [], []
-    for C in C_levels:
-        entry, reps = _level_entry(float(C), *_profile(float(C), budgets, k), ybar, boot, ci_level)
-        entries.append(entry)
-        lnB.append(reps)
-    out.update(levels=entries, n_levels=len(entries), n_bracketed=sum(e["N_opt"] is not None for e in entries))
-    out.update(_exponents(entries, lnB, boot, ci_level))
-    return out
+    return _isoflop(N, D, L, cells, C_levels, int(n_levels), int(n_boot), seed, ci_level)
 
 
 # --------------------------------------------------------------------------- the held-out corner
@@ -759,216 +765,11 @@ def _corner_verdict(h: dict, n_cells: int, labelled: bool) -> str:
     return f"{head}, {side} {where} by {100 * gap:.1f} %: MISSED, {missed}"
 
 
-# --------------------------------------------------------------------------- tables
-
-GRID_TITLE = "Loss over model size and tokens (Chinchilla)"
-_ROWS = (  # key, markdown symbol, LaTeX symbol
-    ("E", "E", "$E$"), ("A", "A", "$A$"), ("alpha", "α", "$\\alpha$"), ("B", "B", "$B$"), ("beta", "β", "$\\beta$"),
-    ("a", "a (N_opt ∝ C^a)", "$a$ ($N_\\mathrm{opt} \\propto C^a$)"),
-    ("b", "b (D_opt ∝ C^b)", "$b$ ($D_\\mathrm{opt} \\propto C^b$)"),
-)
-_UNICODE_TEX = {"†": "$^\\dagger$", "±": "$\\pm$", "×": "$\\times$", "α": "$\\alpha$", "β": "$\\beta$", "δ": "$\\delta$",
-                "∝": "$\\propto$", "≥": "$\\geq$", "≤": "$\\leq$", "–": "--", "−": "-", "∞": "$\\infty$"}
-# caption tokens: (markdown, LaTeX)
-_TOKENS = {"@LAW": ("L = E + A/N^α + B/D^β", "$L = E + A/N^\\alpha + B/D^\\beta$"),
-           "@DELTA": ("δ = 1e-3", "$\\delta = 10^{-3}$"), "@C": ("C = 6ND", "$C = 6ND$"),
-           "@NOPT": ("N_opt ∝ C^a", "$N_\\mathrm{opt} \\propto C^a$"),
-           "@DOPT": ("D_opt ∝ C^b", "$D_\\mathrm{opt} \\propto C^b$"), "@X": ("×", "$\\times$")}
-
-
-def _tex(text: str) -> str:
-    """Plain text (reasons, verdicts) as LaTeX text: special characters escaped, symbols in math."""
-    from astropt.scaling import _latex_escape
-
-    return "".join(_UNICODE_TEX.get(ch, ch) for ch in _latex_escape(text))
-
-
-def _num(x: float, ref: float, tex: bool) -> str:
-    """``x`` to 2 significant figures of ``ref`` (its interval's half-width, or a hundredth of
-    it); 3 significant figures in scientific notation when large or small."""
-    if x != 0 and not 1e-3 <= abs(x) < 1e4:
-        mant, exp = f"{x:.2e}".split("e")
-        return f"{mant}\\times10^{{{int(exp)}}}" if tex else f"{mant}e{int(exp)}"
-    d = int(min(max(1 - math.floor(math.log10(ref)), 0), 6)) if ref > 0 and math.isfinite(ref) else 3
-    return f"{x:.{d}f}"
-
-
-# Where a parameter's interval is clipped: an end there means that the runs set no limit.
-_LIMITS = {"A": (0.0, None), "B": (0.0, None), "E": (0.0, None), "G": (0.0, None),
-           "alpha": (_BOUNDS[3][0], _BOUNDS[3][1]), "beta": (_BOUNDS[4][0], _BOUNDS[4][1]), "a": (0.0, 1.0),
-           "b": (0.0, 1.0)}
-
-
-def _val(value: float, ci: Sequence[float] | None, tex: bool, key: str | None = None) -> str:
-    """``value [lo, hi]`` (math in LaTeX); an end at the parameter's limit marked † (the runs set
-    no limit there)."""
-    ref = (ci[1] - ci[0]) / 2 if ci and ci[1] > ci[0] else abs(value) / 100
-    text = _num(value, ref, tex)
-    if ci:
-        limits = _LIMITS.get(key, (None, None))
-        dagger = "^{\\dagger}" if tex else "†"
-        ends = [_num(end, ref, tex) + (dagger if end == limit else "") for end, limit in zip(ci, limits)]
-        text += ("\\;" if tex else " ") + f"[{ends[0]}, {ends[1]}]"
-    return f"${text}$" if tex else text
-
-
-def _missing(reason: str | None, tex: bool) -> str:
-    text = f"not identified: {reason or 'no estimate'}"
-    return _tex(text) if tex else text
-
-
-def _table_rows(fit: dict | None, iso: dict | None, tex: bool) -> list[list[str]]:
-    """Per parameter: symbol, approach 3 (value [interval] or why not), approach 2 (a, b) and
-    whether the two approaches' intervals overlap."""
-    dash = "--" if tex else "–"
-    rows = []
-    for key, md_sym, tex_sym in _ROWS:
-        if not fit or "unidentified" not in fit:
-            three = dash
-        elif fit.get(key) is None:
-            three = _missing(fit["unidentified"].get(key), tex)
-        else:
-            three = _val(fit[key], fit.get(f"{key}_ci"), tex, key)
-        two, verdict = dash, ""
-        if key in ("a", "b"):
-            if not iso:
-                two = dash
-            elif iso.get(key) is None:
-                two = _missing(iso.get("reason"), tex)
-            else:
-                two = _val(iso[key], iso.get(f"{key}_ci"), tex, key)
-            ci3, ci2 = (fit or {}).get(f"{key}_ci"), (iso or {}).get(f"{key}_ci")
-            if ci3 and ci2:
-                verdict = "agree" if ci3[0] <= ci2[1] and ci2[0] <= ci3[1] else "differ"
-        rows.append([tex_sym if tex else md_sym, three, two, verdict])
-    return rows
-
-
-def _caption(fit: dict, iso: dict | None, tex: bool) -> str:
-    """What the table shows: the runs, both approaches and the intervals."""
-    n_boot, level = int(fit.get("n_boot") or 0), f"{100 * fit.get('ci_level', CI_LEVEL):g} %"
-    boot = (f"Intervals: {level} bootstrap, {n_boot} resamples of the runs within each cell, each refitted, "
-            "t-calibrated percentile intervals (astropt.resample)" if n_boot else "Intervals: none (no resamples)")
-    n_N, n_D = fit.get("n_N"), fit.get("n_D")
-    sizes = f"{n_N} size{'s' * (n_N != 1)} @X {n_D} token budget{'s' * (n_D != 1)}"
-    runs = f"{fit['n_runs']} runs in {fit['n_cells']} cells ({sizes}). " if "n_cells" in fit else ""
-    text = (f"{runs}"
-            f"Approach 3: @LAW fitted to every run by the summed Huber loss (@DELTA) of ln L residuals "
-            f"(Besiroglu et al. 2024), @NOPT and @DOPT. Approach 2: IsoFLOP profiles, a parabola of ln L in "
-            f"ln N at each compute @C (each size's cell means interpolated in ln D, no extrapolation), a the "
-            f"slope of ln N_opt on ln C over the levels whose minimum the sizes pin down. {boot}. "
-            "† an end at the parameter's limit (the runs set no limit there). "
-            "agree / differ: whether the two intervals overlap (a lenient check; both come from the same runs).")
-    if tex:
-        text = _tex(text)
-    for token, (md, latex) in _TOKENS.items():
-        text = text.replace(token, latex if tex else md)
-    return text
-
-
-def _level_lines(iso: dict | None, tex: bool) -> list[str]:
-    """One line per IsoFLOP level: its N_opt with interval, or why it has none."""
-    if not iso:
-        return []
-    if not iso.get("levels"):
-        return [_tex(f"none: {iso.get('reason')}") if tex else f"none: {iso.get('reason')}"]
-    lines = []
-    for e in iso["levels"]:
-        ref = abs(e["C"]) / 100
-        head = f"C = {_num(e['C'], ref, tex)}"
-        head = (f"${head}$ FLOPs" if tex else f"{head} FLOPs") + f" ({len(e['N'])} sizes): "
-        if e["N_opt"] is None:
-            lines.append(head + (_tex(f"no N_opt: {e['reason']}") if tex else f"no N_opt: {e['reason']}"))
-            continue
-        n_opt = _val(e["N_opt"], e["N_opt_ci"], tex)
-        d_opt = _val(e["D_opt"], None, tex)
-        text = (f"$N_\\mathrm{{opt}}$ = {n_opt}, $D_\\mathrm{{opt}}$ = {d_opt}" if tex
-                else f"N_opt = {n_opt}, D_opt = {d_opt}")
-        notes = []
-        if e["unbracketed_share"] and not e["reason"]:
-            notes.append(f"minimum outside the sizes in {100 * e['unbracketed_share']:.0f} % of resamples")
-        if e["reason"]:
-            notes.append(e["reason"])
-        if notes:
-            text += "; " + (_tex("; ".join(notes)) if tex else "; ".join(notes))
-        lines.append(head + text)
-    return lines
-
-
-def _holdout_line(h: dict | None) -> str:
-    """The held-out corner in one sentence (plain text)."""
-    if not h:
-        return "not tested"
-    if h.get("verdict"):
-        return h["verdict"]
-    if h.get("predicted") is not None:
-        return (f"predicted {h['predicted']:.4g} for the largest-compute cell (N = {h['N']:.3g}, D = {h['D']:.3g}), "
-                f"observed {h['observed']:.4g}; no interval: {h.get('reason')}")
-    return f"not tested: {h.get('reason')}"
-
-
-def grid_markdown(grid: dict) -> str:
-    """The grid's section of ``fit.md``: approach 3's parameters with their bootstrap intervals
-    (a parameter the grid cannot tell reads "not identified: <why>", never a number), approach
-    2's exponents beside approach 3's, the IsoFLOP levels and the held-out corner.
-
-    Args:
-        grid: ``{"approach3": fit_grid(...), "isoflop": isoflop_profiles(...),
-            "holdout": holdout_corner(...)}`` (any may be missing; ``{"reason": ...}`` alone
-            gives the section with that reason).
-
-    Returns:
-        Markdown text ending in a newline.
-    """
-    lines = [f"## {GRID_TITLE}", ""]
-    fit, iso = grid.get("approach3"), grid.get("isoflop")
-    if not fit or "unidentified" not in fit:
-        why = (fit or {}).get("error") or (fit or {}).get("reason") or grid.get("reason") or "no grid fit"
-        return "\n".join([*lines, f"No fit: {why}", ""])
-
-    def line(cells):
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
-    lines += [line(["", "approach 3: parametric fit", "approach 2: IsoFLOP profiles", "approaches"]),
-              "|---|---|---|---|", *(line(r) for r in _table_rows(fit, iso, tex=False)), "",
-              _caption(fit, iso, tex=False), ""]
-    if iso:
-        lines += ["**IsoFLOP levels** (approach 2):", "", *(f"- {t}" for t in _level_lines(iso, tex=False)), ""]
-    lines += [f"**Held-out corner**: {_holdout_line(grid.get('holdout'))}", ""]
-    return "\n".join(lines)
-
-
-def grid_latex(grid: dict) -> str:
-    """The grid's section of ``fit.tex`` (see :func:`grid_markdown`): a starred subsection, a
-    booktabs ``tabular`` with the caption below the rule, the IsoFLOP levels as a list and the
-    held-out corner as a paragraph. Needs ``\\usepackage{booktabs}``; nothing else.
-
-    Returns:
-        LaTeX text ending in a newline.
-    """
-    lines = ["% Generated by astropt.chinchilla.grid_latex (needs \\usepackage{booktabs}).",
-             f"\\subsection*{{{_tex(GRID_TITLE)}}}"]
-    fit, iso = grid.get("approach3"), grid.get("isoflop")
-    if not fit or "unidentified" not in fit:
-        why = (fit or {}).get("error") or (fit or {}).get("reason") or grid.get("reason") or "no grid fit"
-        return "\n".join([*lines, _tex(f"No fit: {why}"), ""])
-    lines += ["\\begin{tabular}{lp{0.3\\textwidth}p{0.3\\textwidth}l}", "\\toprule",
-              " & Approach 3: parametric fit & Approach 2: IsoFLOP profiles & Approaches \\\\", "\\midrule",
-              *(" & ".join(r) + " \\\\" for r in _table_rows(fit, iso, tex=True)), "\\bottomrule",
-              f"\\multicolumn{{4}}{{p{{0.9\\textwidth}}}}{{\\footnotesize {_caption(fit, iso, tex=True)}}} \\\\",
-              "\\end{tabular}", ""]
-    if iso:
-        lines += ["\\paragraph{IsoFLOP levels (approach 2).}", "\\begin{itemize}",
-                  *(f"\\item {t}" for t in _level_lines(iso, tex=True)), "\\end{itemize}", ""]
-    lines += [f"\\paragraph{{Held-out corner.}} {_tex(_holdout_line(grid.get('holdout')))}", ""]
-    return "\n".join(lines)
-
-
 def grid_study(runs, *, n_boot: int = N_BOOT, seed: int = 0, ci_level: float = CI_LEVEL, log=print) -> dict[str, Any]:
     """Everything the workflow reports about an N x D grid of runs (``fit.json``'s ``grid``).
 
     Args:
-        runs: One row per run (:func:`astropt.pipeline.load_sidecars`): ``params`` (N),
+        runs: One row per run (:func:`astropt.runs.load_sidecars`): ``params`` (N),
             ``tokens_seen`` (D), ``val_loss``, ``size`` and ``budget`` (a cell is one size at
             one budget; its seeds are its replicates).
         n_boot, seed, ci_level: The bootstrap of every fit (resampling runs within cells).
@@ -978,8 +779,6 @@ def grid_study(runs, *, n_boot: int = N_BOOT, seed: int = 0, ci_level: float = C
         ``{"approach3": fit_grid(...) with its frontier band, "isoflop": isoflop_profiles(...),
         "holdout": holdout_corner(...)}``, JSON-able.
     """
-    from astropt.scaling import to_jsonable
-
     N = runs["params"].to_numpy(np.float64)
     D = runs["tokens_seen"].to_numpy(np.float64)
     L = runs["val_loss"].to_numpy(np.float64)
@@ -993,7 +792,4 @@ def grid_study(runs, *, n_boot: int = N_BOOT, seed: int = 0, ci_level: float = C
     out["isoflop"] = isoflop_profiles(N, D, L, cells, n_boot=n_boot, seed=seed, ci_level=ci_level)
     log("holding out the largest-compute cell and predicting it")
     out["holdout"] = holdout_corner(N, D, L, cells, n_boot=n_boot, seed=seed, ci_level=ci_level)
-    out = to_jsonable(out)
-    for line in grid_markdown(out).splitlines():
-        log(line)
-    return out
+    return to_jsonable(out)

@@ -215,7 +215,7 @@ def compute_table(runs) -> list[dict[str, Any]]:
     ``fit.json`` and ``fit.md``.
 
     Args:
-        runs: One row per run (:func:`astropt.pipeline.load_sidecars`): ``size``, ``budget``,
+        runs: One row per run (:func:`astropt.runs.load_sidecars`): ``size``, ``budget``,
             ``params``, ``tokens_seen``, ``flops``, ``elapsed_s``, ``gpu_hours``.
 
     Returns:
@@ -240,29 +240,3 @@ def compute_table(runs) -> list[dict[str, Any]]:
             "flops_per_s": float((cell["flops"] / wall).mean()) if (wall > 0).any() else None,
         })
     return rows
-
-
-def compute_markdown(rows: list[dict[str, Any]]) -> str:
-    """:func:`compute_table` as a Markdown table, with the sweep's totals below it."""
-    lines = [
-        "## Training compute (measured)",
-        "",
-        "| size | budget | runs | N | D (tokens) | 6ND | FLOPs per run | wall h per run | GPU-h per run | FLOP/s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-
-    def num(v, fmt):
-        return "n/a" if v is None else format(v, fmt)
-
-    for r in rows:
-        lines.append(
-            f"| {r['size']} | {r['budget']} | {r['runs']} | {r['N']:,} | {r['D']:,} | {r['C_6ND']:.3g} | "
-            f"{r['flops']:.3g} | {num(r['wall_h'], '.3g')} | {num(r['gpu_hours'], '.3g')} | {num(r['flops_per_s'], '.3g')} |"
-        )
-    total_flops = sum(r["flops"] * r["runs"] for r in rows)
-    wall = sum((r["wall_h"] or 0.0) * r["runs"] for r in rows)
-    gpu = sum((r["gpu_hours"] or 0.0) * r["runs"] for r in rows)
-    lines += ["", f"Total: {sum(r['runs'] for r in rows)} runs, {total_flops:.3g} FLOPs, "
-              f"{wall:.3g} wall-hours, {gpu:.3g} GPU-hours (FLOPs: 6ND plus attention, astropt/compute.py; "
-              f"hours as measured by each run's trainer)."]
-    return "\n".join(lines) + "\n"

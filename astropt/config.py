@@ -3,7 +3,7 @@
 The Snakefile calls :func:`load_config` on Snakemake's ``config`` dict before any job
 runs. Validation is two-staged:
 
-1. JSON schema (``astropt/config.schema.yaml``): types, ranges, unknown and missing keys.
+1. JSON schema (``workflow/schemas/config.schema.yaml``): types, ranges, unknown and missing keys.
    Keys left out take the schema's defaults.
 2. Cross-key checks the schema cannot express: size names known, custom sizes named
    after their parameter count, patch size dividing the image, GPUs dividing the
@@ -26,6 +26,7 @@ import copy
 import dataclasses
 import math
 import re
+import string
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -35,7 +36,9 @@ import yaml
 
 from astropt.compute import PRESET_LR, PRESETS, GPTConfig
 
-SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+#: The workflow's config schema (the snakemake-workflows place: the Snakefile applies it with
+#: ``snakemake.utils.validate`` too). The library is installed from its checkout (``pip install -e .``).
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 SPLITS = ("train", "validation", "test")
 # Columns of every rejected.csv (galaxies dropped, with the reason).
 REJECTED_COLUMNS = ["id", "image_path", "reason"]
@@ -44,6 +47,11 @@ NAME_TOLERANCE = 0.25
 # Fewest galaxies a probe is fitted on (astropt.probe; here so that the parse checks it
 # without importing scikit-learn).
 PROBE_MIN_ROWS = 10
+
+#: Coverage of every interval the workflow reports (fits, probes, predictions).
+CI_LEVEL = 0.95
+#: Default bootstrap resamples of the fits over runs (``scaling.n_boot``).
+N_BOOT = 1000
 # Rules whose resources are set per model size.
 PER_SIZE_RULES = ("train", "embed")
 
@@ -55,6 +63,9 @@ class ConfigError(ValueError):
 @lru_cache(maxsize=1)
 def schema() -> dict:
     """The JSON schema of the config (parsed once)."""
+    if not SCHEMA_PATH.is_file():
+        raise ConfigError(f"the config schema {SCHEMA_PATH} is missing: install astropt from its checkout "
+                          f"(`pip install --no-deps -e .` in the repository), which holds workflow/schemas/")
     with open(SCHEMA_PATH) as f:
         return yaml.safe_load(f)
 
@@ -483,7 +494,17 @@ def parse_size_name(name: str) -> float | None:
 
 
 def _check_semantics(cfg: Config) -> None:
-    raw, problems = cfg.raw, []
+    """The cross-key checks, in order (a later check may assume an earlier one passed)."""
+    problems: list[str] = []
+    for check in (_check_sizes, _check_data, _check_schedule, _check_outputs, _check_resources):
+        check(cfg, problems)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _check_sizes(cfg: Config, problems: list[str]) -> None:
+    """The patch size against the image; every size known; custom sizes named by their count."""
+    raw = cfg.raw
     custom = raw["custom_sizes"]
     image, patch = raw["data"]["image_size"], raw["tokens"]["patch_size"]
     if image % patch:
@@ -524,6 +545,11 @@ def _check_semantics(cfg: Config) -> None:
                     f"config key 'custom_sizes.{name}': the model has {n:,} parameters; "
                     f"rename it (e.g. {_format_count(n)!r}) or change its shape"
                 )
+
+
+def _check_data(cfg: Config, problems: list[str]) -> None:
+    """The data source's own keys (bands, folder fractions, the Hub, released weights)."""
+    raw = cfg.raw
     if raw["data"]["source"] == "synthetic" and raw["data"]["n_chan"] != 3:
         problems.append("config key 'data.n_chan': synthetic stamps have 3 bands (g, r, z)")
     if raw["data"]["source"] == "folder":
@@ -536,6 +562,12 @@ def _check_semantics(cfg: Config) -> None:
     if raw["data"]["source"] == "huggingface":
         problems += _check_huggingface(raw["data"]["huggingface"])
     problems += _check_models(raw)
+
+
+def _check_schedule(cfg: Config, problems: list[str]) -> None:
+    """Warm-up and decay within the steps; then (on an otherwise valid config) the budgets and
+    the embedded split's size."""
+    raw = cfg.raw
     tr = raw["train"]
     if tr["warmup_steps"] >= tr["steps"]:
         problems.append(f"config key 'train.warmup_steps': {tr['warmup_steps']} is not below train.steps ({tr['steps']})")
@@ -547,6 +579,11 @@ def _check_semantics(cfg: Config) -> None:
     if not problems:
         problems += _check_budgets(cfg)
         problems += _check_split_size(raw)
+
+
+def _check_outputs(cfg: Config, problems: list[str]) -> None:
+    """What the embeddings, the fits and the figures name: tokens, layer, holdout, sizes shown."""
+    raw, custom = cfg.raw, cfg.raw["custom_sizes"]
     embed_tokens = raw["embed"]["n_tokens"]
     if embed_tokens > cfg.n_tokens:
         problems.append(
@@ -580,6 +617,11 @@ def _check_semantics(cfg: Config) -> None:
                     f"config key 'embed.layer': {layer} is out of range for size {s} ({n_layer} blocks: "
                     f"use 0..{n_layer - 1} or -1..-{n_layer})"
                 )
+
+
+def _check_resources(cfg: Config, problems: list[str]) -> None:
+    """Per-size settings name known sizes; ranks divide gradient accumulation; one-node embedding."""
+    raw, custom = cfg.raw, cfg.raw["custom_sizes"]
     for s in raw["train"]["sizes"]:
         if s not in raw["sizes"] and s not in custom and s not in PRESETS:
             problems.append(f"config key 'train.sizes.{s}': unknown size {s!r}")
@@ -603,8 +645,6 @@ def _check_semantics(cfg: Config) -> None:
     for s in raw["sizes"]:
         if (s in custom or s in PRESETS) and cfg.resources("embed", s).nodes > 1:
             problems.append(f"config key 'resources.embed' of size {s}: only training runs on several nodes (nodes must be 1)")
-    if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
 
 def _check_budgets(cfg: Config) -> list[str]:
@@ -700,14 +740,101 @@ def _check_huggingface(hf: dict) -> list[str]:
     return problems
 
 
+RELEASED_PATH = "models/fully_trained/{size_digits}M_params/030000_ckpt.pt"
+"""Default ``models.released.path``: the paper's checkpoints in the model repo ``Smith42/astroPT``."""
+_PLACEHOLDERS = ("size", "size_digits")
+"""Fields of ``models.released.path``: the size's name (``89M``) and its millions, zero-padded (``0089``)."""
+_RELEASED = "models.released"
+
+
+def size_digits(size: str) -> str:
+    """The repo's folder number of a paper size: its millions, zero-padded to four digits.
+
+    ``"1M"`` -> ``"0001"``, ``"89M"`` -> ``"0089"``, ``"2100M"`` -> ``"2100"``.
+
+    Raises:
+        ValueError: If ``size`` is not one of the paper's sizes (:data:`astropt.model.PRESETS`).
+    """
+    if size not in PRESETS:
+        raise ValueError(
+            f"{size!r} is not one of the paper's sizes ({', '.join(PRESETS)}): there are no released weights for it"
+        )
+    return f"{int(size.removesuffix('M')):04d}"
+
+
+def repo_file(size: str, pattern: str = RELEASED_PATH) -> str:
+    """Path of a paper size's checkpoint in the repo: ``pattern`` with ``{size}`` / ``{size_digits}`` filled.
+
+    Raises:
+        ValueError: For a size without released weights, or a pattern with other fields.
+    """
+    fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
+    unknown = [f for f in fields if f not in _PLACEHOLDERS]
+    if unknown:
+        raise ValueError(
+            f"config key '{_RELEASED}.path': unknown field(s) {unknown} in {pattern!r}; "
+            f"known: {{size}} (e.g. 89M) and {{size_digits}} (e.g. 0089)"
+        )
+    return pattern.format(size=size, size_digits=size_digits(size))
+
+
 def _check_models(raw: dict) -> list[str]:
-    """Checks of ``models`` the schema cannot express: with ``source: released``, only the paper's
-    sizes, and tokens that fit the released models (:func:`astropt.released.config_problems`)."""
+    """Checks of a config with ``models.source: released`` that the schema cannot express.
+
+    Only the paper's sizes have released weights, with their own shapes (a ``custom_sizes``
+    entry of the same name would change it); the tokens must fit them: 16 px patches of 3 bands, at most ``block_size`` (1024) per galaxy; and no two
+    sizes may map to the same file.
+
+    Returns:
+        One line per problem, each naming its config key (empty: fine).
+    """
     if raw["models"]["source"] != "released":
         return []
-    from astropt.released import config_problems
-
-    return config_problems(raw)
+    problems = []
+    sizes = [s for s in raw["sizes"] if s in PRESETS]
+    for i, name in enumerate(raw["sizes"]):
+        if name not in PRESETS:
+            problems.append(
+                f"config key 'sizes[{i}]': {name!r} has no released weights (models.source: released); "
+                f"the paper's sizes are {', '.join(PRESETS)}"
+            )
+        elif name in raw["custom_sizes"]:
+            problems.append(
+                f"config key 'custom_sizes.{name}': overrides the paper's {name}, but the released weights have the "
+                f"paper's shape (models.source: released): remove it"
+            )
+    image, patch, chans = raw["data"]["image_size"], raw["tokens"]["patch_size"], raw["data"]["n_chan"]
+    p = PRESETS["1M"]  # every preset has the same patches, bands and block size
+    if patch != p.patch_size:
+        problems.append(
+            f"config key 'tokens.patch_size': the released models take {p.patch_size}x{p.patch_size} px patches, "
+            f"not {patch} (models.source: released)"
+        )
+    if chans != p.n_chan:
+        problems.append(
+            f"config key 'data.n_chan': the released models take {p.n_chan} bands (g, r, z), not {chans}"
+        )
+    if patch == p.patch_size and (image // patch) ** 2 > p.block_size:
+        problems.append(
+            f"config key 'data.image_size': {image} px makes {(image // patch) ** 2} tokens per galaxy, more "
+            f"than the released models' {p.block_size} positions (at most {int(math.isqrt(p.block_size)) * patch} px)"
+        )
+    pattern = raw["models"]["released"]["path"]
+    try:
+        files = {s: repo_file(s, pattern) for s in sizes}
+    except ValueError as err:
+        problems.append(str(err))
+    else:
+        by_file: dict[str, list[str]] = {}
+        for s, f in files.items():
+            by_file.setdefault(f, []).append(s)
+        for f, same in by_file.items():
+            if len(same) > 1:
+                problems.append(
+                    f"config key '{_RELEASED}.path': {pattern!r} names the same file ({f}) for sizes "
+                    f"{', '.join(same)}; use {{size_digits}} or {{size}}"
+                )
+    return problems
 
 
 def budget_steps(entry: float | str, default_steps: int, tokens_per_step: int) -> int:

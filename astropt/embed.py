@@ -44,7 +44,7 @@ def transpose_index(grid: int, patch_size: int, n_chan: int) -> tuple[np.ndarray
     """The permutation that turns a stamp's spiral tokens into those of the transposed stamp.
 
     For tokens ``x`` (``(..., grid**2, patch_size**2 * n_chan)``, spiral order, patches laid out
-    ``(p1 p2 c)`` as :func:`astropt.tokenise.patchify` writes them)::
+    ``(p1 p2 c)`` as :func:`astropt.patches.patchify` writes them)::
 
         tokens, inner = transpose_index(grid, p, c)
         x[..., tokens, :][..., inner] == image_to_tokens(image.swapaxes(-3, -2), p)
@@ -60,7 +60,7 @@ def transpose_index(grid: int, patch_size: int, n_chan: int) -> tuple[np.ndarray
         ``tokens`` (``grid**2``): token k of the transposed stamp is token ``tokens[k]`` of the
         stamp; ``inner`` (``patch_size**2 * n_chan``): the values of a patch, transposed.
     """
-    from astropt.tokenise import spiral_order
+    from astropt.patches import spiral_order
 
     order = spiral_order(grid)  # token k <- raster patch order[k]
     position = np.argsort(order)  # raster patch -> token
@@ -129,6 +129,20 @@ def pool(h: torch.Tensor, pooling: str) -> torch.Tensor:
     raise ValueError(f"config key 'embed.pooling': {pooling!r} is not one of {', '.join(POOLINGS)}")
 
 
+def _check_request(model: GPT, t: int, d: int, n_tokens: int, pooling: str, layer: int) -> None:
+    """Tokens of ``t`` patches of ``d`` values each fit the model; the pooling and layer exist."""
+    if d != model.config.input_dim:
+        raise ValueError(f"token size ({d}) doesn't match the model's patch size ({model.config.input_dim})")
+    if n_tokens > min(t, model.config.block_size):
+        raise ValueError(f"n_tokens ({n_tokens}) exceeds the {min(t, model.config.block_size)} tokens available")
+    if pooling not in POOLINGS:
+        raise ValueError(f"config key 'embed.pooling': {pooling!r} is not one of {', '.join(POOLINGS)}")
+    if not -model.config.n_layer <= layer < model.config.n_layer:
+        raise ValueError(
+            f"config key 'embed.layer': {layer} is out of range for a model of {model.config.n_layer} blocks"
+        )
+
+
 def extract_embeddings(
     model: GPT,
     tokens: np.ndarray,
@@ -166,19 +180,10 @@ def extract_embeddings(
     """
     import torch
 
-    from astropt.tokenise import normalise
+    from astropt.patches import normalise
 
     n, t, d = tokens.shape
-    if d != model.config.input_dim:
-        raise ValueError(f"token size ({d}) doesn't match the model's patch size ({model.config.input_dim})")
-    if n_tokens > min(t, model.config.block_size):
-        raise ValueError(f"n_tokens ({n_tokens}) exceeds the {min(t, model.config.block_size)} tokens available")
-    if pooling not in POOLINGS:
-        raise ValueError(f"config key 'embed.pooling': {pooling!r} is not one of {', '.join(POOLINGS)}")
-    if not -model.config.n_layer <= layer < model.config.n_layer:
-        raise ValueError(
-            f"config key 'embed.layer': {layer} is out of range for a model of {model.config.n_layer} blocks"
-        )
+    _check_request(model, t, d, n_tokens, pooling, layer)
     device = torch.device(device)
     model = model.to(device).eval()
     use_bf16 = device.type == "cuda"
@@ -262,13 +267,14 @@ def embed_split(
 ) -> None:
     """Embed every galaxy of a token split with a checkpoint and write the parquet.
 
+    ``token_dir`` is the split's folder or its manifest ``index.parquet`` (:func:`astropt.shards.load_tokens`);
     ``transpose`` is ``embed.transpose`` (``"auto"``, True, False): see :func:`resolve_transpose`;
     ``layer`` and ``pooling`` as :func:`extract_embeddings`.
     """
     import torch
 
     from astropt.checkpoint import load_checkpoint, model_from_checkpoint
-    from astropt.tokenise import load_tokens
+    from astropt.shards import load_tokens
 
     state = load_checkpoint(checkpoint)
     ckpt_config = state.get("config") or {}

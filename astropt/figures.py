@@ -9,7 +9,7 @@ Agg canvas: no display, no pyplot global state, nothing left open.
   FLOPs (the paper's scaling figure).
 - :func:`plot_downstream`: each model's probe score relative to the smallest
   model, with Spearman's rho between size and score (the paper's downstream figure),
-  from the summary table of :func:`downstream_table`.
+  from the summary table of :func:`astropt.probe.downstream_table`.
 - :func:`plot_umap`: hexbin panels of a 2-D UMAP of embeddings, coloured by the
   median of each property (the paper's UMAP figure).
 - :func:`plot_loss_curves`: train / validation loss against tokens seen, per size.
@@ -21,18 +21,21 @@ Agg canvas: no display, no pyplot global state, nothing left open.
 
 from __future__ import annotations
 
-import itertools
+import json
 import math
 import os
 import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+from astropt.runs import run_name
 
 
 DPI = 150
@@ -324,6 +327,32 @@ def _size_axis(ax) -> None:
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: _human(v) if hi / lo < 100 and _mantissa(v) in (2, 5) else ""))
 
 
+def _compute_panel(ax, table: pd.DataFrame, fit: Mapping | None, colours: dict, metrics, sizes: list) -> None:
+    """:func:`plot_scaling`'s panel against training compute, with the runs' curves and their key."""
+    from matplotlib.lines import Line2D
+
+    _scaling_panel(ax, table, "flops", "C", fit, colours, curves=metrics)
+    ax.set_xlabel("training compute C (FLOPs)")
+    c_lo, c_hi = ax.get_xlim()
+
+    def flops(v: float, _: int) -> str:  # 2x and 5x labelled too when under 2 decades
+        m, e = _mantissa(v), math.floor(math.log10(v) + 1e-9)
+        return f"${m}{{\\times}}10^{{{e}}}$" if c_hi / c_lo < 100 and m in (2, 5) else ""
+
+    ax.xaxis.set_minor_formatter(FuncFormatter(flops))
+    ax.tick_params(axis="x", which="minor", labelsize=8)
+    ax.set_title("Final validation loss vs training compute", fontsize=11)
+    ax.set_ylabel("validation loss")
+    names = [s for s in sizes if any(str(k).split("/")[0] == s for k in (metrics or {}))]
+    if names:  # the curves' key, below the panel beside the fits' legend
+        fits_legend = ax.get_legend()
+        handles = [Line2D([], [], color=colours[s], lw=1.5, marker="o", ms=3, alpha=0.6) for s in names]
+        ax.legend(handles, names, title="validation loss\nduring training", fontsize=7.5, title_fontsize=7.5,
+                  loc="upper right", bbox_to_anchor=(1.0, -0.13), ncols=2 if len(names) > 4 else 1,
+                  frameon=False, borderaxespad=0)
+        ax.add_artist(fits_legend)
+
+
 def plot_scaling(
     table: pd.DataFrame,
     fit: Mapping | None,
@@ -358,7 +387,6 @@ def plot_scaling(
         ValueError: If a column is missing from ``table`` or a metrics table.
     """
     from matplotlib import colormaps
-    from matplotlib.lines import Line2D
 
     _require(table, ["size", "params", "val_loss"], "scaling table")
     fits = _scaling_fits(table, fit)
@@ -380,27 +408,7 @@ def plot_scaling(
     if show_holdout:
         _holdout_panel(axes[1], table, holdout, colours)
     if compute:
-        ax = axes[-1]
-        _scaling_panel(ax, table, "flops", "C", fits.get("C"), colours, curves=metrics)
-        ax.set_xlabel("training compute C (FLOPs)")
-        c_lo, c_hi = ax.get_xlim()
-
-        def flops(v: float, _: int) -> str:  # 2x and 5x labelled too when under 2 decades
-            m, e = _mantissa(v), math.floor(math.log10(v) + 1e-9)
-            return f"${m}{{\\times}}10^{{{e}}}$" if c_hi / c_lo < 100 and m in (2, 5) else ""
-
-        ax.xaxis.set_minor_formatter(FuncFormatter(flops))
-        ax.tick_params(axis="x", which="minor", labelsize=8)
-        ax.set_title("Final validation loss vs training compute", fontsize=11)
-        ax.set_ylabel("validation loss")
-        names = [s for s in sizes if any(str(k).split("/")[0] == s for k in (metrics or {}))]
-        if names:  # the curves' key, below the panel beside the fits' legend
-            fits_legend = ax.get_legend()
-            handles = [Line2D([], [], color=colours[s], lw=1.5, marker="o", ms=3, alpha=0.6) for s in names]
-            ax.legend(handles, names, title="validation loss\nduring training", fontsize=7.5, title_fontsize=7.5,
-                      loc="upper right", bbox_to_anchor=(1.0, -0.13), ncols=2 if len(names) > 4 else 1,
-                      frameon=False, borderaxespad=0)
-            ax.add_artist(fits_legend)
+        _compute_panel(axes[-1], table, fits.get("C"), colours, metrics, sizes)
     drawn = {"titles": [a.get_title() for a in axes],
              "legends": [[t.get_text() for t in a.get_legend().get_texts()] if a.get_legend() else [] for a in axes]}
     for a in axes:  # the fits' legends moved aside by the curves' key are artists, not the legend
@@ -414,13 +422,6 @@ def plot_scaling(
 #: Panels of the downstream figure, as (protocol, metric): each drawn when the summary has it.
 DOWNSTREAM_PANELS = (("paper", "median_abs_error"), ("ridge_cv", "r2"), ("logistic_cv", "roc_auc"))
 
-#: Columns of :func:`downstream_table` (``results/probes/summary.csv``).
-SUMMARY_COLUMNS = [
-    "property", "protocol", "metric", "higher_is_better", "size", "params",
-    "value", "value_sd", "n_runs", "relative", "relative_sd", "spearman_rho", "spearman_p",
-    "seeds_agree", "seeds_rho",
-]
-
 _METRIC_NAMES = {"median_abs_error": "median absolute error", "r2": "R²", "accuracy": "accuracy", "roc_auc": "ROC AUC"}
 
 _PROTOCOL_TITLES = {
@@ -428,101 +429,6 @@ _PROTOCOL_TITLES = {
     "ridge_cv": "ridge regression (k-fold cross-validation)",
     "logistic_cv": "logistic regression of flags (k-fold cross-validation)",
 }
-
-# Up to this many sizes, Spearman's p-value is exact (every ordering enumerated: 8! = 40,320).
-_EXACT_SPEARMAN_MAX = 8
-
-
-def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Spearman's rho between ``x`` and ``y`` (finite pairs) and its two-sided p-value.
-
-    For up to :data:`_EXACT_SPEARMAN_MAX` pairs the p-value is exact: the fraction of all
-    orderings of ``y`` whose |rho| is at least the observed one (with 4 sizes the smallest
-    possible is 2/24 = 0.083); beyond that, scipy's t approximation. NaN when fewer than
-    two pairs or either side is constant.
-    """
-    from scipy import stats  # here: about 1.5 s to import, which most figures never need
-
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan"), float("nan")
-    rx, ry = stats.rankdata(x), stats.rankdata(y)  # average ranks for ties
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    norm = np.sqrt((rx @ rx) * (ry @ ry))
-    rho = float(rx @ ry / norm)
-    if len(x) > _EXACT_SPEARMAN_MAX:
-        return rho, float(stats.spearmanr(x, y).pvalue)
-    orderings = np.array(list(itertools.permutations(range(len(x)))))
-    null = ry[orderings] @ rx / norm
-    return rho, float(np.mean(np.abs(null) >= abs(rho) - 1e-12))
-
-
-def downstream_table(probes: pd.DataFrame) -> pd.DataFrame:
-    """Probe scores of every size relative to the smallest model, with Spearman's rho.
-
-    The paper's convention: ``relative`` is each size's score divided by the smallest
-    model's score for the same property, protocol and metric, whatever the metric's
-    direction. So for ``median_abs_error`` (lower is better) a probe that improves with
-    size has ``relative`` < 1 and ``spearman_rho`` < 0; for ``r2``, ``accuracy`` and
-    ``roc_auc`` (higher is better), ``relative`` > 1 and ``spearman_rho`` > 0. The
-    ``higher_is_better`` column says which. ``relative`` is NaN where the smallest
-    model's score is not finite or not positive (a ratio to an R^2 <= 0 means nothing).
-
-    Several runs of a size (training seeds) are averaged: ``value`` is their mean, ``value_sd``
-    their standard deviation (NaN for one run) and ``relative_sd`` the same relative to the
-    smallest model's mean. Spearman's rho is computed from the run means; with a ``seed``
-    column, each seed's own sweep (its run of every size) gets a rho too, and
-    ``seeds_agree`` is the share of seeds whose rho has the sign of the means' rho
-    (``seeds_rho`` lists them, ``;``-separated, in seed order).
-
-    Args:
-        probes: The long probe tables of all runs (``astropt.probe.PROBE_COLUMNS``)
-            with columns ``size`` and ``params`` (and ``seed``) added.
-
-    Returns:
-        :data:`SUMMARY_COLUMNS`, one row per property, protocol, metric and size, in the
-        input order of (property, protocol, metric), then by params. ``spearman_rho`` and
-        ``spearman_p`` (see :func:`_spearman`) are between params and ``value``, repeated
-        on each size's row.
-
-    Raises:
-        ValueError: If a column is missing or a metric has no known direction.
-    """
-    from astropt.probe import HIGHER_IS_BETTER
-
-    _require(probes, ["size", "params", "property", "protocol", "metric", "value"], "probe table")
-    unknown = sorted(set(probes["metric"]) - set(HIGHER_IS_BETTER))
-    if unknown:
-        raise ValueError(f"probe table has metrics {unknown} of unknown direction; known: {sorted(HIGHER_IS_BETTER)}")
-    keys = ["property", "protocol", "metric"]
-    probes = probes.assign(seed=probes["seed"] if "seed" in probes else 0)
-    agg = (probes.groupby([*keys, "size", "params"], sort=False)["value"]
-           .agg(value="mean", value_sd="std", n_runs="count").reset_index())
-    parts = []
-    for (prop, protocol, metric), grp in agg.groupby(keys, sort=False):
-        grp = grp.sort_values("params", kind="stable")
-        base = grp["value"].iloc[0]
-        ok = np.isfinite(base) and base > 0
-        grp["relative"] = grp["value"] / base if ok else np.nan
-        grp["relative_sd"] = grp["value_sd"] / base if ok else np.nan
-        rho, p = _spearman(grp["params"].to_numpy(dtype=float), grp["value"].to_numpy(dtype=float))
-        grp["spearman_rho"], grp["spearman_p"] = rho, p
-        mine = probes[(probes["property"] == prop) & (probes["protocol"] == protocol) & (probes["metric"] == metric)]
-        seed_rhos = [_spearman(sweep["params"].to_numpy(dtype=float), sweep["value"].to_numpy(dtype=float))[0]
-                     for _, sweep in mine.groupby("seed", sort=True)]
-        finite = [r for r in seed_rhos if np.isfinite(r)]
-        agree = (sum(np.sign(r) == np.sign(rho) for r in finite) / len(finite)
-                 if len(seed_rhos) > 1 and finite and np.isfinite(rho) and rho != 0 else np.nan)
-        grp["seeds_agree"] = agree
-        grp["seeds_rho"] = (";".join(f"{r:+.2f}" if np.isfinite(r) else "n/a" for r in seed_rhos)
-                            if len(seed_rhos) > 1 else "")
-        grp["higher_is_better"] = HIGHER_IS_BETTER[metric]
-        parts.append(grp)
-    if not parts:
-        return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    return pd.concat(parts, ignore_index=True)[SUMMARY_COLUMNS]
-
 
 def _downstream_panel(ax, rows: pd.DataFrame, colours: dict, protocol: str, metric: str) -> None:
     """One panel of :func:`plot_downstream`: a line per property, rho in the legend."""
@@ -603,13 +509,15 @@ def plot_downstream(
     keeps its colour across panels.
 
     Args:
-        summary: :func:`downstream_table`'s output.
+        summary: :func:`astropt.probe.downstream_table`'s output.
         out: PNG path.
         panels: (protocol, metric) pairs to draw, in order.
 
     Raises:
         ValueError: If a column is missing or the summary has none of ``panels``.
     """
+    from astropt.probe import SUMMARY_COLUMNS
+
     _require(summary, SUMMARY_COLUMNS, "downstream summary")
     drawn = [
         (protocol, metric)
@@ -1390,3 +1298,133 @@ def plot_loss_tokens(table: pd.DataFrame, grid: Mapping, out: str | os.PathLike)
         out: PNG path.
     """
     _save(_draw_loss_tokens(None, table, grid), out)
+
+
+# The figure stages: what the workflow's figure_* rules call (paths in, PNG out).
+
+
+def figure_scaling(fit_path, table_path, metrics_paths, out, log=print) -> None:
+    """The scaling figure: every run's final validation loss against parameters and against
+    training compute with the fits of ``fit.json`` (bootstrap band, held-out size), and each
+    run's validation curve against cumulative FLOPs from its ``metrics.csv``."""
+    fit = json.loads(Path(fit_path).read_text())
+    metrics = {"{}/seed{}".format(*run_name(p)): pd.read_csv(p) for p in metrics_paths}
+    table = pd.read_csv(table_path)
+    if "default_budget" in table:  # the grid's other budgets are drawn by figure_grid
+        table = table[table["default_budget"]].reset_index(drop=True)
+    plot_scaling(table, fit, out, metrics=metrics)
+    log(f"wrote {out}")
+
+
+def figure_grid(fit_path, table_path, out_isoflop, out_frontier, out_loss_tokens, log=print) -> None:
+    """The N x D grid's figures from ``fit.json``'s ``grid`` section and every run of
+    ``losses.csv``: IsoFLOP profiles, the compute-optimal frontier, loss against tokens."""
+    fit = json.loads(Path(fit_path).read_text())
+    grid = fit.get("grid") or {"reason": "train.budgets lists one budget: there is no N x D grid"}
+    table = pd.read_csv(table_path)
+    for plot, out in ((plot_isoflop, out_isoflop), (plot_frontier, out_frontier), (plot_loss_tokens, out_loss_tokens)):
+        plot(table, grid, out)
+        log(f"wrote {out}")
+
+
+def figure_loss_curves(metrics_paths, sidecars, out, log=print) -> None:
+    """Training and validation loss curves of every size (``results/models/{size}/metrics.csv``),
+    smallest model first."""
+    from astropt.runs import load_sidecars
+
+    runs = load_sidecars(sidecars)
+    order = [f"{r.size}/seed{r.seed}" for r in runs.itertuples()]
+    by_run = {"{}/seed{}".format(*run_name(p)): p for p in metrics_paths}
+    unknown = sorted(set(by_run) - set(order))
+    if unknown:
+        raise ValueError(f"metrics of runs {unknown} have no ckpt.json sidecar among {list(sidecars)}")
+    curves = {name: pd.read_csv(by_run[name]) for name in order if name in by_run}
+    plot_loss_curves(curves, out)
+    log(f"wrote {out}: loss curves of {len(curves)} runs ({', '.join(curves)})")
+
+
+def figure_downstream(summary_csv, out, log=print) -> None:
+    """The paper's downstream figure (:func:`plot_downstream`) from ``results/probes/summary.csv``
+    (:func:`astropt.probe.downstream_summary`)."""
+    plot_downstream(pd.read_csv(summary_csv), out)
+    log(f"wrote {out} from {summary_csv}")
+
+
+def _panel_title(column: str) -> str:
+    """A UMAP panel's title: the paper's label over the column name (M_g, then
+    mag_abs_g_photoz on a second line) for the paper's properties, else the column name."""
+    from astropt.probe import PAPER_PROPERTIES
+
+    label = PAPER_PROPERTIES.get(column, column)
+    return column if label == column else f"{label}\n({column})"
+
+
+def umap_properties(setting, meta_columns, probe_csv) -> tuple[dict[str, str], list[str]]:
+    """The UMAP panels: ``{column: panel title}`` and the paper's properties the catalogue lacks.
+
+    ``setting`` is ``umap.properties``: ``"paper"`` (the paper's twelve, :data:`PAPER_PROPERTIES`,
+    those in the catalogue), ``"probed"`` or None (every property in ``probe_csv``) or a list of
+    columns (each must be in the catalogue).
+    """
+    from astropt.probe import PAPER_PROPERTIES
+
+    columns = set(meta_columns)
+    if setting == "paper":
+        kept = {c: _panel_title(c) for c in PAPER_PROPERTIES if c in columns}
+        lacking = [c for c in PAPER_PROPERTIES if c not in columns]
+        if not kept:
+            raise ValueError(
+                f"config key 'umap.properties': the catalogue has none of the paper's properties "
+                f"{list(PAPER_PROPERTIES)}; list columns to map instead"
+            )
+        return kept, lacking
+    if setting is None or setting == "probed":
+        props = pd.read_csv(probe_csv)["property"].unique().tolist()
+    else:
+        props = list(setting)
+    missing = [p for p in props if p not in columns]
+    if missing:
+        raise ValueError(f"config key 'umap.properties': {missing} not in the catalogue")
+    return {p: _panel_title(p) for p in props}, []
+
+
+def figure_umap(embeddings, probe_csv, metadata, out, umap_cfg: dict, seed: int, title: str = "", log=print) -> None:
+    """UMAP of one size's embeddings as hexbin panels coloured by property (by default the
+    paper's twelve, :func:`umap_properties`)."""
+    from astropt.embed import read_embeddings
+    from astropt.probe import read_metadata
+
+    ids, X = read_embeddings(embeddings)
+    meta = read_metadata(metadata).set_index("id")
+    panels, lacking = umap_properties(umap_cfg["properties"], meta.columns, probe_csv)
+    props = list(panels)
+    if lacking:
+        log(f"the catalogue {metadata} lacks {len(lacking)} of the paper's properties: {', '.join(lacking)}")
+        from astropt.probe import PAPER_PROPERTIES
+
+        missing = "not in the catalogue: " + ", ".join(PAPER_PROPERTIES[c] for c in lacking)  # short labels
+        title = f"{title}\n({missing})" if title else missing
+    if len(ids) > umap_cfg["max_points"]:
+        keep = np.sort(np.random.default_rng(seed).choice(len(ids), umap_cfg["max_points"], replace=False))
+        ids, X = ids[keep], X[keep]
+    log(f"UMAP of {len(ids):,} embeddings ({X.shape[1]} dims), n_neighbors={umap_cfg['n_neighbors']}")
+    coords = umap_embedding(X, seed=seed, n_neighbors=umap_cfg["n_neighbors"])
+    values = meta.loc[list(ids), props].reset_index(drop=True).rename(columns=panels)
+    plot_umap(coords, values, out, title=title)
+    log(f"wrote {out}")
+
+
+def figure_examples(token_dir, metadata, out, n: int = 16, seed: int = 0, log=print) -> None:
+    """A grid of example galaxies of a split, rebuilt from their tokens (so it shows exactly
+    what the models see, for any source), captioned with a few truths."""
+    from astropt.probe import read_metadata
+    from astropt.patches import tokens_to_image
+    from astropt.shards import load_tokens
+
+    split = load_tokens(token_dir)
+    meta = read_metadata(metadata).set_index("id").loc[list(split.ids)].reset_index()
+    wanted = ("mag_r_desi", "redshift", "est_petro_th50")
+    columns = tuple(c for c in wanted if c in meta.columns)
+    patch, n_chan = split.meta["patch_size"], split.meta["n_chan"]
+    plot_examples(lambda row: tokens_to_image(np.asarray(split.tokens[row]), patch, n_chan), meta, out, n=n, columns=columns, seed=seed)
+    log(f"wrote {out}: {min(n, len(meta))} galaxies of {token_dir}")

@@ -8,20 +8,18 @@ relative to the folder of ``metadata.parquet``), ``image_row`` (the galaxy's row
 the catalogue's properties. Images stay inside the shards; :func:`read_parquet_images` reads the
 encoded bytes of given rows of one shard.
 
-Downloads are parallel, resumable and verified:
-
-- files land in ``cache_dir`` under their repo paths (``hf/data/train-00000-of-00192.parquet``);
-- a file is streamed into ``<name>.<hash prefix>.incomplete`` and resumes from there with an HTTP
-  ``Range`` request, in the same run after a dropped connection or in a later run after an
-  interruption;
-- every file is checked against the size and hash the Hub lists for it (the LFS sha256, or the git
-  blob id for small files kept in git); a mismatch is deleted and fetched again, up to ``retries``
-  times; the verification is remembered in ``cache_dir/.astropt-verified.json`` (keyed by size and
-  modification time), so a rerun over ~980 GB of cached shards rehashes nothing.
+Downloads go through ``huggingface_hub`` (:mod:`astropt.hub`): ``snapshot_download`` of the
+selected files at the pinned commit, ``workers`` in parallel; a connection dropped mid-file
+resumes inside the library. Files land in ``cache_dir`` under their repo paths
+(``hf/data/train-00000-of-00192.parquet``); every file is checked against the size and hash the Hub
+lists for it (the LFS sha256, or the git blob id for small files kept in git), and a mismatch is
+deleted and fetched again, up to ``retries`` times. The verification is remembered in
+``cache_dir/.astropt-verified.json`` (keyed by size and modification time), so a rerun over
+~980 GB of cached shards rehashes and downloads nothing.
 
 Subsets: ``max_shards`` keeps the first shards of a split (by name), ``max_galaxies`` the first
 galaxies in (shard, row) order; shards past the limit are not downloaded (row counts come from the
-parquet footers, read with two small ``Range`` requests per shard).
+parquet footers, read remotely with ``HfFileSystem``: a small ``Range`` request or two per shard).
 
 Bad rows never stop a run unless more than ``max_reject_fraction`` of a split is bad: a missing id,
 a null image, an id seen before (the first usable occurrence is kept), a galaxy without a
@@ -37,19 +35,13 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
-import hashlib
+import functools
 import json
 import os
-import re
-import shutil
-import threading
-import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -59,6 +51,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from astropt.config import REJECTED_COLUMNS, SPLITS
+from astropt.hub import VERIFIED_SIDECAR, Hub, RemoteFile, VerifiedCache
 from astropt.io import atomic_write
 
 __all__ = [
@@ -69,56 +62,12 @@ __all__ = [
 REPO_TYPE = "dataset"
 SOURCE_JSON = "source.json"
 """Written beside ``metadata.parquet``: repo, requested revision, commit, files with sizes and hashes."""
-VERIFIED_SIDECAR = ".astropt-verified.json"
-"""In ``cache_dir``: files already checked against their hash, by repo path, with size and mtime."""
-CHUNK_BYTES = 8 << 20  # read unit when hashing files on disk
-FOOTER_PROBE_BYTES = 64 << 10  # first Range request for a parquet footer (most footers fit)
-RETRY_WAIT_S = 2.0  # wait after a network error, doubled per attempt, at most 60 s
-_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+FOOTER_PROBE_BYTES = 64 << 10  # Range request size when reading a parquet footer remotely (most fit in one)
 _CONFIG = "data.huggingface"
 
 
 class HuggingFaceSourceError(RuntimeError):
     """The dataset cannot be fetched or used as configured; the message names the file or key."""
-
-
-class _Cancelled(Exception):
-    """Another download failed: this one stops (its partial file is kept and resumes later)."""
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """One file of the dataset repo at the pinned commit, as the Hub lists it.
-
-    Attributes:
-        path: Path in the repo (``data/train-00000-of-00192.parquet``).
-        size: Size in bytes.
-        sha256: LFS sha256 of the content (``None`` for a file kept in git itself).
-        blob_id: Git object id (sha1 of ``b"blob <size>\\0"`` + content for a file kept in git).
-    """
-
-    path: str
-    size: int
-    sha256: str | None
-    blob_id: str
-
-    @property
-    def hash_kind(self) -> str:
-        """``"sha256"`` for LFS files, ``"git-sha1"`` for files kept in git."""
-        return "sha256" if self.sha256 else "git-sha1"
-
-    @property
-    def expected_hash(self) -> str:
-        """Hex digest the downloaded content must have (see :meth:`new_hasher`)."""
-        return self.sha256 or self.blob_id
-
-    def new_hasher(self) -> "hashlib._Hash":
-        """A hash object that, fed the file's content, ends at :attr:`expected_hash`."""
-        if self.sha256:
-            return hashlib.sha256()
-        h = hashlib.sha1()
-        h.update(f"blob {self.size}\0".encode())
-        return h
 
 
 # --------------------------------------------------------------------------- reading shards
@@ -212,388 +161,6 @@ def _null_image_rows(pf: pq.ParquetFile, leaf: int, column: str, n_rows: int) ->
     return nulls
 
 
-# --------------------------------------------------------------------------- the Hub
-
-
-class _Hub:
-    """One dataset repo on a Hub endpoint, through ``huggingface_hub``; errors become clear messages."""
-
-    def __init__(self, repo: str, endpoint: str | None, token: str | None):
-        from huggingface_hub import HfApi
-        from huggingface_hub.utils import build_hf_headers
-
-        self.repo = repo
-        self.api = HfApi(endpoint=endpoint, token=token, library_name="astropt-workflow")
-        self.endpoint = self.api.endpoint
-        self.token = token
-        self.headers = build_hf_headers(token=token, library_name="astropt-workflow")
-        self.headers["Accept-Encoding"] = "identity"  # hash and size the bytes as stored
-
-    @contextlib.contextmanager
-    def errors(self, what: str) -> Iterator[None]:
-        """Turn ``huggingface_hub`` / network errors into :class:`HuggingFaceSourceError` about ``what``."""
-        import httpx2
-        from huggingface_hub.errors import (
-            GatedRepoError, HfHubHTTPError, RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
-        )
-
-        where = f"{self.repo} on {self.endpoint}"
-        try:
-            yield
-        except GatedRepoError as err:
-            raise HuggingFaceSourceError(
-                f"{what}: {where} is gated; accept its conditions on the Hub and set a token "
-                f"(config key '{_CONFIG}.token', HF_TOKEN or `hf auth login`) ({_first_line(err)})"
-            ) from err
-        except RepositoryNotFoundError as err:
-            raise HuggingFaceSourceError(
-                f"{what}: dataset repo {where} not found, or private without a valid token "
-                f"(config keys '{_CONFIG}.repo', '{_CONFIG}.endpoint', '{_CONFIG}.token') ({_first_line(err)})"
-            ) from err
-        except RevisionNotFoundError as err:
-            raise HuggingFaceSourceError(
-                f"{what}: revision not found in {where} (config key '{_CONFIG}.revision') ({_first_line(err)})"
-            ) from err
-        except RemoteEntryNotFoundError as err:
-            raise HuggingFaceSourceError(f"{what}: no such file in {where} ({_first_line(err)})") from err
-        except HfHubHTTPError as err:
-            raise HuggingFaceSourceError(f"{what}: the Hub answered with an error ({_first_line(err)})") from err
-        except httpx2.TransportError as err:
-            raise HuggingFaceSourceError(
-                f"{what}: cannot reach {self.endpoint} ({type(err).__name__}: {err}); check the network and "
-                f"config key '{_CONFIG}.endpoint', then rerun (finished downloads are kept, partial ones resume)"
-            ) from err
-
-    def resolve(self, revision: str) -> str:
-        """The commit sha of ``revision`` (a branch, tag or sha; checked to exist)."""
-        with self.errors(f"resolving revision {revision!r}"):
-            sha = self.api.dataset_info(self.repo, revision=revision).sha
-        if not sha:
-            raise HuggingFaceSourceError(f"{self.endpoint} gave no commit sha for {self.repo} at {revision!r}")
-        return sha
-
-    def list_files(self, commit: str) -> dict[str, RemoteFile]:
-        """Every file of the repo at ``commit``, by path."""
-        with self.errors(f"listing the files of {self.repo} at {commit}"):
-            entries = list(self.api.list_repo_tree(self.repo, recursive=True, revision=commit, repo_type=REPO_TYPE))
-        files = {}
-        for e in entries:
-            if hasattr(e, "blob_id"):  # RepoFile, not RepoFolder
-                size = e.lfs.size if e.lfs else e.size
-                files[e.path] = RemoteFile(e.path, int(size), e.lfs.sha256 if e.lfs else None, e.blob_id)
-        return files
-
-    def url(self, commit: str, path: str) -> str:
-        from huggingface_hub import hf_hub_url
-
-        return hf_hub_url(self.repo, path, repo_type=REPO_TYPE, revision=commit, endpoint=self.endpoint)
-
-    @contextlib.contextmanager
-    def stream(self, commit: str, path: str, start: int = 0, end: int | None = None) -> Iterator[Any]:
-        """A streamed GET of ``path`` from byte ``start`` (to ``end``, inclusive), redirects followed.
-
-        Network errors are raised as they are (the caller retries and resumes); HTTP errors other
-        than rate limits and server errors (retried here) become :class:`HuggingFaceSourceError`.
-        """
-        from huggingface_hub import constants
-        from huggingface_hub.utils import hf_raise_for_status, http_stream_backoff
-
-        headers = dict(self.headers)
-        if start or end is not None:
-            headers["Range"] = f"bytes={start}-{'' if end is None else end}"
-        with http_stream_backoff(
-            "GET", self.url(commit, path), headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
-            retry_on_exceptions=(),
-        ) as response:
-            if response.status_code >= 400:
-                response.read()
-                with self.errors(f"downloading {path}"):
-                    hf_raise_for_status(response)
-            yield response
-
-    def read_range(self, commit: str, path: str, start: int, end: int) -> bytes:
-        """Bytes ``start..end`` (inclusive) of ``path``; the server must honour Range requests."""
-        import httpx2
-
-        try:
-            with self.stream(commit, path, start, end) as response:
-                if response.status_code != 206 and start > 0:
-                    raise HuggingFaceSourceError(
-                        f"{self.endpoint} ignored an HTTP Range request for {path} (status {response.status_code}); "
-                        f"reading parquet footers for config key '{_CONFIG}.max_galaxies' needs them: "
-                        "use max_shards instead, or max_galaxies: null"
-                    )
-                return response.read()[: end - start + 1]
-        except httpx2.TransportError as err:
-            raise HuggingFaceSourceError(
-                f"reading the parquet footer of {path}: cannot reach {self.endpoint} ({type(err).__name__}: {err}); "
-                "rerun when the network is back"
-            ) from err
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-# --------------------------------------------------------------------------- downloads
-
-
-class _VerifiedCache:
-    """The sidecar of files already verified: ``{path: [size, mtime_ns, hash]}``, thread-safe."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.lock = threading.Lock()
-        try:
-            self.entries: dict[str, list] = json.loads(path.read_text())
-        except (FileNotFoundError, ValueError):
-            self.entries = {}
-
-    def hit(self, f: RemoteFile, local: Path) -> bool:
-        """Whether ``local`` was verified as ``f`` and has not changed since (size, mtime)."""
-        try:
-            st = local.stat()
-        except FileNotFoundError:
-            return False
-        with self.lock:
-            entry = self.entries.get(f.path)
-        return entry == [f.size, st.st_mtime_ns, f.expected_hash] and st.st_size == f.size
-
-    def record(self, f: RemoteFile, local: Path) -> None:
-        with self.lock:
-            self.entries[f.path] = [f.size, local.stat().st_mtime_ns, f.expected_hash]
-            atomic_write(self.path, lambda p: p.write_text(json.dumps(self.entries, indent=0, sort_keys=True)))
-
-
-class _Progress:
-    """Counts finished files and bytes; one log line per finished file with rate and ETA."""
-
-    def __init__(self, files: int, total_bytes: int, done: list[RemoteFile], log: Callable[[str], Any]):
-        self.files, self.total, self.log = files, total_bytes, log
-        self.done_files, self.done_bytes = len(done), sum(f.size for f in done)
-        self.transferred = 0
-        self.t0 = time.perf_counter()
-        self.lock = threading.Lock()
-
-    def add(self, n: int) -> None:
-        with self.lock:
-            self.transferred += n
-
-    def finished(self, f: RemoteFile, how: str) -> None:
-        with self.lock:
-            self.done_files += 1
-            self.done_bytes += f.size
-            dt = max(time.perf_counter() - self.t0, 1e-9)
-            rate = self.transferred / dt
-            left = self.total - self.done_bytes
-            eta = _duration(left / rate) if rate > 0 else ("0s" if left <= 0 else "?")
-            self.log(
-                f"huggingface: [{self.done_files}/{self.files}] {f.path} {how}; {_size(self.done_bytes)} of "
-                f"{_size(self.total)}, {rate / 1e6:.1f} MB/s, ETA {eta}"
-            )
-
-
-def _size(n: float) -> str:
-    """Bytes in readable units: ``"43.1 kB"``, ``"5.12 GB"``."""
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{int(n)} B"
-
-
-def _duration(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
-
-
-class _Downloader:
-    """Parallel, resumable, verified downloads of repo files into ``cache_dir`` (repo paths mirrored)."""
-
-    def __init__(self, hub: _Hub, commit: str, cache_dir: Path, workers: int, retries: int, log: Callable[[str], Any]):
-        self.hub, self.commit, self.cache_dir = hub, commit, cache_dir
-        self.workers, self.retries, self.log = workers, retries, log
-        self.verified = _VerifiedCache(cache_dir / VERIFIED_SIDECAR)
-        self.stop = threading.Event()
-
-    def local(self, f: RemoteFile) -> Path:
-        return self.cache_dir / PurePosixPath(f.path)
-
-    def partial(self, f: RemoteFile) -> Path:
-        """The partial download of ``f``: named after its hash, so another version never resumes it."""
-        dest = self.local(f)
-        return dest.with_name(f"{dest.name}.{f.expected_hash[:16]}.incomplete")
-
-    def num_rows(self, f: RemoteFile) -> int:
-        """Rows of parquet file ``f`` from its footer: the verified local copy, else two Range requests."""
-        if self.verified.hit(f, self.local(f)):
-            return pq.read_metadata(self.local(f)).num_rows
-        probe = min(f.size, FOOTER_PROBE_BYTES)
-        tail = self.hub.read_range(self.commit, f.path, f.size - probe, f.size - 1)
-        if len(tail) < 8 or tail[-4:] != b"PAR1":
-            raise HuggingFaceSourceError(f"{f.path} is not a parquet file (no PAR1 footer magic)")
-        n = int.from_bytes(tail[-8:-4], "little")
-        if n + 8 > len(tail):
-            if n + 8 > f.size:
-                raise HuggingFaceSourceError(f"{f.path}: corrupt parquet footer (length {n}, file {f.size} bytes)")
-            tail = self.hub.read_range(self.commit, f.path, f.size - 8 - n, f.size - 1)
-        return pq.read_metadata(pa.BufferReader(b"PAR1" + tail[-8 - n :])).num_rows
-
-    def fetch(self, files: list[RemoteFile]) -> None:
-        """Make every file present and verified; raise on the first file that cannot be.
-
-        Raises:
-            HuggingFaceSourceError: On too little disk space, a file that keeps failing its size /
-                hash check, lasting network errors or an HTTP error (naming the file).
-        """
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        cached = [f for f in files if self.verified.hit(f, self.local(f))]
-        todo = [f for f in files if f not in cached]
-        total = sum(f.size for f in files)
-        need = sum(self._missing_bytes(f) for f in todo)
-        self.log(
-            f"huggingface: {len(files)} files, {_size(total)}; {len(cached)} verified in {self.cache_dir}, "
-            f"{len(todo)} to check or download ({_size(need)} at most) with {self.workers} workers"
-        )
-        free = shutil.disk_usage(self.cache_dir).free
-        if need > free:
-            raise HuggingFaceSourceError(
-                f"{self.cache_dir} has {_size(free)} free but the download needs up to {_size(need)} more "
-                f"(config key '{_CONFIG}.cache_dir'; or take a subset with max_shards / max_galaxies)"
-            )
-        if not todo:
-            return
-        progress = _Progress(len(files), total, cached, self.log)
-        self.stop.clear()
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="hf-download") as pool:
-            futures = [pool.submit(self._ensure, f, progress) for f in todo]
-            try:
-                wait(futures, return_when=FIRST_EXCEPTION)
-            finally:  # on a failure or an interrupt, the other downloads stop at their next chunk
-                if not all(fut.done() and fut.exception() is None for fut in futures):
-                    self.stop.set()
-                    for fut in futures:
-                        fut.cancel()
-        failed = [fut.exception() for fut in futures if not fut.cancelled() and fut.exception() is not None]
-        if failed:
-            raise next((err for err in failed if not isinstance(err, _Cancelled)), failed[0])
-
-    def _missing_bytes(self, f: RemoteFile) -> int:
-        """Bytes still to fetch for ``f``: a full-size copy (to verify) counts 0, a partial one its rest."""
-        for path in (self.local(f), self.partial(f)):
-            if path.is_file():
-                return max(f.size - path.stat().st_size, 0) if path.stat().st_size <= f.size else f.size
-        return f.size
-
-    def _ensure(self, f: RemoteFile, progress: _Progress) -> None:
-        """Verify a present copy of ``f`` (a truncated one is resumed), else download it."""
-        dest = self.local(f)
-        if dest.is_file():
-            size = dest.stat().st_size
-            if size == f.size and self._hash_file(f, dest) == f.expected_hash:
-                self.verified.record(f, dest)
-                progress.finished(f, "verified (was present)")
-                return
-            if size < f.size and not self.partial(f).exists():
-                self.log(f"huggingface: {f.path}: {size} of {f.size} bytes present; resuming")
-                dest.replace(self.partial(f))
-            else:
-                self.log(f"huggingface: {f.path}: present copy fails its size / {f.hash_kind} check; deleted")
-                dest.unlink()
-        self._download(f, progress)
-        progress.finished(f, "downloaded")
-
-    def _hash_file(self, f: RemoteFile, path: Path) -> str:
-        h = f.new_hasher()
-        with open(path, "rb") as fh:
-            _feed(h, fh)
-        return h.hexdigest()
-
-    def _download(self, f: RemoteFile, progress: _Progress) -> None:
-        import httpx2
-
-        dest, partial = self.local(f), self.partial(f)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        for stale in dest.parent.glob(f"{dest.name}.*.incomplete"):
-            if stale != partial:
-                stale.unlink()  # a partial download of another version of this file
-        failure = ""
-        for attempt in range(1, self.retries + 2):
-            if self.stop.is_set():
-                raise _Cancelled()
-            try:
-                size, digest = self._attempt(f, partial, progress)
-            except httpx2.TransportError as err:
-                have = partial.stat().st_size if partial.exists() else 0
-                failure = f"network error ({type(err).__name__}: {err}) with {have} of {f.size} bytes received"
-                if attempt <= self.retries:
-                    wait_s = min(RETRY_WAIT_S * 2 ** (attempt - 1), 60.0)
-                    self.log(f"huggingface: {f.path}: {failure}; resuming in {wait_s:.0f}s ({attempt}/{self.retries})")
-                    time.sleep(wait_s)
-                    continue
-                raise HuggingFaceSourceError(
-                    f"{f.path}: {failure} after {attempt} attempts from {self.hub.endpoint}; check the network, "
-                    f"then rerun: finished files are kept and this one resumes from {partial}"
-                ) from err
-            if size == f.size and digest == f.expected_hash:
-                os.replace(partial, dest)
-                self.verified.record(f, dest)
-                return
-            partial.unlink(missing_ok=True)
-            failure = (
-                f"expected {f.size} bytes with {f.hash_kind} {f.expected_hash}, got {size} bytes with "
-                f"{f.hash_kind} {digest}"
-            )
-            if attempt <= self.retries:
-                self.log(f"huggingface: {f.path}: {failure}; deleted, downloading again ({attempt}/{self.retries})")
-        raise HuggingFaceSourceError(
-            f"{f.path} from {self.hub.endpoint} failed its check {self.retries + 1} times: {failure} "
-            f"(config key '{_CONFIG}.retries')"
-        )
-
-    def _attempt(self, f: RemoteFile, partial: Path, progress: _Progress) -> tuple[int, str]:
-        """Download (or resume) ``f`` into ``partial``; return its size and hash."""
-        start = partial.stat().st_size if partial.exists() else 0
-        if start > f.size:
-            partial.unlink()
-            start = 0
-        h = f.new_hasher()
-        if start:
-            with open(partial, "rb") as fh:
-                _feed(h, fh, start)
-        if start == f.size:
-            return start, h.hexdigest()
-        with self.hub.stream(self.commit, f.path, start) as response:
-            if start and response.status_code != 206:  # the server sent the whole file: start over
-                start, h = 0, f.new_hasher()
-            with open(partial, "r+b" if start else "wb") as out:
-                out.seek(start)
-                out.truncate()
-                size = start
-                for chunk in response.iter_bytes():  # as received: a broken connection loses nothing
-                    if self.stop.is_set():
-                        raise _Cancelled()
-                    out.write(chunk)
-                    h.update(chunk)
-                    size += len(chunk)
-                    progress.add(len(chunk))
-                    if size > f.size:
-                        break  # too long: fails the check
-        return size, h.hexdigest()
-
-
-def _feed(h: "hashlib._Hash", fh, limit: int | None = None) -> None:
-    """Feed ``limit`` bytes (all when None) of an open file into hash ``h``."""
-    left = limit
-    while left is None or left > 0:
-        block = fh.read(CHUNK_BYTES if left is None else min(CHUNK_BYTES, left))
-        if not block:
-            break
-        h.update(block)
-        if left is not None:
-            left -= len(block)
-
-
 # --------------------------------------------------------------------------- selection
 
 
@@ -616,8 +183,21 @@ def _split_files(files: dict[str, RemoteFile], split: str, pattern: str, repo: s
     return [files[p] for p in matched]
 
 
+def _num_rows(f: RemoteFile, hub: Hub, commit: str, cache_dir: Path, verified: VerifiedCache) -> int:
+    """Rows of parquet file ``f`` from its footer: of the verified local copy, else read from the Hub."""
+    local = cache_dir / f.path
+    if verified.hit(f, local):
+        return pq.read_metadata(local).num_rows
+    with hub.errors(f"reading the parquet footer of {f.path}", commit), hub.open(commit, f, FOOTER_PROBE_BYTES) as fh:
+        try:
+            return pq.read_metadata(fh).num_rows
+        except pa.ArrowInvalid as err:
+            raise HuggingFaceSourceError(f"{f.path} at {commit} is not a readable parquet file ({err})") from err
+
+
 def _select(
-    dl: _Downloader, split: str, shards: list[RemoteFile], max_shards: int | None, max_galaxies: int | None, log
+    split: str, shards: list[RemoteFile], max_shards: int | None, max_galaxies: int | None,
+    rows: Callable[[RemoteFile], int], workers: int, log: Callable[[str], Any],
 ) -> list[tuple[RemoteFile, int | None]]:
     """Shards of one split to use, each with the rows to keep (None = all), in name order."""
     if max_shards is not None:
@@ -626,10 +206,10 @@ def _select(
         return [(f, None) for f in shards]
     picked: list[tuple[RemoteFile, int | None]] = []
     have = 0
-    with ThreadPoolExecutor(max_workers=dl.workers) as pool:
-        for i in range(0, len(shards), dl.workers):
-            batch = shards[i : i + dl.workers]
-            for f, n in zip(batch, pool.map(dl.num_rows, batch)):
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for i in range(0, len(shards), workers):
+            batch = shards[i : i + workers]
+            for f, n in zip(batch, pool.map(rows, batch)):
                 keep = min(n, max_galaxies - have)
                 picked.append((f, None if keep == n else keep))
                 have += keep
@@ -642,6 +222,29 @@ def _select(
     return picked
 
 
+def _selection(
+    cfg: dict, files: dict[str, RemoteFile], commit: str, rows: Callable[[RemoteFile], int], log: Callable[[str], Any]
+) -> tuple[dict[str, list[tuple[RemoteFile, int | None]]], RemoteFile | None]:
+    """Each split's shards with the rows to keep (see :func:`_select`), and the catalogue file (or None)."""
+    selected = {}
+    for split in SPLITS:
+        shards = _split_files(files, split, cfg["splits"][split], cfg["repo"], commit)
+        selected[split] = _select(
+            split, shards, _per_split(cfg["max_shards"], split), _per_split(cfg["max_galaxies"], split), rows,
+            cfg["workers"], log,
+        )
+    if not cfg["metadata_file"]:
+        return selected, None
+    meta_file = files.get(cfg["metadata_file"])
+    if meta_file is None:
+        top = sorted(p for p in files if "/" not in p)
+        raise HuggingFaceSourceError(
+            f"config key '{_CONFIG}.metadata_file': {cfg['metadata_file']!r} is not in {cfg['repo']} at commit "
+            f"{commit}; files at its top level: {', '.join(top) or 'none'}"
+        )
+    return selected, meta_file
+
+
 # --------------------------------------------------------------------------- the source
 
 
@@ -652,8 +255,9 @@ def download_huggingface(
 
     Steps: resolve the revision to a commit; list the repo; pick each split's shards by glob
     pattern (sorted by name) and cut them to ``max_shards`` / ``max_galaxies``; download them and
-    ``metadata_file`` in parallel, resuming partial files and verifying sizes and hashes; index
-    every galaxy (shard, row); reject bad rows; join the catalogue rows of the kept galaxies.
+    ``metadata_file`` (:meth:`astropt.hub.Hub.fetch`: in parallel, each verified against its size
+    and hash); index every galaxy (shard, row); reject bad rows; join the catalogue rows of the
+    kept galaxies.
 
     Args:
         cfg: The validated ``data.huggingface`` config section: ``repo``, ``revision``
@@ -681,65 +285,64 @@ def download_huggingface(
             too little disk space (each naming the file or config key), or when more than
             ``max_reject_fraction`` of a split is rejected (with counts and examples).
     """
-    from huggingface_hub import constants
-
-    if constants.is_offline_mode():
-        raise HuggingFaceSourceError(
-            "HF_HUB_OFFLINE is set, but the huggingface source needs the Hub to list and fetch the dataset: "
-            "unset it for the download rule (or run that rule where the network is reachable)"
-        )
     out_metadata, out_rejected = Path(out_metadata), Path(out_rejected)
     out_dir = out_metadata.parent
     cache_dir = Path(cfg["cache_dir"]) if cfg["cache_dir"] else out_dir / "hf"
-    hub = _Hub(cfg["repo"], cfg["endpoint"], cfg["token"])
-    requested = cfg["revision"]
-    commit = hub.resolve(requested or "main")
-    log(f"huggingface: dataset {cfg['repo']} on {hub.endpoint}, revision {requested or 'main'!r} = commit {commit}")
-    if requested is None or not _COMMIT_RE.fullmatch(requested):
-        log(
-            f"huggingface: WARNING: config key '{_CONFIG}.revision' is "
-            f"{'not set (main)' if requested is None else repr(requested)}, not a commit sha: reruns may see "
-            f"other data. Pin it for reproducibility: revision: {commit}"
-        )
-    files = hub.list_files(commit)
-    dl = _Downloader(hub, commit, cache_dir, cfg["workers"], cfg["retries"], log)
-
-    selected: dict[str, list[tuple[RemoteFile, int | None]]] = {}
-    for split in SPLITS:
-        shards = _split_files(files, split, cfg["splits"][split], cfg["repo"], commit)
-        selected[split] = _select(
-            dl, split, shards, _per_split(cfg["max_shards"], split), _per_split(cfg["max_galaxies"], split), log
-        )
-    meta_file = None
-    if cfg["metadata_file"]:
-        meta_file = files.get(cfg["metadata_file"])
-        if meta_file is None:
-            top = sorted(p for p in files if "/" not in p)
-            raise HuggingFaceSourceError(
-                f"config key '{_CONFIG}.metadata_file': {cfg['metadata_file']!r} is not in {cfg['repo']} at commit "
-                f"{commit}; files at its top level: {', '.join(top) or 'none'}"
-            )
+    hub = Hub(
+        cfg["repo"], REPO_TYPE, cfg["endpoint"], cfg["token"], config=_CONFIG, error=HuggingFaceSourceError,
+        rule="download", prefix="huggingface", keys=("token", "retries", "cache_dir", "max_galaxies"), log=log,
+    )
+    commit = hub.resolve(cfg["revision"], "huggingface: dataset")
+    verified = VerifiedCache(cache_dir / VERIFIED_SIDECAR)
+    rows = functools.partial(_num_rows, hub=hub, commit=commit, cache_dir=cache_dir, verified=verified)
+    selected, meta_file = _selection(cfg, hub.list_files(commit), commit, rows, log)
     wanted = list(dict.fromkeys([f for s in SPLITS for f, _ in selected[s]] + ([meta_file] if meta_file else [])))
-    dl.fetch(wanted)
+    _drop_old_partials(cache_dir, wanted, log)
+    local = hub.fetch(
+        wanted, commit, local_dir=cache_dir, verified=verified, workers=cfg["workers"], retries=cfg["retries"]
+    )
 
-    index, rejected = _index_galaxies(selected, dl, out_dir, cfg["id_column"], cfg["image_column"])
+    index, rejected = _index_galaxies(selected, local, out_dir, cfg["id_column"], cfg["image_column"])
     if meta_file is not None:
-        index, more = _join_metadata(index, dl.local(meta_file), cfg["id_column"], log)
+        index, more = _join_metadata(index, local[meta_file.path], cfg["id_column"], log)
         rejected = pd.concat([rejected, more], ignore_index=True)
     _check_rejects(index, rejected, cfg["max_reject_fraction"])
 
     meta = index.drop(columns=["_shard"]).reset_index(drop=True)
-    source = {
+    source = _source_record(cfg, hub.endpoint, commit, selected, meta_file, wanted, meta, rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_metadata, lambda p: meta.to_parquet(p, index=False))
+    atomic_write(out_rejected, lambda p: rejected[REJECTED_COLUMNS].to_csv(p, index=False))
+    atomic_write(out_dir / SOURCE_JSON, lambda p: p.write_text(json.dumps(source, indent=1) + "\n"))
+    _log_summary(meta, rejected, out_metadata, log)
+    return meta
+
+
+def _drop_old_partials(cache_dir: Path, files: list[RemoteFile], log: Callable[[str], Any]) -> None:
+    """Delete the partial downloads (``<name>.<hash>.incomplete``) of astropt's former downloader."""
+    old = [p for f in files for p in (cache_dir / f.path).parent.glob(f"{Path(f.path).name}.*.incomplete")]
+    for path in old:
+        path.unlink()
+    if old:
+        log(f"huggingface: deleted {len(old)} partial download(s) of an earlier astropt version (no longer resumed)")
+
+
+def _source_record(
+    cfg: dict, endpoint: str, commit: str, selected: dict[str, list[tuple[RemoteFile, int | None]]],
+    meta_file: RemoteFile | None, wanted: list[RemoteFile], meta: pd.DataFrame, rows: Callable[[RemoteFile], int],
+) -> dict[str, Any]:
+    """The content of ``source.json``: repo, revision asked for, commit, each split's files and counts, files."""
+    return {
         "repo": cfg["repo"],
         "repo_type": REPO_TYPE,
-        "endpoint": hub.endpoint,
-        "revision": requested,
+        "endpoint": endpoint,
+        "revision": cfg["revision"],
         "commit": commit,
         "splits": {
             s: {
                 "pattern": cfg["splits"][s],
                 "files": [f.path for f, _ in selected[s]],
-                "rows": int(sum(dl.num_rows(f) if keep is None else keep for f, keep in selected[s])),
+                "rows": int(sum(rows(f) if keep is None else keep for f, keep in selected[s])),
                 "galaxies": int((meta["split"] == s).sum()),
             }
             for s in SPLITS
@@ -747,11 +350,9 @@ def download_huggingface(
         "metadata_file": meta_file.path if meta_file else None,
         "files": [{"path": f.path, "size": f.size, f.hash_kind: f.expected_hash} for f in wanted],
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_metadata, lambda p: meta.to_parquet(p, index=False))
-    atomic_write(out_rejected, lambda p: rejected[REJECTED_COLUMNS].to_csv(p, index=False))
-    atomic_write(out_dir / SOURCE_JSON, lambda p: p.write_text(json.dumps(source, indent=1) + "\n"))
 
+
+def _log_summary(meta: pd.DataFrame, rejected: pd.DataFrame, out_metadata: Path, log: Callable[[str], Any]) -> None:
     counts = meta["split"].value_counts()
     reasons = rejected["reason"].str.replace(r" \(.*", "", regex=True).value_counts()
     log(
@@ -761,11 +362,10 @@ def download_huggingface(
         + (" (" + ", ".join(f"{r}: {n:,}" for r, n in reasons.items()) + ")" if len(rejected) else "")
         + f"; wrote {out_metadata}"
     )
-    return meta
 
 
 def _index_galaxies(
-    selected: dict[str, list[tuple[RemoteFile, int | None]]], dl: _Downloader, out_dir: Path, id_column: str,
+    selected: dict[str, list[tuple[RemoteFile, int | None]]], local: dict[str, Path], out_dir: Path, id_column: str,
     image_column: str,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One row per usable galaxy (id, split, image_path, image_row, _shard) plus the rejected rows.
@@ -776,7 +376,7 @@ def _index_galaxies(
     parts, rejected = [], []
     for split in SPLITS:
         for f, keep in selected[split]:
-            path = dl.local(f)
+            path = local[f.path]
             pf = pq.ParquetFile(path)
             missing = [c for c in (id_column, image_column) if c not in pf.schema_arrow.names]
             if missing:

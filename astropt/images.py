@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 __all__ = ["FITS_SUFFIXES", "is_fits", "ReadOptions", "Reject", "read_stamp", "read_stamps"]
 
@@ -32,7 +31,7 @@ def is_fits(path: str | Path) -> bool:
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """How a stamp is read and made to fit (see :func:`astropt.tokenise.tokenise_split`).
+    """How a stamp is read and made to fit (see :class:`astropt.tokenise.TokeniseSettings`).
 
     Attributes:
         n_chan: Bands every stamp must have.
@@ -140,6 +139,8 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
         im = Image.fromarray(img[..., 0] if img.shape[2] == 1 else img)
         out = np.asarray(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
         return out.reshape(size, size, img.shape[2])
+    import torch  # here, not at the top: the download stage imports this module without needing it
+
     t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]  # (1, C, H, W)
     t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return t[0].permute(1, 2, 0).contiguous().numpy()

@@ -1,4 +1,5 @@
-"""Writing a file atomically: to a temporary file beside it, then renaming that over it.
+"""Files and logs of a workflow job: writing a file atomically (to a temporary file beside
+it, then renaming that over it), plain JSON from NumPy values, and a workflow script's log.
 
 Example::
 
@@ -9,14 +10,16 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
 import socket
+import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "script_log", "to_jsonable"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
@@ -48,3 +51,51 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def script_log(snakemake):
+    """In a workflow script: send stdout/stderr to the rule's log, keep torch and the BLAS
+    libraries to the job's threads; return a print-and-flush.
+
+    Torch is not imported here (about 2 s per job): jobs that never use it (probes, fits,
+    figures, summary) do not pay for it; for those that do, ``OMP_NUM_THREADS`` sets its
+    thread count when it is imported.
+    """
+    threads = max(1, int(snakemake.threads))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    if snakemake.log:
+        sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)
+
+    def log(*args) -> None:
+        print(*args, flush=True)
+
+    return log
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert a nested structure to plain JSON types.
+
+    NumPy scalars and arrays become Python numbers and lists; NaN and infinities
+    become ``None``; tuples become lists; mapping keys become strings.
+
+    Args:
+        obj: Any nesting of dicts, lists, tuples, NumPy values and scalars.
+
+    Returns:
+        The same structure, accepted by ``json.dumps``.
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if hasattr(obj, "tolist") and hasattr(obj, "dtype"):  # a NumPy array or scalar
+        obj = obj.tolist()
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, bool):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return obj

@@ -3,7 +3,7 @@
 The tokens were tokenised once (``tokenise`` rule), so a training step only gathers raw
 patches: one ``np.take`` per shard of the (sorted) galaxy rows straight from the memory-mapped
 shards into a staging buffer, pinned when the device is a GPU, then an asynchronous copy. Patch
-normalisation runs on the device afterwards (``astropt.tokenise.normalise``).
+normalisation runs on the device afterwards (``astropt.patches.normalise``).
 
 ``benchmarks/loader_throughput.py`` measures this path against AstroPT v1's per-step PNG
 decoding: gathering into the staging buffer in one copy (no intermediate array) roughly
@@ -24,7 +24,7 @@ class BatchGatherer:
     k+1 while batch k is still in flight.
 
     Args:
-        tokens: (N, T, D) token shards (:class:`astropt.tokenise.ShardedTokens`) or one array
+        tokens: (N, T, D) token shards (:class:`astropt.shards.ShardedTokens`) or one array
             (a read-only memmap, say).
         batch_size: largest batch that will be requested.
         device: where batches go.

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from matplotlib import colormaps
@@ -48,9 +49,9 @@ from matplotlib.patches import Rectangle
 from astropt.embed import transpose_tokens
 from astropt.figures import _displayable, _save
 from astropt.model import GPT
-from astropt.tokenise import normalise, spiral_order, token_stats, tokens_to_image
+from astropt.patches import normalise, spiral_order, token_stats, tokens_to_image
 
-__all__ = ["next_patch_predictions", "plot_predictions"]
+__all__ = ["figure_predictions", "next_patch_predictions", "plot_predictions"]
 
 EPS = 1e-8  # normalise()'s default: the same eps undoes it
 DIFF_CMAP = colormaps["RdBu_r"].with_extremes(bad="0.5")  # no prediction: grey
@@ -152,7 +153,7 @@ def plot_predictions(
 ) -> None:
     """One row per galaxy: observed stamp | predicted stamp | observed - predicted.
 
-    Tokens are put back in image order (:func:`astropt.tokenise.tokens_to_image`). 8-bit data
+    Tokens are put back in image order (:func:`astropt.patches.tokens_to_image`). 8-bit data
     (``observed`` of dtype uint8) are drawn as RGB (or grey) with the prediction rounded and
     clipped to 0-255; float data (FITS) with one asinh scaling per row shared by the observed
     and predicted stamps (:func:`astropt.figures._displayable` of the two side by side), so
@@ -219,3 +220,60 @@ def plot_predictions(
     if title:
         fig.suptitle("\n".join(textwrap.fill(line, 85) for line in title.splitlines()), fontsize=8)
     _save(fig, out)
+
+
+# The predictions figure's stage: what the workflow's figure_predictions rule calls.
+
+
+def figure_predictions(
+    checkpoint, token_dir, out, galaxies: int = 6, seed: int = 0, size: str = "", log=print
+) -> pd.DataFrame:
+    """Galaxies of a split beside a model's next-patch predictions and their difference
+    (:func:`next_patch_predictions`, :func:`plot_predictions`), normalised and oriented as the checkpoint was trained.
+
+    ``galaxies`` rows are drawn at random (``seed``) and shown in split order; ``size`` names
+    the model in the title (default: the checkpoint's folder). Returns the galaxies shown:
+    ``id`` and ``loss`` (each one's Huber loss in normalised units, as in training)."""
+    from pathlib import Path
+
+    from astropt.checkpoint import load_checkpoint, model_from_checkpoint
+    from astropt.shards import load_tokens
+
+    state = load_checkpoint(checkpoint)
+    ckpt_config = state.get("config") or {}
+    norm = ckpt_config.get("norm", "patch")  # AstroPT v1 used the per-patch one
+    transpose = bool(ckpt_config.get("image_transpose", False))
+    step = state.get("iter_num")
+    model = model_from_checkpoint(state, source=checkpoint)
+    del state
+    split = load_tokens(token_dir)
+    patch, n_chan = split.meta["patch_size"], split.meta["n_chan"]
+    if (patch, n_chan) != (model.config.patch_size, model.config.n_chan):
+        raise ValueError(
+            f"{token_dir} holds {patch}px patches of {n_chan} bands but {checkpoint} was trained on "
+            f"{model.config.patch_size}px patches of {model.config.n_chan}: tokenise with the model's settings"
+        )
+    n = min(galaxies, len(split.ids))
+    if n < 1:
+        raise ValueError(f"{token_dir} holds no galaxies to show")
+    rows = np.sort(np.random.default_rng(seed).choice(len(split.ids), size=n, replace=False))
+    raw = np.asarray(split.tokens[rows])  # (n, T, D) as stored
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    log(
+        f"next-patch predictions of {n} galaxies of {token_dir} by {checkpoint} (norm '{norm}', "
+        f"{'transposed' if transpose else 'untransposed'} stamps fed, device {device})"
+    )
+    pred, loss = next_patch_predictions(model, raw, norm=norm, transpose=transpose, device=device)
+    name = size or Path(checkpoint).parent.name
+    at = f", step {step:,}" if isinstance(step, int) else ""
+    how = "image normalisation" if norm == "image" else "per-patch normalisation: patch shapes only"
+    title = (
+        f"{name} model ({model.get_num_params():,} parameters{at}), {how}; mean loss {loss.mean():.4f}\n"
+        "each patch predicted from the true patches before it in the centre-out spiral"
+        + (" of the transposed stamp (trained so)" if transpose else "")
+        + "; dashed box: the first patch, with nothing to predict it from"
+    )
+    ids = [str(i) for i in split.ids[rows]]
+    plot_predictions(raw, pred, ids, out, patch, n_chan, title=title, losses=loss)
+    log(f"wrote {out}: per-galaxy loss {', '.join(f'{v:.4f}' for v in loss)}")
+    return pd.DataFrame({"id": ids, "loss": loss})

@@ -57,10 +57,13 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import math
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -70,14 +73,13 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from astropt.config import PROBE_MIN_ROWS
+from astropt.config import CI_LEVEL, PROBE_MIN_ROWS
+from astropt.io import atomic_write
+from astropt.runs import run_name
 
 #: Fewer kept rows than this and a regression probe returns NaN scores instead of fitting
 #: (the cross-validated probes also need at least two rows per fold).
 MIN_ROWS = PROBE_MIN_ROWS  # (astropt.config holds it: the config check uses it)
-
-#: Coverage of the bootstrap intervals.
-CI_LEVEL = 0.95
 
 #: The paper's twelve probe targets (its downstream and UMAP figures), as metadata columns of
 #: Smith42/galaxies_metadata (the synthetic default uses the same names), with short labels.
@@ -693,6 +695,57 @@ def _metadata_by_id(metadata: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _probe_targets(ids, X, metadata, properties, flags, folds: int, min_class_count: int):
+    """The metadata rows of ``ids`` (in order), the properties to probe and the flags among
+    them, checked as :func:`probe_properties` documents (the ValueErrors it raises)."""
+    if ids.ndim != 1 or X.ndim != 2 or len(ids) != len(X):
+        raise ValueError(
+            f"ids (shape {ids.shape}) must list one id per row of X (shape {X.shape})"
+        )
+    if min_class_count < 2 * folds:
+        raise ValueError(
+            f"probe.min_class_count ({min_class_count}) must be at least 2 x probe.folds "
+            f"({2 * folds}) so that every inner and outer training fold holds both classes"
+        )
+    table = _metadata_by_id(metadata)
+    missing_mask = ~pd.Index(ids).isin(table.index)
+    if missing_mask.any():
+        missing = ids[missing_mask]
+        hint = ""
+        if missing_mask.all():
+            hint = (
+                f" (no id matches at all: ids have dtype {ids.dtype}, metadata ids "
+                f"{table.index.dtype}; convert one to the other)"
+            )
+        raise ValueError(
+            f"{missing_mask.sum()} of {len(ids)} ids are missing from the metadata, "
+            f"e.g. {missing[:5].tolist()}{hint}"
+        )
+
+    if properties is None:
+        properties = numeric_properties(table.reset_index())
+    else:
+        unknown = [p for p in properties if p not in table.columns]
+        if unknown:
+            raise ValueError(
+                f"probe.properties: {unknown} are not metadata columns; available: "
+                f"{list(table.columns)}"
+            )
+
+    rows = table.loc[ids]
+    if flags is None:
+        flags = [p for p in properties if is_flag(rows[p])]
+    else:
+        stray = [f for f in flags if f not in properties]
+        if stray:
+            raise ValueError(f"probe.flags: {stray} are not probed properties {list(properties)}")
+        not_binary = [f for f in flags if not is_flag(rows[f])]
+        if not_binary:
+            raise ValueError(f"probe.flags: {not_binary} have values other than 0 / 1 (or booleans)")
+
+    return rows, properties, flags
+
+
 def probe_properties(
     ids: np.ndarray,
     X: np.ndarray,
@@ -740,53 +793,8 @@ def probe_properties(
             not a metadata column, a flag is not a probed property or not binary, or
             ``min_class_count < 2 * folds``.
     """
-    ids = np.asarray(ids)
-    X = np.asarray(X)
-    if ids.ndim != 1 or X.ndim != 2 or len(ids) != len(X):
-        raise ValueError(
-            f"ids (shape {ids.shape}) must list one id per row of X (shape {X.shape})"
-        )
-    if min_class_count < 2 * folds:
-        raise ValueError(
-            f"probe.min_class_count ({min_class_count}) must be at least 2 x probe.folds "
-            f"({2 * folds}) so that every inner and outer training fold holds both classes"
-        )
-    table = _metadata_by_id(metadata)
-    missing_mask = ~pd.Index(ids).isin(table.index)
-    if missing_mask.any():
-        missing = ids[missing_mask]
-        hint = ""
-        if missing_mask.all():
-            hint = (
-                f" (no id matches at all: ids have dtype {ids.dtype}, metadata ids "
-                f"{table.index.dtype}; convert one to the other)"
-            )
-        raise ValueError(
-            f"{missing_mask.sum()} of {len(ids)} ids are missing from the metadata, "
-            f"e.g. {missing[:5].tolist()}{hint}"
-        )
-
-    if properties is None:
-        properties = numeric_properties(table.reset_index())
-    else:
-        unknown = [p for p in properties if p not in table.columns]
-        if unknown:
-            raise ValueError(
-                f"probe.properties: {unknown} are not metadata columns; available: "
-                f"{list(table.columns)}"
-            )
-
-    rows = table.loc[ids]
-    if flags is None:
-        flags = [p for p in properties if is_flag(rows[p])]
-    else:
-        stray = [f for f in flags if f not in properties]
-        if stray:
-            raise ValueError(f"probe.flags: {stray} are not probed properties {list(properties)}")
-        not_binary = [f for f in flags if not is_flag(rows[f])]
-        if not_binary:
-            raise ValueError(f"probe.flags: {not_binary} have values other than 0 / 1 (or booleans)")
-
+    ids, X = np.asarray(ids), np.asarray(X)
+    rows, properties, flags = _probe_targets(ids, X, metadata, properties, flags, folds, min_class_count)
     if mad_clip is None:
         mad_clip = MAD_CLIP
     records, draws = [], []
@@ -817,6 +825,37 @@ DRAW_COLUMNS = ["property", "protocol", "metric", "draws"]
 #: Columns of :func:`aggregate_runs`: a size's probes over its runs (``results/probes/{size}.csv``).
 AGGREGATE_COLUMNS = ["property", "protocol", "metric", "value", "ci_low", "ci_high", "run_sd", "run_min",
                      "run_max", "n_runs", "ci_dof", "n", "n_total", "n_missing", "n_clipped", "reason"]
+
+
+def _check_runs(tables: Mapping[str, pd.DataFrame], draws: Mapping[str, pd.DataFrame], keys: list[str]) -> pd.DataFrame:
+    """The first run's table, after checking that every run has draws and was probed on the
+    same rows and galaxies (:func:`aggregate_runs`' ValueErrors)."""
+    names = list(tables)
+    if not names:
+        raise ValueError("aggregate_runs needs the probe table of at least one run")
+    if set(draws) != set(names):
+        raise ValueError(f"probe tables of runs {sorted(names)} but draws of {sorted(draws)}")
+    first = tables[names[0]].reset_index(drop=True)
+    for name in names[1:]:
+        other = tables[name].reset_index(drop=True)
+        if not other[keys].equals(first[keys]):
+            raise ValueError(f"runs {names[0]} and {name} probed different properties / protocols / metrics")
+        if not other[["n", "n_total"]].equals(first[["n", "n_total"]]):
+            raise ValueError(f"runs {names[0]} and {name} were probed on different galaxies (counts differ)")
+    return first
+
+
+def _run_draws(draws: Mapping[str, pd.DataFrame], names: list[str], base: pd.Series, keys: list[str]) -> np.ndarray:
+    """The bootstrap draws of one (property, protocol, metric) row, one row per run: (runs, n_boot)."""
+    stacked = []
+    for name in names:
+        d = draws[name]
+        hit = d[(d["property"] == base["property"]) & (d["protocol"] == base["protocol"])
+                & (d["metric"] == base["metric"])]
+        if len(hit) != 1:
+            raise ValueError(f"run {name} has {len(hit)} draw rows for {tuple(base[keys])}")
+        stacked.append(np.asarray(hit["draws"].iloc[0], dtype=np.float64))
+    return np.vstack(stacked)
 
 
 def aggregate_runs(
@@ -856,34 +895,16 @@ def aggregate_runs(
     """
     from astropt.resample import calibrated_interval, calibration_factor, resample_runs, satterthwaite
 
-    names = list(tables)
-    if not names:
-        raise ValueError("aggregate_runs needs the probe table of at least one run")
-    if set(draws) != set(names):
-        raise ValueError(f"probe tables of runs {sorted(names)} but draws of {sorted(draws)}")
-    keys = ["property", "protocol", "metric"]
-    first = tables[names[0]].reset_index(drop=True)
-    for name in names[1:]:
-        other = tables[name].reset_index(drop=True)
-        if not other[keys].equals(first[keys]):
-            raise ValueError(f"runs {names[0]} and {name} probed different properties / protocols / metrics")
-        if not other[["n", "n_total"]].equals(first[["n", "n_total"]]):
-            raise ValueError(f"runs {names[0]} and {name} were probed on different galaxies (counts differ)")
+    names, keys = list(tables), ["property", "protocol", "metric"]
+    first = _check_runs(tables, draws, keys)
     values = np.column_stack([tables[n]["value"].to_numpy(dtype=np.float64) for n in names])  # (rows, R)
     rng = np.random.default_rng(seed)
     rows = []
     for i, base in first.iterrows():
         v = values[i]
         ok = np.isfinite(v)
-        stacked = []
-        for name in names:
-            d = draws[name]
-            hit = d[(d["property"] == base["property"]) & (d["protocol"] == base["protocol"])
-                    & (d["metric"] == base["metric"])]
-            if len(hit) != 1:
-                raise ValueError(f"run {name} has {len(hit)} draw rows for {tuple(base[keys])}")
-            stacked.append(np.asarray(hit["draws"].iloc[0], dtype=np.float64))
-        D = np.vstack(stacked)[ok] if ok.any() else np.empty((0, 0))
+        stacked = _run_draws(draws, names, base, keys)
+        D = stacked[ok] if ok.any() else np.empty((0, 0))
         mean = float(v[ok].mean()) if ok.any() else float("nan")
         sd = float(v[ok].std(ddof=1)) if ok.sum() > 1 else float("nan")
         ci, nu = None, float("nan")
@@ -903,3 +924,219 @@ def aggregate_runs(
             "reason": " | ".join(reasons),
         })
     return pd.DataFrame.from_records(rows, columns=AGGREGATE_COLUMNS)
+
+
+#: Columns of :func:`downstream_table` (``results/probes/summary.csv``).
+SUMMARY_COLUMNS = [
+    "property", "protocol", "metric", "higher_is_better", "size", "params",
+    "value", "value_sd", "n_runs", "relative", "relative_sd", "spearman_rho", "spearman_p",
+    "seeds_agree", "seeds_rho",
+]
+
+
+# Up to this many sizes, Spearman's p-value is exact (every ordering enumerated: 8! = 40,320).
+_EXACT_SPEARMAN_MAX = 8
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Spearman's rho between ``x`` and ``y`` (finite pairs) and its two-sided p-value.
+
+    For up to :data:`_EXACT_SPEARMAN_MAX` pairs the p-value is exact: the fraction of all
+    orderings of ``y`` whose |rho| is at least the observed one (with 4 sizes the smallest
+    possible is 2/24 = 0.083); beyond that, scipy's t approximation. NaN when fewer than
+    two pairs or either side is constant.
+    """
+    from scipy import stats  # here: about 1.5 s to import, which most figures never need
+
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan"), float("nan")
+    rx, ry = stats.rankdata(x), stats.rankdata(y)  # average ranks for ties
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    norm = np.sqrt((rx @ rx) * (ry @ ry))
+    rho = float(rx @ ry / norm)
+    if len(x) > _EXACT_SPEARMAN_MAX:
+        return rho, float(stats.spearmanr(x, y).pvalue)
+    orderings = np.array(list(itertools.permutations(range(len(x)))))
+    null = ry[orderings] @ rx / norm
+    return rho, float(np.mean(np.abs(null) >= abs(rho) - 1e-12))
+
+
+def downstream_table(probes: pd.DataFrame) -> pd.DataFrame:
+    """Probe scores of every size relative to the smallest model, with Spearman's rho.
+
+    The paper's convention: ``relative`` is each size's score divided by the smallest
+    model's score for the same property, protocol and metric, whatever the metric's
+    direction. So for ``median_abs_error`` (lower is better) a probe that improves with
+    size has ``relative`` < 1 and ``spearman_rho`` < 0; for ``r2``, ``accuracy`` and
+    ``roc_auc`` (higher is better), ``relative`` > 1 and ``spearman_rho`` > 0. The
+    ``higher_is_better`` column says which. ``relative`` is NaN where the smallest
+    model's score is not finite or not positive (a ratio to an R^2 <= 0 means nothing).
+
+    Several runs of a size (training seeds) are averaged: ``value`` is their mean, ``value_sd``
+    their standard deviation (NaN for one run) and ``relative_sd`` the same relative to the
+    smallest model's mean. Spearman's rho is computed from the run means; with a ``seed``
+    column, each seed's own sweep (its run of every size) gets a rho too, and
+    ``seeds_agree`` is the share of seeds whose rho has the sign of the means' rho
+    (``seeds_rho`` lists them, ``;``-separated, in seed order).
+
+    Args:
+        probes: The long probe tables of all runs (``astropt.probe.PROBE_COLUMNS``)
+            with columns ``size`` and ``params`` (and ``seed``) added.
+
+    Returns:
+        :data:`SUMMARY_COLUMNS`, one row per property, protocol, metric and size, in the
+        input order of (property, protocol, metric), then by params. ``spearman_rho`` and
+        ``spearman_p`` (see :func:`_spearman`) are between params and ``value``, repeated
+        on each size's row.
+
+    Raises:
+        ValueError: If a column is missing or a metric has no known direction.
+    """
+    missing = [c for c in ("size", "params", "property", "protocol", "metric", "value") if c not in probes]
+    if missing:
+        raise ValueError(f"probe table lacks columns {missing}; it has {list(probes.columns)}")
+    unknown = sorted(set(probes["metric"]) - set(HIGHER_IS_BETTER))
+    if unknown:
+        raise ValueError(f"probe table has metrics {unknown} of unknown direction; known: {sorted(HIGHER_IS_BETTER)}")
+    keys = ["property", "protocol", "metric"]
+    probes = probes.assign(seed=probes["seed"] if "seed" in probes else 0)
+    agg = (probes.groupby([*keys, "size", "params"], sort=False)["value"]
+           .agg(value="mean", value_sd="std", n_runs="count").reset_index())
+    parts = []
+    for (prop, protocol, metric), grp in agg.groupby(keys, sort=False):
+        grp = grp.sort_values("params", kind="stable")
+        base = grp["value"].iloc[0]
+        ok = np.isfinite(base) and base > 0
+        grp["relative"] = grp["value"] / base if ok else np.nan
+        grp["relative_sd"] = grp["value_sd"] / base if ok else np.nan
+        rho, p = _spearman(grp["params"].to_numpy(dtype=float), grp["value"].to_numpy(dtype=float))
+        grp["spearman_rho"], grp["spearman_p"] = rho, p
+        mine = probes[(probes["property"] == prop) & (probes["protocol"] == protocol) & (probes["metric"] == metric)]
+        seed_rhos = [_spearman(sweep["params"].to_numpy(dtype=float), sweep["value"].to_numpy(dtype=float))[0]
+                     for _, sweep in mine.groupby("seed", sort=True)]
+        finite = [r for r in seed_rhos if np.isfinite(r)]
+        agree = (sum(np.sign(r) == np.sign(rho) for r in finite) / len(finite)
+                 if len(seed_rhos) > 1 and finite and np.isfinite(rho) and rho != 0 else np.nan)
+        grp["seeds_agree"] = agree
+        grp["seeds_rho"] = (";".join(f"{r:+.2f}" if np.isfinite(r) else "n/a" for r in seed_rhos)
+                            if len(seed_rhos) > 1 else "")
+        grp["higher_is_better"] = HIGHER_IS_BETTER[metric]
+        parts.append(grp)
+    if not parts:
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    return pd.concat(parts, ignore_index=True)[SUMMARY_COLUMNS]
+
+
+# The probe stages: what the workflow's probe, probe_size and downstream rules call.
+
+# Colours the paper probes, derived from apparent magnitudes when the catalogue lacks them.
+DERIVED_COLOURS = {"g_r": ("mag_g_desi", "mag_r_desi"), "r_z": ("mag_r_desi", "mag_z_desi")}
+
+
+def read_metadata(path: str | Path) -> pd.DataFrame:
+    """The galaxy catalogue, with the colours ``g_r`` / ``r_z`` added where they can be derived."""
+    meta = pd.read_parquet(path)
+    for colour, (a, b) in DERIVED_COLOURS.items():
+        if colour not in meta.columns and a in meta.columns and b in meta.columns:
+            meta[colour] = meta[a] - meta[b]
+    return meta
+
+
+def probe_run(
+    embeddings: str | Path,
+    metadata: str | Path,
+    out_csv: str | Path,
+    probe_cfg: dict,
+    seed: int,
+    threads: int = 1,
+    log=print,
+    out_draws: str | Path | None = None,
+) -> pd.DataFrame:
+    """Probes of every property from one run's embeddings: the paper's linear regression and
+    k-fold ridge for regression targets, k-fold logistic regression for binary flags, with
+    bootstrap intervals. Writes the long table (``astropt.probe.PROBE_COLUMNS``: one row per
+    property, protocol and metric) and, to ``out_draws``, the bootstrap draws of every metric
+    (``astropt.probe.DRAW_COLUMNS``, parquet) that :func:`probe_size` combines over runs.
+
+    ``probe_cfg`` is the config's ``probe`` section; ``seed`` sets the folds and the
+    bootstrap resamples (the same for every run, so that the runs' draws pair up);
+    ``threads`` caps the BLAS threads (the job's CPUs).
+    """
+    from threadpoolctl import threadpool_limits
+
+    from astropt.embed import read_embeddings
+
+    ids, X = read_embeddings(embeddings)
+    meta = read_metadata(metadata)
+    log(
+        f"probing {len(ids):,} galaxies x {X.shape[1]} dims from {embeddings}: "
+        f"{probe_cfg['folds']} folds, {probe_cfg['n_boot']} bootstrap resamples, seed {seed}"
+    )
+    t0 = time.perf_counter()
+    with threadpool_limits(max(1, int(threads))):
+        table, draws = probe_properties(
+            ids,
+            X,
+            meta,
+            properties=probe_cfg["properties"],
+            flags=probe_cfg["flags"],
+            mad_clip=probe_cfg["mad_clip"],
+            folds=probe_cfg["folds"],
+            n_boot=probe_cfg["n_boot"],
+            min_class_count=probe_cfg["min_class_count"],
+            seed=seed,
+            return_draws=True,
+        )
+    for (prop, protocol), rows in table.groupby(["property", "protocol"], sort=False):
+        scores = "  ".join(
+            f"{r.metric}={r.value:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}]" for r in rows.itertuples()
+        )
+        note = rows["reason"].iloc[0]
+        first = rows.iloc[0]
+        dropped = f" (of {first.n_total}: {first.n_missing} missing, {first.n_clipped} clipped)" if first.n < first.n_total else ""
+        log(f"  {prop:<28} {protocol:<11} n={first.n:<6}{dropped} {scores}" + (f"  ({note})" if note else ""))
+    log(f"probed {table['property'].nunique()} properties in {time.perf_counter() - t0:.1f} s")
+    atomic_write(out_csv, lambda tmp: table.to_csv(tmp, index=False))
+    if out_draws is not None:
+        atomic_write(out_draws, lambda tmp: draws.to_parquet(tmp, index=False))
+    return table
+
+
+def probe_size(tables, draws, out_csv: str | Path, n_boot: int, seed: int, log=print) -> pd.DataFrame:
+    """One size's probes over its runs (``results/probes/{size}.csv``): the mean of its runs,
+    their spread and an interval that resamples runs, then galaxies
+    (:func:`aggregate_runs`)."""
+    by_run = {f"seed{run_name(p)[1]}": pd.read_csv(p) for p in tables}
+    runs_draws = {f"seed{run_name(p)[1]}": pd.read_parquet(p) for p in draws}
+    table = aggregate_runs(by_run, runs_draws, n_boot=n_boot, seed=seed)
+    size = run_name(tables[0])[0]
+    log(f"{size}: probes of {len(by_run)} run(s) ({', '.join(by_run)}): mean, between-run sd, "
+        f"intervals over runs and galaxies ({n_boot} replicates)")
+    for r in table.itertuples():
+        log(f"  {r.property:<28} {r.protocol:<11} {r.metric:<16} {r.value:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}]"
+            f" sd {r.run_sd:.4f} over {r.n_runs} runs")
+    atomic_write(out_csv, lambda tmp: table.to_csv(tmp, index=False))
+    return table
+
+
+def downstream_summary(probe_paths, sidecars, out_csv: str | Path, log=print) -> pd.DataFrame:
+    """``results/probes/summary.csv``: each size's probe scores (the mean of its runs, with
+    their spread) relative to the smallest model's, with Spearman's rho between parameters and
+    the run means and the share of seeds whose own sweep agrees, for every property, protocol
+    and metric (:func:`downstream_table`). ``probe_paths`` are the runs' tables,
+    ``results/probes/{size}/seed{seed}.csv``; ``sidecars`` their ``ckpt.json`` (parameters)."""
+    from astropt.runs import load_sidecars
+
+    sizes = load_sidecars(sidecars).drop_duplicates("size").set_index("size")["params"]
+    frames = []
+    for p in probe_paths:
+        size, seed = run_name(p)
+        df = pd.read_csv(p)
+        df["size"], df["params"], df["seed"] = size, int(sizes[size]), seed
+        frames.append(df)
+    summary = downstream_table(pd.concat(frames, ignore_index=True))
+    atomic_write(out_csv, lambda tmp: summary.to_csv(tmp, index=False))
+    log(f"wrote {out_csv}: {summary['property'].nunique()} properties x {summary['size'].nunique()} sizes")
+    return summary

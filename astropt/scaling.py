@@ -69,20 +69,20 @@ Huber loss of log residuals instead. :func:`holdout_test` fits without one size 
 it with bootstrap prediction intervals; :func:`headline` says whether a fit's law may be
 quoted; :func:`fit_study` assembles the scaling rule's ``fit.json``.
 
-:func:`fit_table` turns fits into one tidy table (a row per variable and law);
-:func:`table_markdown` and :func:`table_latex` write it for a paper, :func:`table_cells`
-gives its cells as strings.
+:func:`write_fits` is the scaling rule's stage: the runs' ``ckpt.json`` in; ``losses.csv``,
+``fit.json`` and the tables (:mod:`astropt.tables`) out.
 
 Example::
 
     fit = fit_scaling_laws(table["flops"], table["val_loss"], variable="C")
     json.dump(fit, open("fit.json", "w"), indent=2)
     curve = predict(fit, np.logspace(12, 15))
-    print(table_markdown(fit_table({"compute": fit})))
+    print(astropt.tables.table_markdown(astropt.tables.fit_table({"compute": fit})))
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -91,10 +91,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-#: The variables a law can be fitted against: symbol -> what it is.
-VARIABLES = {"N": "parameters", "C": "training compute (FLOPs)"}
-#: Default confidence level of the intervals.
-CI_LEVEL = 0.95
+from astropt.chinchilla import grid_study
+from astropt.compute import compute_table
+from astropt.config import CI_LEVEL, N_BOOT
+from astropt.io import atomic_write, to_jsonable
+from astropt.runs import load_sidecars
+from astropt.tables import VARIABLES, compute_markdown, fit_table, grid_latex, grid_markdown, table_cells, table_latex, table_markdown
+
 #: Upper bound of the exponent in the saturating fit.
 ALPHA_MAX = 5.0
 #: Lower bound of the exponent in the saturating fit.
@@ -117,34 +120,6 @@ def model_string(variable: str = "N", law: Law = "saturating") -> str:
 #: Formulas of the laws against parameters (kept for older readers of fit.json).
 MODEL = model_string("N", "saturating")
 POWER_LAW_MODEL = model_string("N", "power_law")
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Convert a nested structure to plain JSON types.
-
-    NumPy scalars and arrays become Python numbers and lists; NaN and infinities
-    become ``None``; tuples become lists; mapping keys become strings.
-
-    Args:
-        obj: Any nesting of dicts, lists, tuples, NumPy values and scalars.
-
-    Returns:
-        The same structure, accepted by ``json.dumps``.
-    """
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, np.ndarray):
-        return [to_jsonable(v) for v in obj.tolist()]
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        value = float(obj)
-        return value if math.isfinite(value) else None
-    return obj
 
 
 def _as_float(value: Any) -> float:
@@ -786,11 +761,6 @@ def fit_scaling_laws(
     return to_jsonable(result)
 
 
-def fit_saturating_power_law(N: Sequence[float], L: Sequence[float], ci_level: float = CI_LEVEL) -> dict:
-    """Both laws against parameter count: :func:`fit_scaling_laws` with ``variable="N"``."""
-    return fit_scaling_laws(N, L, variable="N", ci_level=ci_level)
-
-
 def predict(
     fit: Mapping[str, Any],
     X: Sequence[float] | float,
@@ -828,11 +798,6 @@ def predict(
     return _as_float(params.get("L_inf")) + reducible
 
 
-def predict_power_law(fit: Mapping[str, Any], X: Sequence[float] | float) -> np.ndarray:
-    """Evaluate the plain power law of a fit; see :func:`predict`."""
-    return predict(fit, X, law="power_law")
-
-
 # --------------------------------------------------------------------------- fits over runs
 #
 # A sweep trains each size several times (train.seeds). Every run's loss enters the fits,
@@ -850,8 +815,6 @@ HUBER_ALPHA_STARTS = (0.0, 0.5, 1.0, 1.5, 2.0)
 HUBER_FLOOR_STARTS = (-2.0, -1.5, -1.0, -0.5, -0.1)
 #: Starting reducible losses at the data's centre, ln = ln(mean L) + these (2 % to 100 % of L).
 HUBER_SCALE_STARTS = (-4.0, -3.0, -2.0, -1.0, 0.0)
-#: Default bootstrap resamples of the fits over runs.
-N_BOOT = 1000
 #: Level of the F-test (saturating vs plain law) and of the lack-of-fit test.
 TEST_LEVEL = 0.05
 #: Points of the bootstrap band of each law across the data's range (and beyond: holdout).
@@ -1441,7 +1404,7 @@ def fit_study(
 
     Args:
         runs: One row per run: ``size``, ``seed``, ``params``, ``flops``, ``tokens_seen``,
-            ``val_loss`` (:func:`astropt.pipeline.load_sidecars`).
+            ``val_loss`` (:func:`astropt.runs.load_sidecars`).
         estimator, n_boot, seed, ci_level: As :func:`fit_runs`.
         holdout: The size to hold out and predict (:func:`holdout_test`), or None.
         log: Progress lines.
@@ -1492,314 +1455,51 @@ def fit_study(
     return to_jsonable(out)
 
 
-# --------------------------------------------------------------------------- tables
-
-#: Columns of :func:`fit_table`; ``X`` stands for the fit's variable (``N_c`` or ``C_c``).
-TABLE_COLUMNS = [
-    "fit", "variable", "variable_name", "law", "model", "n_points", "dof", "ci_level",
-    "alpha", "alpha_err", "alpha_lo", "alpha_hi",
-    "L_inf", "L_inf_err", "L_inf_lo", "L_inf_hi",
-    "log10_X_c", "log10_X_c_err", "log10_X_c_lo", "log10_X_c_hi",
-    "alpha_boot_lo", "alpha_boot_hi", "L_inf_boot_lo", "L_inf_boot_hi", "log10_X_c_boot_lo", "log10_X_c_boot_hi",
-    "n_boot", "open_ends", "boot_open_ends", "estimator", "preferred", "r2", "rss", "degenerate", "reason",
-]
-
-_LAW_NAMES = {"saturating": "saturating", "power_law": "power law"}
-_TABLE_VARIABLES = {"N": "N (parameters)", "C": "C (training FLOPs)"}
+# --------------------------------------------------------------------------- the scaling stage
 
 
-def _fits_of(fits: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    """The fits in ``fits``: a single :func:`fit_scaling_laws` result, or a mapping of
-    names to results (such as ``fit.json``, whose other keys are skipped)."""
-    if "saturating" in fits or "error" in fits:
-        return {fits.get("variable", "N"): fits}
-    return {k: v for k, v in fits.items() if isinstance(v, Mapping) and ("saturating" in v or "error" in v)}
+def write_fits(sidecars, out_fit, out_table, out_md, out_tex, out_csv=None, scaling_cfg: dict | None = None,
+            holdout: str | None = None, seed: int = 0, log=print) -> dict:
+    """Fit every run's final validation loss against parameters N and training compute C
+    (:func:`fit_study`: both laws, analytic and bootstrap intervals, the held-out
+    size). Writes ``losses.csv`` (one row per run, :func:`astropt.runs.load_sidecars`), ``fit.json`` and the
+    fit table as markdown, LaTeX and CSV cells (``out_csv``: the report's caption shows it).
 
-
-def fit_table(fits: Mapping[str, Any]) -> pd.DataFrame:
-    """The fits as one tidy table: a row per fit (variable) and law.
-
-    Args:
-        fits: ``fit.json`` of the scaling rule (``{"params": ..., "compute": ...}``),
-            any mapping of names to :func:`fit_scaling_laws` results, or one result.
-            An entry ``{"error": ...}`` (no fit was possible) gives one row with the
-            error as its ``reason``.
-
-    Returns:
-        :data:`TABLE_COLUMNS`: ``fit`` (the name), ``variable`` (``N`` / ``C``),
-        ``law`` (``saturating`` / ``power_law``), each parameter with its standard
-        error and interval ends (``*_lo``, ``*_hi``; NaN when there is none, and
-        ``L_inf`` NaN for the power law), ``log10_X_c`` the log10 scale of the
-        variable (``log10_N_c`` or ``log10_C_c``), ``open_ends`` naming interval
-        ends that are bounds of the fit (e.g. ``"L_inf lower"``), and ``degenerate``
-        / ``reason``.
-
-    Raises:
-        ValueError: If ``fits`` holds no fit.
+    ``scaling_cfg`` is the config's ``scaling`` section (estimator, n_boot); ``holdout`` the size
+    to hold out (resolved from ``scaling.holdout``); ``seed`` seeds the bootstrap.
     """
-    entries = _fits_of(fits)
-    if not entries:
-        raise ValueError(f"no scaling fits found: expected 'saturating' / 'power_law' entries, got keys {list(fits)}")
-    rows = []
-    for name, fit in entries.items():
-        v = fit.get("variable", "N")
-        boot = fit.get("bootstrap") or {}
-        base = {"fit": name, "variable": v, "variable_name": VARIABLES.get(v, v),
-                "n_points": fit.get("n_points"), "ci_level": fit.get("ci_level"), "open_ends": "",
-                "boot_open_ends": "", "reason": "", "estimator": fit.get("estimator", "least_squares"),
-                "n_boot": boot.get("n_resamples") if boot.get("available") else None}
-        if "error" in fit:
-            rows.append({**base, "law": "none", "degenerate": True, "reason": f"no fit: {fit['error']}"})
-            continue
-        for law in ("saturating", "power_law"):
-            p = fit[law]
-            notes = [p.get("reason", ""), fit.get("note", "")]
-            row = {**base, "law": law, "model": p.get("model"), "dof": p.get("dof"),
-                   "ci_level": p.get("ci_level", base["ci_level"]), "r2": p.get("r2"), "rss": p.get("rss"),
-                   "degenerate": bool(p.get("degenerate", False)), "reason": "; ".join(n for n in notes if n),
-                   "preferred": fit.get("preferred") == law if "preferred" in fit else None}
-            opened, boot_opened = [], []
-            for col, key in (("alpha", "alpha"), ("L_inf", "L_inf"), ("log10_X_c", f"log10_{v}_c")):
-                if key not in p:
-                    continue
-                ci = p.get(f"{key}_ci") or [None, None]
-                row.update({col: p.get(key), f"{col}_err": p.get(f"{key}_err"),
-                            f"{col}_lo": ci[0], f"{col}_hi": ci[1]})
-                for end, is_open in zip(("lower", "upper"), (p.get("ci_open") or {}).get(key, [False, False])):
-                    if is_open:
-                        opened.append(f"{col} {end}")
-                if p.get(f"{key}_ci") is None and p.get(f"{key}_err") is not None and not row["degenerate"]:
-                    opened.append(f"{col} unbounded")  # e.g. Fieller's set of a flat power law
-                boot_ci = p.get(f"{key}_boot_ci") or [None, None]
-                row.update({f"{col}_boot_lo": boot_ci[0], f"{col}_boot_hi": boot_ci[1]})
-                for end, is_open in zip(("lower", "upper"), (p.get("boot_open") or {}).get(key, [False, False])):
-                    if is_open:
-                        boot_opened.append(f"{col} {end}")
-            row["open_ends"] = "; ".join(opened)
-            row["boot_open_ends"] = "; ".join(boot_opened)
-            rows.append(row)
-    table = pd.DataFrame(rows).reindex(columns=TABLE_COLUMNS)
-    numeric = [c for c in TABLE_COLUMNS if c.split("_")[-1] in ("err", "lo", "hi") or c in
-               ("alpha", "L_inf", "log10_X_c", "r2", "rss", "ci_level", "n_boot")]
-    table[numeric] = table[numeric].apply(pd.to_numeric, errors="coerce")
-    return table
-
-
-def _decimals(value: float, err: float) -> int:
-    """Decimals that show ``err`` to 2 significant figures (3 significant figures of
-    ``value`` when there is no usable error)."""
-    ref = err if math.isfinite(err) and err > 0 else abs(value) / 10 if value else 1.0
-    return int(min(max(1 - math.floor(math.log10(ref)), 0), 8))
-
-
-def _fmt_number(x: float, decimals: int) -> str:
-    return f"{x:.{decimals}f}" if abs(x) < 1e6 else f"{x:.3g}"
-
-
-def _cell(row: Mapping[str, Any], col: str, pm: str, dagger: str, dash: str, gap: str = " ") -> str:
-    """``value ± err [lo, hi]`` for one parameter of a table row."""
-    value = row.get(col)
-    if value is None or not np.isfinite(value):
-        return dash
-    err = row.get(f"{col}_err")
-    err = float(err) if err is not None and np.isfinite(err) else float("nan")
-    d = _decimals(float(value), err)
-    text = _fmt_number(value, d)
-    if math.isfinite(err) and err > 0:
-        text += f" {pm} {_fmt_number(err, d)}"
-    lo, hi = row.get(f"{col}_lo"), row.get(f"{col}_hi")
-    if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
-        opened = row.get("open_ends", "")
-        ends = [_fmt_number(e, d) + (dagger if f"{col} {side}" in opened else "")
-                for e, side in ((lo, "lower"), (hi, "upper"))]
-        text += f"{gap}[{ends[0]}, {ends[1]}]"
-    elif f"{col} unbounded" in row.get("open_ends", ""):
-        text += f"{gap}[unbounded]"
-    return text
-
-
-def _boot_cell(row: Mapping[str, Any], col: str, dagger: str, dash: str) -> str:
-    """``[lo, hi]`` of a parameter's bootstrap interval over runs, at the decimals of its
-    analytic error (or of the interval's width); ``†`` marks an end at a bound."""
-    lo, hi = row.get(f"{col}_boot_lo"), row.get(f"{col}_boot_hi")
-    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
-        return dash
-    err = row.get(f"{col}_err")
-    err = float(err) if err is not None and np.isfinite(err) and err > 0 else (hi - lo) / 4
-    value = row.get(col)
-    d = _decimals(float(value) if value is not None and np.isfinite(value) else float(hi), err)
-    opened = row.get("boot_open_ends") or ""
-    ends = [_fmt_number(e, d) + (dagger if f"{col} {side}" in opened else "")
-            for e, side in ((lo, "lower"), (hi, "upper"))]
-    return f"[{ends[0]}, {ends[1]}]"
-
-
-def _table_rows(
-    table: pd.DataFrame, pm: str, dagger: str, dash: str, gap: str = " "
-) -> tuple[list[list[str]], list[str], bool]:
-    """Cells of the text tables, the notes (numbered) and whether a dagger is used."""
-    body, notes, any_open = [], [], False
-    for row in table.to_dict("records"):
-        note = ""
-        if row["reason"]:  # each distinct reason numbered once
-            if row["reason"] not in notes:
-                notes.append(row["reason"])
-            note = f"({notes.index(row['reason']) + 1})"
-        any_open |= any(side in (row.get(col) or "") for col in ("open_ends", "boot_open_ends")
-                        for side in ("lower", "upper"))
-        dof = row.get("dof")
-        law = _LAW_NAMES.get(row["law"], "no fit") + (" (preferred)" if row.get("preferred") is True else "")
-        body.append([
-            _TABLE_VARIABLES.get(row["variable"], str(row["variable"])),
-            law,
-            _cell(row, "alpha", pm, dagger, dash, gap),
-            _boot_cell(row, "alpha", dagger, dash),
-            _cell(row, "L_inf", pm, dagger, dash, gap),
-            _boot_cell(row, "L_inf", dagger, dash),
-            _cell(row, "log10_X_c", pm, dagger, dash, gap),
-            str(int(row["n_points"])) if pd.notna(row["n_points"]) else dash,
-            str(int(dof)) if dof is not None and pd.notna(dof) else dash,
-            note,
-        ])
-    return body, notes, any_open
-
-
-def _level(table: pd.DataFrame) -> str:
-    levels = table["ci_level"].dropna().unique()
-    if len(levels) > 1:
-        return "stated"
-    return f"{100 * (levels[0] if len(levels) else CI_LEVEL):g} %"
-
-
-#: Column headers of :func:`table_cells` and :func:`table_markdown`.
-TABLE_HEADER = ["variable", "law", "α", "α, bootstrap", "L∞", "L∞, bootstrap", "log10 X_c", "runs", "dof", "note"]
-
-
-def table_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
-    """The fit table as plain-text cells, for any writer (the summary, HTML, ...).
-
-    Args:
-        table: :func:`fit_table`'s output.
-
-    Returns:
-        ``(header, rows, notes)``: :data:`TABLE_HEADER`; one row of strings per
-        table row, each parameter as ``value ± error [lo, hi]`` (``†`` marking an
-        interval end at a bound of the fit); the numbered notes that the ``note``
-        column refers to (reasons of degenerate fits and missing fits).
-    """
-    rows, notes, _ = _table_rows(table, "±", "†", "–")
-    return list(TABLE_HEADER), rows, notes
-
-
-def table_markdown(table: pd.DataFrame) -> str:
-    """The fit table as a GitHub-flavoured markdown table with notes below.
-
-    Each parameter reads ``value ± standard error [interval]``; ``†`` marks an
-    interval end at a bound of the fit; notes give the reasons of degenerate fits.
-
-    Args:
-        table: :func:`fit_table`'s output.
-
-    Returns:
-        Markdown text ending in a newline.
-    """
-    body, notes, any_open = _table_rows(table, "±", "†", "–")
-    level = _level(table)
-    header = TABLE_HEADER
-
-    def line(cells):
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
-    lines = [line(header), "|" + "---|" * len(header), *(line(r) for r in body)]
-    lines.append("")
-    lines.append(_caption(table, level))
-    if any_open:
-        lines.append("† interval end at a bound of the search (0 ≤ L∞ ≤ max L, 0 < α ≤ 5, log10 X_c within "
-                     "30 decades of the data): the data set no limit there.")
-    lines.extend(f"({i}) {n}" for i, n in enumerate(notes, 1))
-    return "\n".join(lines) + "\n"
-
-
-def _caption(table: pd.DataFrame, level: str, latex: bool = False) -> str:
-    """What the table's entries are: the fits, their estimator and both kinds of interval
-    (as LaTeX text with ``latex``: ``level`` is then already LaTeX)."""
-    estimator = set(table["estimator"].dropna()) if "estimator" in table else set()
-    huber = "huber" in estimator
-    n_boot = table["n_boot"].dropna() if "n_boot" in table else pd.Series(dtype=float)
-    boot = (f"bootstrap: {int(n_boot.max())} resamples of the runs within each size, each refitted, "
-            f"{level} percentile interval (t-calibrated for few runs; astropt.resample)" if len(n_boot)
-            else "bootstrap: none (it needs two or more runs of a size)")
-    fitted = ("Huber loss (delta 1e-3) of log L residuals, L-BFGS from a grid of starts (Besiroglu et al. 2024); "
-              "analytic errors are for least squares only" if huber else "least squares in log L")
-    text = (f"Fits of every run's final validation loss L against parameters N or training compute C (X): "
-            f"saturating @SAT and power law @PL, {fitted}. Each entry: value @PM "
-            f"standard error [@LEVEL analytic interval: profile likelihood for the saturating law, Student-t / "
-            f"Fieller for the power law]; {boot.replace(level, '@LEVEL')}. 'preferred': the law the runs support "
-            f"(F-test of the floor @LINF).")
-    if latex:
-        symbols = {"@SAT": "$L = L_\\infty + (X_c/X)^\\alpha$", "@PL": "$L = (X_c/X)^\\alpha$", "@PM": "$\\pm$",
-                   "@LINF": "$L_\\infty$", "@LEVEL": level}
-        text = _latex_escape(text)
-    else:
-        symbols = {"@SAT": "L = L∞ + (X_c/X)^α", "@PL": "L = (X_c/X)^α", "@PM": "±", "@LINF": "L∞", "@LEVEL": level}
-    for key, value in symbols.items():
-        text = text.replace(key, value)
-    return text
-
-
-def _latex_escape(text: str) -> str:
-    out = []
-    for ch in text:
-        if ch in "&%$#_{}":
-            out.append("\\" + ch)
-        elif ch == "~":
-            out.append("\\textasciitilde{}")
-        elif ch == "^":
-            out.append("\\textasciicircum{}")
-        elif ch == "\\":
-            out.append("\\textbackslash{}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def table_latex(table: pd.DataFrame) -> str:
-    """The fit table as a LaTeX ``tabular`` in booktabs style, notes below the rule.
-
-    Needs ``\\usepackage{booktabs}`` in the document; nothing else.
-
-    Args:
-        table: :func:`fit_table`'s output.
-
-    Returns:
-        LaTeX text ending in a newline.
-    """
-    body, notes, any_open = _table_rows(table, "\\pm", "^\\dagger", "--", gap="\\;")
-    level = _latex_escape(_level(table)).replace(" \\%", "\\,\\%")
-    ncol = len(TABLE_HEADER)
-
-    def math_cell(cell: str) -> str:
-        return cell if cell in ("--", "") else "$" + cell.replace("unbounded", "\\mathrm{unbounded}") + "$"
-
-    lines = [
-        "% Generated by astropt.scaling.table_latex (needs \\usepackage{booktabs}).",
-        "\\begin{tabular}{lllllllrrl}",
-        "\\toprule",
-        f"Variable & Law & $\\alpha$ & $\\alpha$, bootstrap & $L_\\infty$ & $L_\\infty$, bootstrap & "
-        f"$\\log_{{10}} X_c$ & Runs & dof & Note \\\\",
-        "\\midrule",
-    ]
-    for r in body:
-        cells = [_latex_escape(r[0]), _latex_escape(r[1]), *(math_cell(c) for c in r[2:7]), r[7], r[8], r[9]]
-        lines.append(" & ".join(cells) + " \\\\")
-    lines.append("\\bottomrule")
-    caption = _caption(table, level, latex=True)
-    lines.append(f"\\multicolumn{{{ncol}}}{{p{{0.9\\textwidth}}}}{{\\footnotesize {caption}}} \\\\")
-    if any_open:
-        lines.append(f"\\multicolumn{{{ncol}}}{{p{{0.9\\textwidth}}}}{{\\footnotesize $^\\dagger$ interval end at a bound of "
-                     f"the search ($0 \\le L_\\infty \\le \\max L$, $0 < \\alpha \\le 5$, $\\log_{{10}} X_c$ within 30 "
-                     f"decades of the data): the data set no limit there.}} \\\\")
-    for i, n in enumerate(notes, 1):
-        lines.append(f"\\multicolumn{{{ncol}}}{{p{{0.9\\textwidth}}}}{{\\footnotesize ({i}) {_latex_escape(n)}}} \\\\")
-    lines.append("\\end{tabular}")
-    return "\n".join(lines) + "\n"
+    cfg = {"estimator": "least_squares", "n_boot": N_BOOT, **(scaling_cfg or {})}
+    table = load_sidecars(sidecars)
+    atomic_write(out_table, lambda tmp: table.to_csv(tmp, index=False))
+    for row in table.itertuples():
+        log(f"  {row.size:>6} {row.budget:>7} seed {row.seed}: {row.params:>12,} parameters, {row.flops:.3g} training FLOPs, "
+            f"final val loss {row.val_loss:.5f}")
+    bad = table[~(table["flops"] > 0)]
+    if len(bad):
+        raise ValueError(f"runs {(bad['size'] + '/' + bad['budget'] + '/seed' + bad['seed'].astype(str)).tolist()} "
+                         f"have no positive 'flops' in their ckpt.json: retrain them to record the training compute")
+    main = table[table["default_budget"]].reset_index(drop=True)
+    fit = fit_study(main, estimator=cfg["estimator"], n_boot=cfg["n_boot"], holdout=holdout, seed=seed, log=log)
+    if table["budget"].nunique() > 1 or not table["default_budget"].all():
+        fit["grid"] = grid_study(table, n_boot=cfg["n_boot"], seed=seed, log=log)
+    fit["cost"] = compute_table(table)  # "compute" holds the fit over C
+    atomic_write(out_fit, lambda tmp: tmp.write_text(json.dumps(fit, indent=2) + "\n"))
+    fits = fit_table(fit)
+    md, tex = table_markdown(fits), table_latex(fits)
+    if "grid" in fit:
+        md, tex = f"{md}\n{grid_markdown(fit['grid'])}", f"{tex}\n{grid_latex(fit['grid'])}"
+    md = f"{md}\n{compute_markdown(fit['cost'])}"
+    atomic_write(out_md, lambda tmp: tmp.write_text(md))
+    atomic_write(out_tex, lambda tmp: tmp.write_text(tex))
+    if out_csv is not None:
+        header, rows, notes = table_cells(fits)
+        # The note column spelled out: the report shows this table without the notes below it.
+        spelled = [[*r[:-1], notes[int(r[-1].strip("()")) - 1] if r[-1] else ""] for r in rows]
+        atomic_write(out_csv, lambda tmp: pd.DataFrame(spelled, columns=header).to_csv(tmp, index=False))
+    if fit["n_sizes"] < 2:
+        log(f"only one size ({', '.join(fit['sizes'])}): no fit; {out_fit} and the tables say so")
+    log(md)
+    h = fit["holdout"]
+    log(f"held-out size: {h.get('verdict') or h.get('reason')}")
+    log(f"wrote {out_fit}, {out_md} and {out_tex}")
+    return fit

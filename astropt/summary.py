@@ -102,7 +102,7 @@ def _runs_word(n: int) -> str:
 
 
 def size_table(losses: pd.DataFrame) -> pd.DataFrame:
-    """One row per size from the runs' table (:func:`astropt.pipeline.load_sidecars`): its
+    """One row per size from the runs' table (:func:`astropt.runs.load_sidecars`): its
     runs, their mean final loss (and best loss), between-run sd, min and max, FLOPs per run,
     GPU-hours and wall hours summed over its runs; sorted by parameters."""
     g = losses.groupby("size", sort=False)
@@ -369,6 +369,35 @@ def provenance_line(losses: pd.DataFrame) -> str:
     return "Runs: " + "; ".join(parts) + "."
 
 
+def _improving_lines(downstream: pd.DataFrame) -> list[str]:
+    """Per probe kind: how many properties improve with size, and how far the seeds agree."""
+    lines = []
+    for protocol, metric, what in (("ridge_cv", "r2", "ridge R²"), ("paper", "median_abs_error", "paper-protocol error"),
+                                   ("logistic_cv", "roc_auc", "flag ROC AUC")):
+        up, n, med = improving(downstream, protocol, metric)
+        if n:
+            line = (f"{what}: {up} of {n} properties improve with model size (median Spearman rho {med:+.2f} "
+                    f"from the run means, signed so that positive is better")
+            agree = downstream[(downstream["protocol"] == protocol) & (downstream["metric"] == metric)]
+            agree = agree.drop_duplicates("property")["seeds_agree"].dropna() if "seeds_agree" in agree else agree.iloc[:0]
+            if len(agree):
+                line += f"; the seeds' own sweeps agree in sign for a median {agree.median():.0%} of seeds"
+            lines.append(line + ").")
+    return lines
+
+
+def _compute_line(losses: pd.DataFrame) -> str:
+    """The training compute of every run, in FLOPs and GPU- or wall-clock hours."""
+    gpu, wall = losses["gpu_hours"].fillna(0).sum(), losses["elapsed_s"]
+    if gpu > 0:
+        cost = f"{fmt(gpu, 3)} GPU-hours"
+    elif wall.notna().all():
+        cost = f"{fmt(wall.sum() / 3600, 3)} wall-clock hours (no GPU)"
+    else:
+        cost = "its cost not recorded (released weights)"
+    return f"Training compute: {fmt_count(losses['flops'].sum())} FLOPs in all ({_runs_word(len(losses))}), {cost}."
+
+
 def build_summary(
     losses: pd.DataFrame,
     fit: Mapping,
@@ -380,16 +409,16 @@ def build_summary(
     """The summary document.
 
     Args:
-        losses: One row per run (:func:`astropt.pipeline.load_sidecars`): size, seed, params,
+        losses: One row per run (:func:`astropt.runs.load_sidecars`): size, seed, params,
             val_loss, best_val_loss, flops, tokens_seen, elapsed_s, gpu_hours (and the run's
             provenance: threads, cpu_capability, torch ...).
         fit: ``results/scaling/fit.json`` (:func:`astropt.scaling.fit_study`).
         probes: Size -> its probes over its runs (``astropt.probe.AGGREGATE_COLUMNS``; a single
             run's long table works too).
-        downstream: ``results/probes/summary.csv`` (``astropt.figures.downstream_table``).
+        downstream: ``results/probes/summary.csv`` (``astropt.probe.downstream_table``).
         context: Lines describing the run (data, models), shown first.
         fit_table: Optional ``(header, rows[, notes])`` of the fitted parameters
-            (:func:`astropt.scaling.table_cells`), shown under the fits.
+            (:func:`astropt.tables.table_cells`), shown under the fits.
 
     Returns:
         Blocks for :func:`to_markdown` / :func:`to_html`.
@@ -422,17 +451,8 @@ def build_summary(
     h = fit.get("holdout") or {}
     if h.get("verdict"):
         head.append(f"Held-out size: {h['verdict']}.")
-    for protocol, metric, what in (("ridge_cv", "r2", "ridge R²"), ("paper", "median_abs_error", "paper-protocol error"),
-                                   ("logistic_cv", "roc_auc", "flag ROC AUC")):
-        up, n, med = improving(downstream, protocol, metric)
-        if n and n_sizes > 1:
-            line = (f"{what}: {up} of {n} properties improve with model size (median Spearman rho {med:+.2f} "
-                    f"from the run means, signed so that positive is better")
-            agree = downstream[(downstream["protocol"] == protocol) & (downstream["metric"] == metric)]
-            agree = agree.drop_duplicates("property")["seeds_agree"].dropna() if "seeds_agree" in agree else agree.iloc[:0]
-            if len(agree):
-                line += f"; the seeds' own sweeps agree in sign for a median {agree.median():.0%} of seeds"
-            head.append(line + ").")
+    if n_sizes > 1:
+        head += _improving_lines(downstream)
     for prop, protocol, share in clipped(probes):
         head.append(f"The {protocol} protocol's MAD clip drops {share:.0%} of the galaxies with a finite "
                     f"{prop}: its {protocol} score describes the rest only.")
@@ -442,14 +462,7 @@ def build_summary(
         top = ", ".join(f"{r.property} {fmt(r.value)}" for r in best.head(3).itertuples())
         head.append(f"Best-predicted properties ({large['size']}, ridge R²{', mean of runs' if several else ''}): "
                     f"{top}; median over {len(ridge)} properties {fmt(ridge['value'].median())}.")
-    gpu, wall = losses["gpu_hours"].fillna(0).sum(), losses["elapsed_s"]
-    if gpu > 0:
-        cost = f"{fmt(gpu, 3)} GPU-hours"
-    elif wall.notna().all():
-        cost = f"{fmt(wall.sum() / 3600, 3)} wall-clock hours (no GPU)"
-    else:
-        cost = "its cost not recorded (released weights)"
-    head.append(f"Training compute: {fmt_count(losses['flops'].sum())} FLOPs in all ({_runs_word(len(losses))}), {cost}.")
+    head.append(_compute_line(losses))
 
     blocks = [Block("h1", "AstroPT scaling study: summary")]
     if context:
@@ -536,6 +549,72 @@ def to_html(blocks: Sequence[Block]) -> str:
             raise ValueError(f"unknown block kind {b.kind!r}")
     return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+# The summary stage: what the workflow's summary rule calls.
+
+
+def _layer_words(layer: int) -> str:
+    """``embed.layer`` in words: -1 'the last block', -2 'the block before the last', 0 'block 1'."""
+    if layer == -1:
+        return "the last block's output"
+    if layer < 0:
+        return f"the output of block {-layer} from the end"
+    return f"the output of block {layer + 1}"
+
+
+def run_context(config: dict) -> dict[str, str]:
+    """A few words on what was run (data, tokens, models), for the summary's first lines."""
+    data, sizes = config["data"], config["sizes"]
+    source = data["source"]
+    where = {
+        "synthetic": "synthetic Legacy-Survey-like galaxies",
+        "folder": f"the stamps in {data.get('folder', {}).get('images')}",
+        "huggingface": f"the HuggingFace dataset {data.get('huggingface', {}).get('repo', '')}",
+    }.get(source, source)
+    models = config.get("models", {}).get("source", "train")
+    seeds = config["train"].get("seeds", [0])
+    trained = (
+        f"trained here for {config['train']['steps']:,} steps each, once per training seed "
+        f"({', '.join(map(str, seeds))}; data seed {config.get('seed', 0)})"
+        if models != "released" else "the released AstroPT v1 weights (not trained here)"
+    )
+    return {
+        "data": f"Data: {where}, {data['image_size']} px stamps, {config['tokens']['patch_size']} px patches.",
+        "models": f"Models: {', '.join(sizes)}, {trained}.",
+        "embed": (
+            f"Embeddings: {config['embed']['split']} split, first {config['embed']['n_tokens']} tokens, "
+            f"{_layer_words(config['embed'].get('layer', -1))}, {config['embed'].get('pooling', 'mean')} pooling."
+        ),
+    }
+
+
+def write_summary(sidecars, fit_path, probe_paths, downstream_csv, out_md, out_html, config: dict, log=print) -> str:
+    """``results/summary.md`` (and the same as HTML for the report): the headline numbers and
+    their tables (:func:`build_summary`), every number read from the files named in it."""
+    import json
+    from pathlib import Path
+
+    from astropt.runs import load_sidecars
+
+    losses = load_sidecars(sidecars)
+    fit = json.loads(Path(fit_path).read_text())
+    probes = {Path(p).stem: pd.read_csv(p) for p in probe_paths}
+    downstream = pd.read_csv(downstream_csv)
+    blocks = build_summary(losses, fit, probes, downstream, context=run_context(config), fit_table=_fit_table(fit))
+    text = to_markdown(blocks)
+    Path(out_md).write_text(text)
+    Path(out_html).write_text(to_html(blocks))
+    log(text)
+    return text
+
+
+def _fit_table(fit: dict):
+    """The fitted parameters as (header, rows, notes) for the summary: astropt.tables' table."""
+    from astropt.tables import fit_table, table_cells
+
+    return table_cells(fit_table(fit))
+
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -222,27 +222,8 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def sample_properties(cfg: SyntheticConfig, start: int = 0, stop: int | None = None) -> pd.DataFrame:
-    """Draw the physical properties and rendering parameters of galaxies ``start..stop-1``.
-
-    Row ``i`` depends only on ``(cfg.seed, i)`` and the physics settings, never on the range.
-
-    Args:
-        cfg: Generation settings.
-        start: First galaxy index.
-        stop: One past the last index (default: all ``n_train + n_val + n_test``).
-
-    Returns:
-        One row per galaxy: the public truth columns (see :func:`generate`) plus private
-        rendering columns starting with ``_`` (fluxes in nanomaggies, radii in pixels, ...).
-    """
-    n_all = cfg.n_train + cfg.n_val + cfg.n_test
-    stop = n_all if stop is None else stop
-    u, g = _draws(cfg.seed, start, stop)
-
-    z = cfg.z_min + (cfg.z_max - cfg.z_min) * u[:, 0]
-    logm = np.clip(cfg.logm_mean + cfg.logm_sigma * g[:, 0], 9.0, 11.8)
-
+def _star_formation(logm: np.ndarray, u: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log sSFR and the r-band bulge-to-total ratio of galaxies of log stellar mass ``logm``."""
     # Star formation: quenched fraction rises with mass; SF sequence sSFR falls with mass.
     p_quenched = 1.0 / (1.0 + np.exp(-(logm - 10.6) / 0.25))
     quenched = u[:, 1] < p_quenched
@@ -255,7 +236,15 @@ def sample_properties(cfg: SyntheticConfig, start: int = 0, stop: int | None = N
     # Bulge-to-total (r band): high for quenched / massive galaxies.
     logit_bt = 1.6 * (-(ssfr + 10.6)) + 1.0 * (logm - 10.5) - 0.4 + 0.5 * g[:, 2]
     bt = np.clip(1.0 / (1.0 + np.exp(-logit_bt)), 0.02, 0.98)
+    return ssfr, bt
 
+
+def _photometry(
+    cfg: SyntheticConfig, z: np.ndarray, logm: np.ndarray, ssfr: np.ndarray, bt: np.ndarray, g: np.ndarray
+) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray]:
+    """Colours, magnitudes and fluxes: ``(cols, mag_abs, d_ang)`` with ``cols`` the apparent
+    ``mag_{g,r,z}_desi`` and each component's flux ``_flux_{bulge,disc}_{g,r,z}`` (nanomaggies),
+    ``mag_abs`` the absolute magnitude per band, ``d_ang`` the angular-diameter distance (Mpc)."""
     # Rest-frame colours: red bulge; disc bluer at higher sSFR.
     gr_b = 0.78 + 0.03 * g[:, 3]
     rz_b = 0.42 + 0.03 * g[:, 3]
@@ -270,8 +259,7 @@ def sample_properties(cfg: SyntheticConfig, start: int = 0, stop: int | None = N
     # Absolute magnitudes: log M/L_r = -0.306 + 1.097 (g - r) (Bell & de Jong 2001) + scatter.
     log_ml = -0.306 + 1.097 * gr_tot + 0.08 * g[:, 5]
     mag_abs_r = 4.65 - 2.5 * (logm - log_ml)
-    mag_abs_g = mag_abs_r + gr_tot
-    mag_abs_z = mag_abs_r - rz_tot
+    mag_abs = {"g": mag_abs_r + gr_tot, "r": mag_abs_r, "z": mag_abs_r - rz_tot}
 
     # Apparent magnitudes: distance modulus plus a crude k-correction per band.
     dc = _comoving_distance_mpc(z, cfg.z_max)
@@ -292,7 +280,12 @@ def sample_properties(cfg: SyntheticConfig, start: int = 0, stop: int | None = N
             cols[f"_flux_{comp}_{band}"] = flux
             total = total + flux
         cols[f"mag_{band}_desi"] = _ZP - 2.5 * np.log10(total)
+    return cols, mag_abs, d_ang
 
+
+def _sizes(cfg: SyntheticConfig, logm: np.ndarray, bt: np.ndarray, g: np.ndarray, d_ang: np.ndarray) -> dict[str, Any]:
+    """Half-light radii in pixels (bulge ``re_b``, disc ``re_d``, whole galaxy ``r50``) and the
+    cap on a component's radius (``re_cap``)."""
     # Sizes: physical half-light radii (kpc) grow with mass; angles from D_A; capped in pixels.
     re_d_kpc = 10 ** (0.55 + 0.22 * (logm - 10.5) + 0.12 * g[:, 6])
     re_b_kpc = 10 ** (0.22 + 0.55 * (logm - 10.5) + 0.12 * g[:, 7])
@@ -300,17 +293,13 @@ def sample_properties(cfg: SyntheticConfig, start: int = 0, stop: int | None = N
     re_cap = cfg.max_re_frac * cfg.image_size
     re_d_px = np.clip(re_d_kpc / kpc_per_px, 0.5, re_cap)
     re_b_px = np.clip(re_b_kpc / kpc_per_px, 0.3, re_cap)
-    r50_px = _half_light_radius(bt, re_b_px, re_d_px)
+    return {"re_b": re_b_px, "re_d": re_d_px, "r50": _half_light_radius(bt, re_b_px, re_d_px), "re_cap": re_cap}
 
-    # Shapes: random inclination (intrinsic disc thickness 0.12), rounder bulge, random PA.
-    cos_i = u[:, 2]
-    q_d = np.sqrt(cos_i**2 * (1 - 0.12**2) + 0.12**2)
-    q_b = 0.65 + 0.35 * u[:, 3]
-    pa = np.pi * u[:, 4]
-    offset = u[:, 5] - 0.5  # sub-pixel centring jitter (both axes share it; px)
 
-    # The scene around the target: neighbour, artefact, stars (their own stream, k = 2).
-    idx = np.arange(start, stop)
+def _scene(cfg: SyntheticConfig, idx: np.ndarray, r50_px: np.ndarray, re_cap: float, mag_r: np.ndarray) -> dict[str, Any]:
+    """The scene around the target, from its own stream (k = 2): a neighbour, an artefact and
+    stars. Returns the flags ``has_nb``, ``has_art``, ``n_stars``, ``has_saturated``, the vote
+    scatter ``gs`` and the private rendering columns ``private`` (``_nb_*``, ``_art_*``)."""
     us, ustar, gs = _scene_draws(cfg.seed, idx)
     has_nb = us[:, 0] < cfg.neighbour_fraction
     nb_r = (0.22 + 0.20 * us[:, 1]) * cfg.image_size  # 14-27 px from the centre at 64 px
@@ -322,71 +311,103 @@ def sample_properties(cfg: SyntheticConfig, start: int = 0, stop: int | None = N
     nb_pa = np.pi * us[:, 7]
     nb_gr = np.where(nb_n == 4, 0.9 + 0.6 * us[:, 8], 0.4 + 0.6 * us[:, 8])  # observed g - r
     nb_rz = 0.15 + 0.45 * nb_gr
-    nb_flux_r = np.where(has_nb, 10 ** (-0.4 * (cols["mag_r_desi"] + nb_dmag - _ZP)), 0.0)
+    nb_flux_r = np.where(has_nb, 10 ** (-0.4 * (mag_r + nb_dmag - _ZP)), 0.0)
 
     has_art = us[:, 9] < cfg.artifact_fraction
     art_kind = np.where(has_art, np.minimum((3 * us[:, 10]).astype(np.int64), 2), -1)
 
     n_stars = _star_count(cfg, us[:, 15])
     star_mag = _stars(cfg, ustar, n_stars)["mag_r"]
-    has_saturated = (star_mag < cfg.saturation_mag).any(axis=1)
+    private = {
+        "_nb_dx": nb_r * np.cos(nb_angle), "_nb_dy": nb_r * np.sin(nb_angle),
+        "_nb_re_px": nb_re, "_nb_n": nb_n, "_nb_q": nb_q, "_nb_pa": nb_pa,
+        "_nb_flux_g": nb_flux_r * 10 ** (-0.4 * nb_gr), "_nb_flux_r": nb_flux_r, "_nb_flux_z": nb_flux_r * 10 ** (0.4 * nb_rz),
+        "_art_kind": art_kind,  # -1 none, 0 satellite trail, 1 bad column, 2 missing-data strip
+        **{f"_art_p{k}": us[:, 11 + k] for k in range(4)},  # the artefact's shape, uniform in [0, 1)
+    }
+    return {"has_nb": has_nb, "has_art": has_art, "n_stars": n_stars,
+            "has_saturated": (star_mag < cfg.saturation_mag).any(axis=1), "gs": gs, "private": private}
 
-    # Galaxy Zoo DESI-like vote fractions from the truths, with scatter. The first question's
-    # three answers (smooth / featured / artefact) sum to 1; edge-on is asked of discs.
+
+def _votes(cfg: SyntheticConfig, bt: np.ndarray, r50_px: np.ndarray, axis_ratio: np.ndarray, scene: dict) -> dict[str, np.ndarray]:
+    """Galaxy Zoo DESI-like vote fractions from the truths, with scatter. The first question's
+    three answers (smooth / featured / artefact) sum to 1; edge-on is asked of discs."""
+    gs = scene["gs"]
     r50_arcsec = r50_px * cfg.pixel_scale
     p_feat = _sigmoid(6.0 * (0.45 - bt) + 1.2 * np.log(r50_arcsec / 0.8) + 0.5 * gs[:, 0])
-    frac_art = _sigmoid(-3.5 + 4.2 * has_art + 1.5 * has_saturated + 0.5 * gs[:, 2])
-    axis_ratio = bt * q_b + (1 - bt) * q_d  # light-weighted: what a volunteer sees
+    frac_art = _sigmoid(-3.5 + 4.2 * scene["has_art"] + 1.5 * scene["has_saturated"] + 0.5 * gs[:, 2])
     frac_edge = _sigmoid((0.38 - axis_ratio) / 0.12 - 4.0 * np.maximum(bt - 0.5, 0.0) + 0.5 * gs[:, 1])
     # Spiral arms wind tighter in bulgier discs (the Hubble sequence, Sa -> Sc): volunteers
     # answering "tight" follow B/T with scatter. The stamps draw no arms, so the bulge is the
     # only trace of it an image carries.
     frac_tight = _sigmoid(5.0 * (bt - 0.3) + 0.6 * gs[:, 3])
+    return {
+        "smooth-or-featured_smooth_fraction": (1 - frac_art) * (1 - p_feat),
+        "smooth-or-featured_featured-or-disk_fraction": (1 - frac_art) * p_feat,
+        "smooth-or-featured_artifact_fraction": frac_art,
+        "disk-edge-on_yes_fraction": frac_edge,
+        "spiral-winding_tight_fraction": frac_tight,
+    }
+
+
+def sample_properties(cfg: SyntheticConfig, start: int = 0, stop: int | None = None) -> pd.DataFrame:
+    """Draw the physical properties and rendering parameters of galaxies ``start..stop-1``.
+
+    Row ``i`` depends only on ``(cfg.seed, i)`` and the physics settings, never on the range.
+
+    Args:
+        cfg: Generation settings.
+        start: First galaxy index.
+        stop: One past the last index (default: all ``n_train + n_val + n_test``).
+
+    Returns:
+        One row per galaxy: the public truth columns (see :func:`generate`) plus private
+        rendering columns starting with ``_`` (fluxes in nanomaggies, radii in pixels, ...).
+    """
+    stop = cfg.n_train + cfg.n_val + cfg.n_test if stop is None else stop
+    u, g = _draws(cfg.seed, start, stop)
+    z = cfg.z_min + (cfg.z_max - cfg.z_min) * u[:, 0]
+    logm = np.clip(cfg.logm_mean + cfg.logm_sigma * g[:, 0], 9.0, 11.8)
+    ssfr, bt = _star_formation(logm, u, g)
+    cols, mag_abs, d_ang = _photometry(cfg, z, logm, ssfr, bt, g)
+    size = _sizes(cfg, logm, bt, g, d_ang)
+    # Shapes: random inclination (intrinsic disc thickness 0.12), rounder bulge, random PA.
+    q_d = np.sqrt(u[:, 2] ** 2 * (1 - 0.12**2) + 0.12**2)
+    q_b = 0.65 + 0.35 * u[:, 3]
+    axis_ratio = bt * q_b + (1 - bt) * q_d  # light-weighted: what a volunteer sees
+    idx = np.arange(start, stop)
+    scene = _scene(cfg, idx, size["r50"], size["re_cap"], cols["mag_r_desi"])
 
     n_tr, n_va = cfg.n_train, cfg.n_val
-    split = np.where(idx < n_tr, "train", np.where(idx < n_tr + n_va, "validation", "test"))
     ids = [f"syn{i:07d}" for i in idx]
     df = pd.DataFrame(
         {
             "id": ids,
-            "split": split,
+            "split": np.where(idx < n_tr, "train", np.where(idx < n_tr + n_va, "validation", "test")),
             "image_path": [f"images/{i}.png" for i in ids],
             "redshift": z,
-            "mag_g_desi": cols["mag_g_desi"],
-            "mag_r_desi": cols["mag_r_desi"],
-            "mag_z_desi": cols["mag_z_desi"],
+            **{f"mag_{b}_desi": cols[f"mag_{b}_desi"] for b in _BANDS},
             "g_r": cols["mag_g_desi"] - cols["mag_r_desi"],  # observed colours (the paper's g-r, r-z)
             "r_z": cols["mag_r_desi"] - cols["mag_z_desi"],
-            "mag_abs_g_photoz": mag_abs_g,
-            "mag_abs_r_photoz": mag_abs_r,
-            "mag_abs_z_photoz": mag_abs_z,
+            **{f"mag_abs_{b}_photoz": mag_abs[b] for b in _BANDS},
             "mass_med_photoz": logm,
             "ssfr_med_photoz": ssfr,
-            "est_petro_th50": r50_px * cfg.pixel_scale,  # arcsec, intrinsic (before PSF)
+            "est_petro_th50": size["r50"] * cfg.pixel_scale,  # arcsec, intrinsic (before PSF)
             "axis_ratio": axis_ratio,  # light-weighted axis ratio
             "bulge_fraction": bt,  # r-band bulge-to-total light ratio
-            "smooth-or-featured_smooth_fraction": (1 - frac_art) * (1 - p_feat),
-            "smooth-or-featured_featured-or-disk_fraction": (1 - frac_art) * p_feat,
-            "smooth-or-featured_artifact_fraction": frac_art,
-            "disk-edge-on_yes_fraction": frac_edge,
-            "spiral-winding_tight_fraction": frac_tight,
-            "has_neighbour": has_nb.astype(np.int64),  # 0/1: a second galaxy off centre
-            "has_artifact": has_art.astype(np.int64),  # 0/1: a trail, bad column or data gap
-            "n_stars": n_stars,  # foreground stars in the stamp
+            **_votes(cfg, bt, size["r50"], axis_ratio, scene),
+            "has_neighbour": scene["has_nb"].astype(np.int64),  # 0/1: a second galaxy off centre
+            "has_artifact": scene["has_art"].astype(np.int64),  # 0/1: a trail, bad column or data gap
+            "n_stars": scene["n_stars"],  # foreground stars in the stamp
         }
     )
     for key in sorted(k for k in cols if k.startswith("_")):
         df[key] = cols[key]
-    df["_re_b_px"], df["_re_d_px"] = re_b_px, re_d_px
-    df["_q_b"], df["_q_d"], df["_pa"], df["_offset"] = q_b, q_d, pa, offset
-    df["_nb_dx"], df["_nb_dy"] = nb_r * np.cos(nb_angle), nb_r * np.sin(nb_angle)
-    df["_nb_re_px"], df["_nb_n"], df["_nb_q"], df["_nb_pa"] = nb_re, nb_n, nb_q, nb_pa
-    df["_nb_flux_g"] = nb_flux_r * 10 ** (-0.4 * nb_gr)
-    df["_nb_flux_r"] = nb_flux_r
-    df["_nb_flux_z"] = nb_flux_r * 10 ** (0.4 * nb_rz)
-    df["_art_kind"] = art_kind  # -1 none, 0 satellite trail, 1 bad column, 2 missing-data strip
-    for k in range(4):
-        df[f"_art_p{k}"] = us[:, 11 + k]  # the artefact's shape parameters, uniform in [0, 1)
+    df["_re_b_px"], df["_re_d_px"] = size["re_b"], size["re_d"]
+    # Random position angle; sub-pixel centring jitter (both axes share it; px).
+    df["_q_b"], df["_q_d"], df["_pa"], df["_offset"] = q_b, q_d, np.pi * u[:, 4], u[:, 5] - 0.5
+    for key, value in scene["private"].items():
+        df[key] = value
     return df
 
 
@@ -620,6 +641,38 @@ def _render_chunk(cfg: SyntheticConfig, start: int, stop: int, image_dir: str) -
     return props[[c for c in props.columns if not c.startswith("_")]]
 
 
+def _check_config(cfg: SyntheticConfig) -> int:
+    """Check the settings :func:`generate` cannot work with; returns the number of galaxies."""
+    n_all = cfg.n_train + cfg.n_val + cfg.n_test
+    if min(cfg.n_train, cfg.n_val, cfg.n_test) < 0 or n_all == 0:
+        raise ValueError(f"SyntheticConfig needs non-negative split sizes with a positive sum, got {cfg}")
+    if cfg.image_size < 8:
+        raise ValueError(f"SyntheticConfig.image_size must be at least 8 px, got {cfg.image_size}")
+    for name in ("neighbour_fraction", "artifact_fraction"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ValueError(f"SyntheticConfig.{name} must lie in [0, 1], got {getattr(cfg, name)}")
+    if cfg.stars_per_stamp < 0:
+        raise ValueError(f"SyntheticConfig.stars_per_stamp must be >= 0, got {cfg.stars_per_stamp}")
+    if not cfg.star_mag_range[0] < cfg.star_mag_range[1]:
+        raise ValueError(
+            f"SyntheticConfig.star_mag_range must be (bright, faint) with bright < faint, "
+            f"got {cfg.star_mag_range}"
+        )
+    return n_all
+
+
+def _rendered(cfg: SyntheticConfig, bounds: list[tuple[int, int]], image_dir: str):
+    """Each chunk's public metadata, in order, rendered on ``cfg.workers`` processes."""
+    if cfg.workers <= 1:
+        for s, e in bounds:
+            yield _render_chunk(cfg, s, e, image_dir)
+        return
+    with cf.ProcessPoolExecutor(max_workers=cfg.workers) as pool:
+        futures = [pool.submit(_render_chunk, cfg, s, e, image_dir) for s, e in bounds]
+        for fut in futures:
+            yield fut.result()
+
+
 def generate(out_dir: Path, cfg: SyntheticConfig, log: Callable[[str], Any] = print) -> pd.DataFrame:
     """Generate the synthetic galaxy set: PNG stamps plus a metadata table.
 
@@ -651,21 +704,7 @@ def generate(out_dir: Path, cfg: SyntheticConfig, log: Callable[[str], Any] = pr
             outside [0, 1], a negative star rate or an inverted star magnitude range.
     """
     out_dir = Path(out_dir)
-    n_all = cfg.n_train + cfg.n_val + cfg.n_test
-    if min(cfg.n_train, cfg.n_val, cfg.n_test) < 0 or n_all == 0:
-        raise ValueError(f"SyntheticConfig needs non-negative split sizes with a positive sum, got {cfg}")
-    if cfg.image_size < 8:
-        raise ValueError(f"SyntheticConfig.image_size must be at least 8 px, got {cfg.image_size}")
-    for name in ("neighbour_fraction", "artifact_fraction"):
-        if not 0.0 <= getattr(cfg, name) <= 1.0:
-            raise ValueError(f"SyntheticConfig.{name} must lie in [0, 1], got {getattr(cfg, name)}")
-    if cfg.stars_per_stamp < 0:
-        raise ValueError(f"SyntheticConfig.stars_per_stamp must be >= 0, got {cfg.stars_per_stamp}")
-    if not cfg.star_mag_range[0] < cfg.star_mag_range[1]:
-        raise ValueError(
-            f"SyntheticConfig.star_mag_range must be (bright, faint) with bright < faint, "
-            f"got {cfg.star_mag_range}"
-        )
+    n_all = _check_config(cfg)
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     bounds = [(s, min(s + cfg.chunk_size, n_all)) for s in range(0, n_all, cfg.chunk_size)]
@@ -677,29 +716,14 @@ def generate(out_dir: Path, cfg: SyntheticConfig, log: Callable[[str], Any] = pr
     t0 = time.perf_counter()
     parts: list[pd.DataFrame] = []
     done, next_log = 0, 0.1
-
-    def consume(part: pd.DataFrame) -> None:
-        nonlocal done, next_log
+    for part in _rendered(cfg, bounds, str(image_dir)):
         parts.append(part)
         done += len(part)
         if done / n_all >= next_log or done == n_all:
-            dt = time.perf_counter() - t0
-            rate = done / max(dt, 1e-9)
-            log(
-                f"  {done}/{n_all} galaxies ({100 * done / n_all:.0f}%), {rate:.0f}/s, "
-                f"ETA {(n_all - done) / rate:.0f}s"
-            )
+            rate = done / max(time.perf_counter() - t0, 1e-9)
+            log(f"  {done}/{n_all} galaxies ({100 * done / n_all:.0f}%), {rate:.0f}/s, ETA {(n_all - done) / rate:.0f}s")
             while next_log <= done / n_all:
                 next_log += 0.1
-
-    if cfg.workers <= 1:
-        for s, e in bounds:
-            consume(_render_chunk(cfg, s, e, str(image_dir)))
-    else:
-        with cf.ProcessPoolExecutor(max_workers=cfg.workers) as pool:
-            futures = [pool.submit(_render_chunk, cfg, s, e, str(image_dir)) for s, e in bounds]
-            for fut in futures:
-                consume(fut.result())
 
     meta = pd.concat(parts, ignore_index=True)
     atomic_write(out_dir / "metadata.parquet", lambda p: meta.to_parquet(p, index=False))

@@ -1,508 +1,130 @@
-"""Patch tokenisation of galaxy stamps: patchify, AstroPT v1 spiral order, normalisation.
+"""The tokenise stage: a split of galaxy stamps into token shards, one job per shard group.
 
-Follows AstroPT v1.0.0 (arXiv:2405.14930, ``astropt/local_datasets.py``):
+Stamps are PNG/JPEG/FITS files or encoded images inside parquet shards, read by
+:mod:`astropt.images`; each is cut into patches in AstroPT v1's spiral order
+(:func:`astropt.patches.image_to_tokens`) and stored once as memory-mappable token shards
+(:mod:`astropt.shards`), so training reads tokens without decoding images: ``uint8`` for 8-bit
+images, ``float32`` (or ``float16``) for FITS. Normalisation happens at training time.
 
-* an image is cut into ``p x p`` patches read in raster order, each patch flattened with the
-  channel fastest, ``(h p1) (w p2) c -> (h w) (p1 p2 c)``;
-* patches are reordered into v1's spiral: v1's ``_spiral(n)`` walks the raster index grid
-  outside-in and clockwise (top row rightwards, right column down, bottom row leftwards, left
-  column up, then the next ring in) and reverses that walk, so token 0 is the centre patch and
-  the last token is the top-left corner. Released checkpoints expect exactly this order;
-* each patch is standardised on its own, ``(x - mean) / (std + eps)`` over its ``p*p*C`` values
-  with torch's default (unbiased) std. ``normalise(..., mode="image")`` standardises over a
-  whole image instead, which separates model sizes better on clean synthetic stamps (the
-  default config's choice; see config/README.md).
+* :func:`tokenise_part` is the ``tokenise`` rule: job ``0001-of-0004`` of a split, from the
+  download's ``metadata.parquet``;
+* :func:`tokenise_group` does the work: the job's run of shards (:func:`astropt.shards.group_shards`),
+  reusing those an interrupted earlier run finished, and its part of the index;
+* :func:`merge_token_groups` is the ``token_index`` rule: the jobs' parts joined into the split's
+  ``index.parquet`` (id, split, shard, row), ``meta.json`` and ``rejected.csv``;
+* :func:`collect_rejected` is the ``rejected`` rule: every galaxy dropped on the way to tokens.
 
-It also turns a split of stamps (PNG/JPEG/FITS files or images inside parquet shards, read by
-:mod:`astropt.images`) into memory-mappable token shards on disk, once, so training reads tokens
-without decoding images: ``uint8`` for 8-bit images, ``float16``/``float32`` for FITS. A split's
-catalogue rows are cut into shards of ``shard_size`` rows; :func:`tokenise_group` writes one
-job's run of shards (the workflow runs one job per shard group, e.g. one per SLURM task), reusing
-shards an interrupted earlier run finished; :func:`merge_token_groups` joins the jobs' parts into
-the split's ``index.parquet`` (id, split, shard, row) and ``meta.json``; :func:`tokenise_split`
-does both in one call; :func:`load_tokens` opens the shards as one lazily read array
-(:class:`ShardedTokens`). Bad stamps (corrupt, truncated, another size or band count, NaN pixels,
-repeated ids) are skipped, cropped, resized or zeroed as asked and listed with their reason.
-Normalisation happens at training time, on the training device.
+Reading: 8-bit PNG/JPEG through PIL (RGB when ``n_chan == 3``, any 8-bit mode converted as in
+AstroPT v1; greyscale when ``n_chan == 1``; 16-bit and float PNG/TIFF modes are rejected); FITS
+through astropy (any file ending ``.fits``, ``.fit``, ``.fts``, optionally ``.gz``): the first
+image HDU holding data, a 2-D image one band, a 3-D cube ``(bands, H, W)`` as FITS stores it,
+except a cube whose last numpy axis has at most 8 entries while its first has more, read as
+``(H, W, bands)``; encoded images in parquet shards (``image_row`` column).
+
+Every bad galaxy is skipped and listed with its reason, never fatal (unless too many): missing,
+truncated or corrupt files ("missing file", "unreadable: ..."), another band count ("unexpected
+band count: 5 (expected 3)"), NaN/inf pixels ("NaN pixels: 12"), another size ("wrong size:
+40x40 px, expected 32x32"), values the storage dtype cannot hold ("values exceed float16 range
+..."), a repeated id ("duplicate id ..."). Stamps are cropped, resized or have NaN pixels zeroed
+when :class:`TokeniseSettings` asks.
 
 Example::
 
-    order = spiral_order(4)            # [9, 10, 6, 5, 4, 8, 12, ...]
-    tokens = image_to_tokens(img, 8)   # (64, 64, 3) uint8 -> (64, 192) spiral order
+    settings = TokeniseSettings(patch_size=8, image_size=64)
+    tokenise_group(meta, Path("resources/galaxies"), Path("results/tokens/train"), settings)
+    merge_token_groups(Path("results/tokens/train"), groups=1)
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
-import functools
-import io
+import hashlib
 import json
-import math
-import os
-import socket
 import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
 import pandas as pd
-import torch
+import pyarrow.parquet as pq
 
 from astropt.config import REJECTED_COLUMNS
-from astropt.images import FITS_SUFFIXES, ReadOptions, is_fits, read_stamps
+from astropt.images import ReadOptions, is_fits, read_stamps
 from astropt.io import atomic_write
-
-ArrayLike = np.ndarray | torch.Tensor
+from astropt.patches import image_to_tokens
+from astropt.shards import (
+    SHARD_FORMAT,
+    ShardWriter,
+    group_shards,
+    n_shards,
+    parse_part_name,
+    part_name,
+    read_shard_record,
+    shard_stem,
+)
 
 __all__ = [
-    "spiral_order",
-    "patchify",
-    "unpatchify",
-    "image_to_tokens",
-    "tokens_to_image",
-    "normalise",
-    "tokenise_split",
+    "TokeniseSettings",
+    "tokenise_part",
     "tokenise_group",
     "merge_token_groups",
-    "load_tokens",
-    "TokenSplit",
-    "ShardedTokens",
-    "n_shards",
-    "group_shards",
-    "part_name",
-    "FITS_SUFFIXES",
-    "is_fits",
+    "collect_rejected",
 ]
 
-
-# ---------------------------------------------------------------------------------------------
-# Spiral order
-# ---------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=64)
-def _spiral_order_cached(n: int) -> np.ndarray:
-    grid = np.arange(n * n, dtype=np.int64).reshape(n, n)
-    walk = []  # outside-in clockwise walk over the rings, starting top-left
-    while grid.size:
-        walk.append(grid[0, :])  # top row, left -> right
-        walk.append(grid[1:, -1])  # right column, top -> bottom
-        if grid.shape[0] > 1:
-            walk.append(grid[-1, :-1][::-1])  # bottom row, right -> left
-        if grid.shape[1] > 1:
-            walk.append(grid[1:-1, 0][::-1])  # left column, bottom -> top
-        grid = grid[1:-1, 1:-1]
-    order = np.concatenate(walk)[::-1].copy()  # reversed: centre first
-    order.setflags(write=False)
-    return order
+FIX_NOTES = ("cropped", "resized", "NaN zeroed")
+"""What reading may do to a stamp that is kept (counted per shard)."""
 
 
-def spiral_order(n: int) -> np.ndarray:
-    """Raster indices of an ``n x n`` patch grid in AstroPT v1's centre-out spiral order.
-
-    ``spiral_tokens = raster_tokens[spiral_order(n)]``: token ``k`` of the spiral sequence is
-    raster patch ``spiral_order(n)[k]``. Token 0 is the centre patch (for even ``n``, the
-    lower-left of the four central patches); the last token is the top-left corner.
-
-    Args:
-        n: Side of the square patch grid (patches per row).
-
-    Returns:
-        Read-only int64 array of length ``n * n`` (cached per ``n``).
-
-    Raises:
-        ValueError: If ``n`` is not a positive integer.
-    """
-    if int(n) != n or n < 1:
-        raise ValueError(f"spiral_order needs a positive integer grid side, got {n!r}")
-    return _spiral_order_cached(int(n))
-
-
-# ---------------------------------------------------------------------------------------------
-# Patchify / unpatchify
-# ---------------------------------------------------------------------------------------------
-def _permute(x: ArrayLike, axes: tuple[int, ...]) -> ArrayLike:
-    return x.permute(*axes) if isinstance(x, torch.Tensor) else np.transpose(x, axes)
-
-
-def patchify(images: ArrayLike, patch_size: int) -> ArrayLike:
-    """Cut HWC images into flattened patches in raster order.
-
-    Layout ``(h p1) (w p2) c -> (h w) (p1 p2 c)``: the channel varies fastest, then the column
-    inside the patch, then the row. A pure reshape/transpose; dtype is kept.
-
-    Args:
-        images: One image ``(H, W, C)`` or a batch ``(B, H, W, C)``; numpy array or torch tensor.
-        patch_size: Patch side ``p`` in pixels; must divide ``H`` and ``W``.
-
-    Returns:
-        ``(T, D)`` or ``(B, T, D)`` with ``T = (H / p) * (W / p)`` and ``D = p * p * C``.
-
-    Raises:
-        ValueError: On a wrong number of dimensions or a size not divisible by ``patch_size``.
-    """
-    if images.ndim not in (3, 4):
-        raise ValueError(
-            f"patchify expects (H, W, C) or (B, H, W, C) images, got shape {tuple(images.shape)}"
-        )
-    single = images.ndim == 3
-    x = images[None] if single else images
-    B, H, W, C = x.shape
-    p = int(patch_size)
-    if p < 1 or H % p or W % p:
-        raise ValueError(
-            f"Image height ({H}) and width ({W}) must be divisible by the patch size ({p})"
-        )
-    h, w = H // p, W // p
-    x = x.reshape(B, h, p, w, p, C)
-    x = _permute(x, (0, 1, 3, 2, 4, 5))  # (B, h, w, p1, p2, C)
-    x = x.reshape(B, h * w, p * p * C)
-    return x[0] if single else x
-
-
-def unpatchify(
-    tokens: ArrayLike,
-    patch_size: int,
-    grid: tuple[int, int] | None = None,
-    n_chan: int = 3,
-) -> ArrayLike:
-    """Inverse of :func:`patchify`: raster-ordered patches back to HWC images.
-
-    Args:
-        tokens: ``(T, D)`` or ``(B, T, D)`` patches in raster order.
-        patch_size: Patch side ``p`` in pixels.
-        grid: ``(h, w)`` patches per column and row; ``None`` for a square grid.
-        n_chan: Number of channels ``C``.
-
-    Returns:
-        ``(H, W, C)`` or ``(B, H, W, C)`` with ``H = h * p`` and ``W = w * p``.
-
-    Raises:
-        ValueError: If the token shape does not match the grid, patch size and channels.
-    """
-    if tokens.ndim not in (2, 3):
-        raise ValueError(f"unpatchify expects (T, D) or (B, T, D), got {tuple(tokens.shape)}")
-    single = tokens.ndim == 2
-    x = tokens[None] if single else tokens
-    B, T, D = x.shape
-    p = int(patch_size)
-    if grid is None:
-        side = math.isqrt(T)
-        if side * side != T:
-            raise ValueError(f"{T} tokens do not form a square grid; pass grid=(h, w)")
-        grid = (side, side)
-    h, w = grid
-    if h * w != T or p * p * n_chan != D:
-        raise ValueError(
-            f"Tokens of shape (T={T}, D={D}) do not match grid {h}x{w}, "
-            f"patch size {p} and {n_chan} channels (expected T={h * w}, D={p * p * n_chan})"
-        )
-    x = x.reshape(B, h, w, p, p, n_chan)
-    x = _permute(x, (0, 1, 3, 2, 4, 5))  # (B, h, p1, w, p2, C)
-    x = x.reshape(B, h * p, w * p, n_chan)
-    return x[0] if single else x
-
-
-def image_to_tokens(image: ArrayLike, patch_size: int) -> ArrayLike:
-    """Patchify square HWC image(s) and put the patches into spiral order.
-
-    Args:
-        image: ``(H, W, C)`` or ``(B, H, W, C)`` with ``H == W``.
-        patch_size: Patch side in pixels.
-
-    Returns:
-        ``(T, D)`` or ``(B, T, D)`` tokens, token 0 the centre patch.
-
-    Raises:
-        ValueError: If the patch grid is not square.
-    """
-    tokens = patchify(image, patch_size)
-    H, W = image.shape[-3], image.shape[-2]
-    if H != W:
-        raise ValueError(f"Spiral order needs a square image, got height {H} and width {W}")
-    order = spiral_order(H // patch_size)
-    if isinstance(tokens, torch.Tensor):
-        return tokens[..., torch.from_numpy(order.copy()).to(tokens.device), :]
-    return tokens[..., order, :]
-
-
-def tokens_to_image(tokens: ArrayLike, patch_size: int, n_chan: int = 3) -> ArrayLike:
-    """Inverse of :func:`image_to_tokens`: spiral-ordered tokens back to HWC image(s).
-
-    Args:
-        tokens: ``(T, D)`` or ``(B, T, D)`` in spiral order (``T`` a square number).
-        patch_size: Patch side in pixels.
-        n_chan: Number of channels.
-
-    Returns:
-        ``(H, W, C)`` or ``(B, H, W, C)``.
-
-    Raises:
-        ValueError: If ``T`` is not a square number.
-    """
-    T = tokens.shape[-2]
-    side = math.isqrt(T)
-    if side * side != T:
-        raise ValueError(f"{T} tokens do not form a square spiral grid")
-    inverse = np.argsort(spiral_order(side))
-    if isinstance(tokens, torch.Tensor):
-        raster = tokens[..., torch.from_numpy(inverse).to(tokens.device), :]
-    else:
-        raster = tokens[..., inverse, :]
-    return unpatchify(raster, patch_size, (side, side), n_chan)
-
-
-# ---------------------------------------------------------------------------------------------
-# Normalisation
-# ---------------------------------------------------------------------------------------------
-def token_stats(
-    x: torch.Tensor, mode: Literal["patch", "image"] = "patch"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mean and (unbiased) std that :func:`normalise` uses, kept as ``(..., 1, 1)`` per
-    image or ``(..., T, 1)`` per patch, for float ``x`` of shape ``(..., T, D)``.
-
-    Two passes (the mean, then the mean squared deviation) rather than ``Tensor.std``: the
-    same value to float32 rounding (relative 1e-7), and on a CPU thread about 10x faster
-    than torch's single-pass reduction (1.5 against 0.15 ms for a batch of 16 stamps of
-    64 x 192 values, this project's 2-core machine), which made it 7 % of a small model's
-    training step.
-    """
-    if mode == "patch":
-        dims: tuple[int, ...] = (-1,)
-    elif mode == "image":
-        dims = (-2, -1)
-    else:
-        raise ValueError(f"normalise mode must be 'patch' or 'image', got {mode!r}")
-    n = math.prod(x.shape[d] for d in dims)
-    mean = x.mean(dim=dims, keepdim=True)
-    var = (x - mean).square().sum(dim=dims, keepdim=True) / max(n - 1, 1)
-    return mean, var.sqrt()
-
-
-def normalise(
-    x: torch.Tensor, mode: Literal["patch", "image"] = "patch", eps: float = 1e-8
-) -> torch.Tensor:
-    """Standardise raw tokens, on whatever device ``x`` lives.
-
-    Args:
-        x: Raw tokens ``(..., T, D)`` (uint8 or float).
-        mode: ``"patch"``: the paper's per-patch ``(x - mean) / (std + eps)`` over each patch's
-            ``D`` values. ``"image"``: the same over all ``T * D`` values of each image.
-        eps: Added to the std (v1 uses 1e-8).
-
-    Returns:
-        float32 tensor of the same shape. Std is unbiased (torch's default), as in v1
-        (:func:`token_stats`).
-
-    Raises:
-        ValueError: On an unknown mode or fewer than two dimensions.
-    """
-    if x.ndim < 2:
-        raise ValueError(f"normalise expects tokens (..., T, D), got shape {tuple(x.shape)}")
-    x = x.to(torch.float32)
-    mean, std = token_stats(x, mode)
-    return (x - mean) / (std + eps)
-
-
-# ---------------------------------------------------------------------------------------------
-# Token shards on disk
-# ---------------------------------------------------------------------------------------------
-SHARD_FORMAT = 1
-"""Version of the shard layout below; a shard written under another version is re-tokenised."""
-
-
-class ShardedTokens:
-    """The token shards of a split seen as one ``(N, T, D)`` array, read lazily.
-
-    Rows are numbered across the shards in order (shard 0's rows first). Indexing with an
-    int, a slice or an integer array (optionally followed by indices of the other axes, e.g.
-    ``tokens[a:b, :64]``) returns a numpy array; a slice inside one shard is a view of its
-    memory map. :meth:`take` gathers rows straight into a caller's buffer.
-
-    Shards given as files (:meth:`open`, what :func:`load_tokens` uses) are memory-mapped on
-    first use. Each open map holds a file descriptor, so at most ``max_open`` stay open (least
-    recently used closed first): the paper's training split has over 4,000 shards.
-
-    Args:
-        shards: One ``(n_k, T, D)`` array per shard, all of the same T, D and dtype.
-    """
-
-    ndim = 3
-
-    def __init__(self, shards: list[np.ndarray]) -> None:
-        if not shards:
-            raise ValueError("ShardedTokens needs at least one shard")
-        first = shards[0]
-        for k, a in enumerate(shards):
-            if a.ndim != 3 or a.shape[1:] != first.shape[1:] or a.dtype != first.dtype:
-                raise ValueError(
-                    f"shard {k} is {a.shape} {a.dtype}, shard 0 is {first.shape} {first.dtype}"
-                )
-        self._setup([len(a) for a in shards], first.shape[1:], first.dtype)
-        self._arrays: list[np.ndarray | None] = list(shards)
-        self._paths: list[Path] | None = None
-
-    @classmethod
-    def open(cls, paths: list[Path], lengths: list[int], row_shape: tuple[int, int], dtype,
-             max_open: int = 1024) -> "ShardedTokens":
-        """Shards in ``.npy`` files of ``lengths`` rows of ``row_shape`` (checked when opened)."""
-        if not paths or len(paths) != len(lengths):
-            raise ValueError(f"ShardedTokens.open needs one length per shard file ({len(paths)} files, {len(lengths)} lengths)")
-        self = cls.__new__(cls)
-        self._setup(lengths, tuple(row_shape), np.dtype(dtype))
-        self._paths = [Path(p) for p in paths]
-        self._arrays = [None] * len(paths)
-        self._max_open = max(1, int(max_open))
-        from collections import OrderedDict
-
-        self._lru: "OrderedDict[int, None]" = OrderedDict()
-        return self
-
-    def _setup(self, lengths: list[int], row_shape: tuple, dtype) -> None:
-        self.offsets = np.cumsum([0, *lengths]).astype(np.int64)
-        self.shape = (int(self.offsets[-1]), *row_shape)
-        self.dtype = np.dtype(dtype)
-
-    @property
-    def n_shards(self) -> int:
-        return len(self._arrays)
-
-    def shard(self, k: int) -> np.ndarray:
-        """Shard ``k``'s array (memory-mapped now if it is a file not open yet)."""
-        a = self._arrays[k]
-        if self._paths is None:
-            return a
-        if a is None:
-            path = self._paths[k]
-            a = np.load(path, mmap_mode="r")
-            expect = (int(self.offsets[k + 1] - self.offsets[k]), *self.shape[1:])
-            if a.shape != expect or a.dtype != self.dtype:
-                raise ValueError(f"token shard {path} is {a.shape} {a.dtype}, its split's meta.json lists {expect} {self.dtype}")
-            self._arrays[k] = a
-            if len(self._lru) >= self._max_open:
-                old, _ = self._lru.popitem(last=False)
-                self._arrays[old] = None  # closed once no view of it is left
-        self._lru[k] = None
-        self._lru.move_to_end(k)
-        return a
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __repr__(self) -> str:
-        return f"ShardedTokens(shape={self.shape}, dtype={self.dtype}, shards={self.n_shards})"
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        """Every row in memory (a whole split: mind its size)."""
-        out = self.take(np.arange(len(self)))
-        return out if dtype is None else out.astype(dtype)
-
-    def _rows(self, rows) -> np.ndarray:
-        """Row indices as int64, negative ones counted from the end, checked."""
-        rows = np.asarray(rows)
-        if rows.dtype == bool:
-            if rows.shape != (len(self),):
-                raise IndexError(f"boolean index of shape {rows.shape} does not match {len(self)} galaxies")
-            return np.flatnonzero(rows)
-        rows = rows.astype(np.int64, copy=False).reshape(-1)
-        rows = np.where(rows < 0, rows + len(self), rows)
-        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
-            bad = int(((rows < 0) | (rows >= len(self))).sum())
-            raise IndexError(f"{bad} galaxy indices outside 0..{len(self) - 1} (or -{len(self)}..-1)")
-        return rows
-
-    def take(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Rows ``rows`` (any order) as ``(len(rows), T, D)``, written into ``out`` if given.
-
-        Sorted rows are fastest (what the training loader passes): each shard hit is read with
-        one ``np.take`` in file order straight into ``out`` (no intermediate array).
-        """
-        rows = self._rows(rows)
-        if out is None:
-            out = np.empty((len(rows), *self.shape[1:]), self.dtype)
-        if len(rows) > 1 and np.any(rows[1:] < rows[:-1]):  # unsorted: gather sorted, then place
-            order = np.argsort(rows, kind="stable")
-            out[order] = self.take(rows[order])
-            return out
-        if not len(rows):
-            return out
-        shard = np.searchsorted(self.offsets, rows, side="right") - 1
-        if shard[0] == shard[-1]:  # the usual case on a small split: one np.take
-            k = int(shard[0])
-            np.take(self.shard(k), rows - self.offsets[k], axis=0, out=out, mode="clip")
-            return out
-        cuts = np.flatnonzero(shard[1:] != shard[:-1]) + 1  # only the shards hit
-        for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(rows)]):
-            k = int(shard[a])
-            np.take(self.shard(k), rows[a:b] - self.offsets[k], axis=0, out=out[a:b], mode="clip")
-        return out
-
-    def __getitem__(self, key):
-        rest: tuple = ()
-        if isinstance(key, tuple):
-            key, rest = key[0], key[1:]
-        if isinstance(key, (int, np.integer)):
-            i = int(self._rows([key])[0])
-            k = int(np.searchsorted(self.offsets, i, side="right") - 1)
-            return self.shard(k)[(i - int(self.offsets[k]), *rest)]
-        if isinstance(key, slice):
-            start, stop, step = key.indices(len(self))
-            if step == 1 and stop > start:  # each shard's piece sliced before it is read
-                first, last = np.searchsorted(self.offsets, [start, stop - 1], side="right") - 1
-                pieces = [
-                    self.shard(k)[(slice(max(start - int(self.offsets[k]), 0),
-                                         min(stop, int(self.offsets[k + 1])) - int(self.offsets[k])), *rest)]
-                    for k in range(int(first), int(last) + 1)
-                ]
-                return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)  # one shard: a view
-            rows = np.arange(start, stop, step)
-        else:
-            rows = self._rows(key)
-        out = self.take(rows)
-        return out[(slice(None), *rest)] if rest else out
-
-
-@dataclass
-class TokenSplit:
-    """A tokenised split read back from disk (:func:`load_tokens`).
+@dataclass(frozen=True)
+class TokeniseSettings:
+    """What a split's tokens depend on (checked when made): the workflow's ``tokens`` params
+    with ``data.image_size``, ``data.n_chan`` and the HuggingFace source's image column.
 
     Attributes:
-        tokens: The split's shards as one lazily read ``(N, T, D)`` array
-            (:class:`ShardedTokens`), spiral order, in the stored dtype (``meta["dtype"]``).
-        ids: Galaxy ids (str), one per row of ``tokens``.
-        meta: Contents of ``meta.json`` (patch_size, image_size, n_chan, n_tokens, dtype,
-            shards, counts...).
+        patch_size: Patch side in pixels.
+        image_size: Required stamp side in pixels; ``None``: that of the split's first stamp
+            read successfully (which must be square).
+        n_chan: Bands every stamp must have (``D = patch_size**2 * n_chan``).
+        fit: Stamps whose size is not ``image_size``: ``"reject"`` them; ``"crop"`` the centre
+            ``image_size`` square out of larger ones (smaller ones are still rejected; an odd
+            margin puts the extra pixel at the bottom/right); ``"resize"`` every one (a
+            non-square stamp is first centre-cropped to a square on its shorter side). Resizing
+            is bilinear: PIL's filter for 8-bit images, ``torch.nn.functional.interpolate(
+            mode="bilinear", antialias=True)`` for FITS data, so shrinking does not alias.
+        nan: FITS stamps with NaN or infinite pixels (counted after a crop): ``"reject"`` them
+            or set those pixels to ``"zero"``.
+        dtype: Storage of the shards. ``"auto"``: ``uint8`` when no path of the split is a
+            FITS file (decided from the whole split's file names, so every job agrees), else
+            ``float32``. 8-bit images stored as float keep their 0-255 values; FITS values
+            beyond float16's 65504 are rejected under ``"float16"``; under ``"uint8"`` only FITS
+            holding integers 0-255 are kept.
+        shard_size: Catalogue rows per shard.
+        image_column: Column of encoded images in parquet shards.
+
+    Raises:
+        ValueError: On an unknown option or a non-positive band count or shard size.
     """
 
-    tokens: ShardedTokens = field(repr=False)
-    ids: np.ndarray = field(repr=False)
-    meta: dict[str, Any]
+    patch_size: int
+    image_size: int | None = None
+    n_chan: int = 3
+    fit: Literal["reject", "crop", "resize"] = "reject"
+    nan: Literal["reject", "zero"] = "reject"
+    dtype: Literal["auto", "uint8", "float16", "float32"] = "auto"
+    shard_size: int = 2048
+    image_column: str = "image"
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def n_shards(n_galaxies: int, shard_size: int) -> int:
-    """Shards of a split of ``n_galaxies`` catalogue rows (shard ``k`` holds rows ``[kS, (k+1)S)``)."""
-    return -(-int(n_galaxies) // int(shard_size))
-
-
-def group_shards(n_shards_: int, group: int, groups: int) -> range:
-    """The contiguous shards tokenised by job ``group`` of ``groups`` (possibly none)."""
-    if not 0 <= group < groups:
-        raise ValueError(f"group {group} is not in 0..{groups - 1}")
-    return range(group * n_shards_ // groups, (group + 1) * n_shards_ // groups)
+    def __post_init__(self) -> None:
+        _check_options(self.fit, self.nan, self.dtype, self.n_chan, self.shard_size)
+        object.__setattr__(self, "n_chan", int(self.n_chan))
+        object.__setattr__(self, "shard_size", int(self.shard_size))
 
 
-def part_name(group: int, groups: int) -> str:
-    """Stem of the files a tokenise job writes under ``<split>/parts/``: ``0003-of-0016``."""
-    return f"{group:04d}-of-{groups:04d}"
-
-
-def _shard_stem(k: int) -> str:
-    return f"{k:05d}"
-
-
+# ---------------------------------------------------------------------------------------------
+# One tokenise job: its catalogue, its shards, its part of the index
+# ---------------------------------------------------------------------------------------------
 def _tokenise_chunk(
     image_root: str,
     items: list[tuple[str, int]],
@@ -530,11 +152,9 @@ def _in_order(tasks, fn, workers: int):
         for task in tasks:
             yield fn(*task)
         return
-    from collections import deque
-
     with cf.ProcessPoolExecutor(max_workers=workers) as pool:
         tasks = iter(tasks)
-        pending = deque(pool.submit(fn, *t) for _, t in zip(range(2 * workers), tasks))
+        pending = collections.deque(pool.submit(fn, *t) for _, t in zip(range(2 * workers), tasks))
         while pending:
             result = pending.popleft().result()
             nxt = next(tasks, None)
@@ -550,9 +170,6 @@ def _fmt_s(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f}min"
     return f"{seconds / 3600:.1f}h"
-
-
-_FIX_NOTES = ("cropped", "resized", "NaN zeroed")
 
 
 def _count_reasons(reasons: list[str]) -> dict[str, int]:
@@ -612,8 +229,6 @@ def _duplicates(ids: list[str]) -> dict[int, str]:
 def _fingerprint(settings: dict, image_root: Path, ids, rels, rows) -> str:
     """What a shard's tokens depend on: settings, its galaxies and their files' size and
     modification time (so regenerated or replaced images are tokenised again)."""
-    import hashlib
-
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     stats: dict[str, str] = {}
     for gid, rel, row in zip(ids, rels, rows):
@@ -625,22 +240,6 @@ def _fingerprint(settings: dict, image_root: Path, ids, rels, rows) -> str:
                 stats[rel] = "missing"
         h.update(f"{gid}\0{rel}\0{row}\0{stats[rel]}\n".encode())
     return h.hexdigest()[:24]
-
-
-def _read_done(shard_dir: Path, k: int, fingerprint: str, row_shape: tuple[int, int], dtype) -> dict | None:
-    """The record of shard ``k`` if an earlier run finished it with this fingerprint (and its
-    ``.npy`` holds the rows the record lists)."""
-    stem = _shard_stem(k)
-    done, npy = shard_dir / f"{stem}.json", shard_dir / f"{stem}.npy"
-    try:
-        record = json.loads(done.read_text())
-        if record.get("fingerprint") != fingerprint or record.get("format") != SHARD_FORMAT:
-            return None
-        if _npy_header(npy) != ((len(record["ids"]), *row_shape), np.dtype(dtype)):
-            return None
-        return record
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def _resolve_reference(image_root: Path, ids, rels, rows, opts: ReadOptions, image_size, skip) -> int:
@@ -663,217 +262,198 @@ def _resolve_reference(image_root: Path, ids, rels, rows, opts: ReadOptions, ima
     )
 
 
-def tokenise_group(
-    metadata: pd.DataFrame,
-    image_root: Path,
-    out_dir: Path,
-    patch_size: int,
-    image_size: int | None = None,
-    *,
-    group: int = 0,
-    groups: int = 1,
-    shard_size: int = 2048,
-    workers: int = 1,
-    log: Callable[[str], Any] = print,
-    max_reject_fraction: float = 0.5,
-    chunk_size: int = 256,
-    n_chan: int = 3,
-    fit: Literal["reject", "crop", "resize"] = "reject",
-    nan: Literal["reject", "zero"] = "reject",
-    dtype: Literal["auto", "uint8", "float16", "float32"] = "auto",
-    image_column: str = "image",
-    split: str = "",
-) -> dict[str, Any]:
-    """Tokenise job ``group`` of ``groups`` of a split: its shards, and a part index.
+@dataclass
+class _Job:
+    """One tokenise job, resolved: the split's catalogue, the stamp size and storage, the
+    settings its shards are fingerprinted with, and its run of the split's shards."""
 
-    The split's catalogue rows are cut into shards of ``shard_size`` rows (shard ``k`` holds
-    the kept galaxies of rows ``[k*shard_size, (k+1)*shard_size)``); job ``group`` tokenises the
-    contiguous run of shards :func:`group_shards` gives it, so the tokens never depend on
-    ``groups`` or ``workers``. Each shard is written under ``out_dir/shards/`` as
-    ``00042.npy`` (``(n_kept, T, D)``, memory-mappable) and then ``00042.json`` (its galaxies,
-    rejects and a fingerprint of the settings and input files), both by atomic renames. A
-    shard whose record exists with the same fingerprint is reused, not re-read: a job that is
-    interrupted and rerun loses at most the shards it was writing.
+    image_root: Path
+    shard_dir: Path
+    ids: list[str]
+    rels: list[str]
+    rows: list[int]
+    dup: dict[int, str]
+    opts: ReadOptions
+    patch_size: int
+    image_size: int
+    settings: dict[str, Any]
+    n_shards: int
+    shards: range
+    label: str
 
-    The job's part of the split index goes to ``out_dir/parts/<part_name>.parquet`` (columns
-    ``id, split, shard, row``), its rejects to ``.rejected.csv`` (``id, image_path, reason``) and
-    its counts and settings to ``.json``; :func:`merge_token_groups` joins the parts.
+    @property
+    def row_shape(self) -> tuple[int, int]:
+        """``(T, D)``: tokens per stamp and values per token."""
+        return (self.image_size // self.patch_size) ** 2, self.patch_size * self.patch_size * self.opts.n_chan
 
-    Args:
-        metadata: The whole split's catalogue: columns ``id`` and ``image_path`` (relative to
-            ``image_root``, or absolute), optionally ``image_row`` (row of an encoded image in
-            the parquet shard ``image_path``; the HuggingFace source). Every job gets the same
-            table. A repeated id is rejected ("duplicate id ...") after its first occurrence.
-        image_root: Folder the image paths are relative to.
-        out_dir: The split's token folder (created).
-        patch_size: Patch side in pixels.
-        image_size: Required stamp side; ``None``: that of the split's first readable stamp.
-        group: This job's number, ``0 <= group < groups``.
-        groups: Jobs the split is tokenised by.
-        shard_size: Catalogue rows per shard.
-        workers: Processes decoding images; the output does not depend on it.
-        log: Called with progress lines (about every 10 %) and a summary.
-        max_reject_fraction: Raise if more than this fraction of the job's galaxies is rejected.
-        chunk_size: Galaxies per work unit of a worker process.
-        n_chan, fit, nan: See :func:`tokenise_split`.
-        dtype: Storage dtype; ``"auto"``: uint8 unless some path of the split is a FITS file
-            (decided from the whole split's paths, so every job agrees), then float32.
-        image_column: Column of encoded images in parquet shards.
-        split: Name written into the index's ``split`` column.
+    @property
+    def store(self) -> np.dtype:
+        return np.dtype(self.opts.dtype)
 
-    Returns:
-        The job's summary (also its ``.json``): settings, ``shards`` (list of ``{shard, file,
-        n}``), counts ``n_total``, ``n_galaxies``, ``n_rejected``, one ``n_<reason>`` per reason,
-        ``n_cropped``, ``n_resized``, ``n_nan_zeroed``, and ``n_reused`` (shards kept from an
-        earlier run).
+    def rows_of(self, k: int) -> range:
+        """Catalogue rows of shard ``k``."""
+        size = self.settings["shard_size"]
+        return range(k * size, min((k + 1) * size, len(self.ids)))
 
-    Raises:
-        ValueError: On missing columns, an empty table, a bad option or group.
-        RuntimeError: If more than ``max_reject_fraction`` of the job's galaxies are rejected.
-    """
-    image_root, out_dir = Path(image_root), Path(out_dir)
-    _check_options(fit, nan, dtype, n_chan, shard_size)
-    n_chan, shard_size = int(n_chan), int(shard_size)
+
+def _plan(metadata: pd.DataFrame, image_root: Path, out_dir: Path, s: TokeniseSettings,
+          group: int, groups: int, split: str) -> _Job:
+    """Check the catalogue, settle the storage dtype and stamp size, find the job's shards."""
     ids, rels, rows = _catalogue_items(metadata, str(out_dir))
     dup = _duplicates(ids)
+    dtype = s.dtype
     if dtype == "auto":  # from file names, so every job and shard agrees
         dtype = "float32" if any(is_fits(r) for r in rels) else "uint8"
-    opts = ReadOptions(n_chan=n_chan, fit=fit, nan=nan, dtype=dtype, image_column=image_column)
-    image_size = _resolve_reference(image_root, ids, rels, rows, opts, image_size, dup)
-    if image_size % patch_size:
-        raise ValueError(f"Image size ({image_size}) must be divisible by patch size ({patch_size})")
-    T, D = (image_size // patch_size) ** 2, patch_size * patch_size * n_chan
-    store = np.dtype(dtype)
+    opts = ReadOptions(n_chan=s.n_chan, fit=s.fit, nan=s.nan, dtype=dtype, image_column=s.image_column)
+    image_size = _resolve_reference(image_root, ids, rels, rows, opts, s.image_size, dup)
+    if image_size % s.patch_size:
+        raise ValueError(f"Image size ({image_size}) must be divisible by patch size ({s.patch_size})")
     settings = {
-        "format": SHARD_FORMAT, "patch_size": int(patch_size), "image_size": image_size,
-        "n_chan": n_chan, "fit": fit, "nan": nan, "dtype": dtype, "image_column": image_column,
-        "shard_size": shard_size,
+        "format": SHARD_FORMAT, "patch_size": int(s.patch_size), "image_size": image_size,
+        "n_chan": s.n_chan, "fit": s.fit, "nan": s.nan, "dtype": dtype, "image_column": s.image_column,
+        "shard_size": s.shard_size,
     }
-    K = n_shards(len(ids), shard_size)
+    K = n_shards(len(ids), s.shard_size)
     mine = group_shards(K, group, groups)
     shard_dir = out_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
+    return _Job(image_root, shard_dir, ids, rels, rows, dup, opts, s.patch_size, image_size, settings, K, mine,
+                label=f"{split or out_dir.name} job {part_name(group, groups)}")
 
-    def rows_of(k: int) -> range:
-        return range(k * shard_size, min((k + 1) * shard_size, len(ids)))
 
+def _reusable(job: _Job) -> tuple[dict[int, dict], list[tuple[int, str]]]:
+    """Records of the job's shards an earlier run finished with the same fingerprint, and the
+    ``(shard, fingerprint)`` of those still to tokenise (after sweeping the temporary files of
+    a killed earlier run of this job: only it writes these shards)."""
+    for k in job.shards:
+        for stale in job.shard_dir.glob(f"{shard_stem(k)}.*.tmp-*"):
+            stale.unlink(missing_ok=True)
     records: dict[int, dict] = {}
     todo: list[tuple[int, str]] = []
-    for k in mine:  # temporary files of a killed earlier run of this job (only it writes these shards)
-        for stale in shard_dir.glob(f"{_shard_stem(k)}.*.tmp-*"):
-            stale.unlink(missing_ok=True)
-    for k in mine:
-        r = rows_of(k)
-        fp = _fingerprint(settings, image_root, ids[r.start : r.stop], rels[r.start : r.stop], rows[r.start : r.stop])
-        rec = _read_done(shard_dir, k, fp, (T, D), store)
+    for k in job.shards:
+        r = job.rows_of(k)
+        fp = _fingerprint(job.settings, job.image_root, job.ids[r.start : r.stop], job.rels[r.start : r.stop],
+                          job.rows[r.start : r.stop])
+        rec = read_shard_record(job.shard_dir, k, fp, job.row_shape, job.store)
         if rec is not None:
             records[k] = rec
         else:
             todo.append((k, fp))
-    n_mine = sum(len(rows_of(k)) for k in mine)
-    n_todo = sum(len(rows_of(k)) for k, _ in todo)
-    label = f"{split or out_dir.name} job {part_name(group, groups)}"
+    return records, todo
+
+
+def _log_plan(job: _Job, n_reused: int, todo: list[tuple[int, str]], workers: int, log) -> None:
+    mine, K, (T, D) = job.shards, job.n_shards, job.row_shape
+    n_mine = sum(len(job.rows_of(k)) for k in mine)
+    n_todo = sum(len(job.rows_of(k)) for k, _ in todo)
     log(
-        f"{label}: shards {mine.start}-{mine.stop - 1} of {K} ({n_mine} galaxies, {shard_size} per shard)"
-        if len(mine) else f"{label}: no shards (the split has {K})"
+        f"{job.label}: shards {mine.start}-{mine.stop - 1} of {K} ({n_mine} galaxies, {job.settings['shard_size']} per shard)"
+        if len(mine) else f"{job.label}: no shards (the split has {K})"
     )
-    if records:
-        log(f"  reusing {len(records)} shard(s) finished by an earlier run; {len(todo)} to tokenise ({n_todo} galaxies)")
+    if n_reused:
+        log(f"  reusing {n_reused} shard(s) finished by an earlier run; {len(todo)} to tokenise ({n_todo} galaxies)")
     if todo:
         log(
-            f"  tokenising {n_todo} galaxies from {image_root} ({image_size}px, {n_chan} band(s), "
-            f"{patch_size}px patches: {T} tokens x {D} {dtype} values, {workers} worker(s))"
+            f"  tokenising {n_todo} galaxies from {job.image_root} ({job.image_size}px, {job.opts.n_chan} band(s), "
+            f"{job.patch_size}px patches: {T} tokens x {D} {job.opts.dtype} values, {workers} worker(s))"
         )
 
-    # Work units: chunks of one shard's rows (duplicates are not read), at most ~32 MB of
-    # tokens each, so 2 x workers results in flight stay small even for 512 px stamps.
-    chunk_size = max(1, min(chunk_size, (32 << 20) // (T * D * store.itemsize)))
+
+def _work_units(job: _Job, todo: list[tuple[int, str]], chunk_size: int) -> tuple[list[tuple], list[tuple]]:
+    """Tasks for :func:`_tokenise_chunk` and, for each, ``(shard, fingerprint, a, b, read)``:
+    chunks of one shard's rows ``a..b-1`` (``read``: those not repeated ids), at most ~32 MB of
+    tokens each, so 2 x workers results in flight stay small even for 512 px stamps."""
+    T, D = job.row_shape
+    chunk_size = max(1, min(chunk_size, (32 << 20) // (T * D * job.store.itemsize)))
     tasks, plan = [], []
     for k, fp in todo:
-        r = rows_of(k)
+        r = job.rows_of(k)
         for a in range(r.start, r.stop, chunk_size):
             b = min(a + chunk_size, r.stop)
-            read = [i for i in range(a, b) if i not in dup]
-            tasks.append((str(image_root), [(rels[i], rows[i]) for i in read], patch_size, image_size, opts))
+            read = [i for i in range(a, b) if i not in job.dup]
+            tasks.append((str(job.image_root), [(job.rels[i], job.rows[i]) for i in read], job.patch_size,
+                          job.image_size, job.opts))
             plan.append((k, fp, a, b, read))
+    return tasks, plan
 
-    t0, done, next_log, n_rej = time.perf_counter(), 0, 0.1, 0
-    current: dict[str, Any] = {}
-    # Unique to this process on any node (jobs of a split share the folder, perhaps over NFS).
-    tmp_suffix = f".tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
-    def start_shard(k: int, fp: str) -> None:
-        r = rows_of(k)
-        (shard_dir / f"{_shard_stem(k)}.json").unlink(missing_ok=True)  # no record for a changing .npy
-        npy = shard_dir / (_shard_stem(k) + ".npy" + tmp_suffix)
-        current.update(k=k, fp=fp, npy=npy, ids=[], rejected=[], fixed=dict.fromkeys(_FIX_NOTES, 0),
-                       mm=np.lib.format.open_memmap(npy, mode="w+", dtype=store, shape=(len(r), T, D)))
+class _Progress:
+    """Progress lines about every 10 % of a job's galaxies: rate, ETA and rejects so far."""
 
-    def finish_shard() -> None:
-        k, mm = current["k"], current.pop("mm")
-        mm.flush()
-        del mm
-        n_ok = len(current["ids"])
-        _shrink_npy(current["npy"], (n_ok, T, D), store)
-        stem = _shard_stem(k)
-        os.replace(current["npy"], shard_dir / f"{stem}.npy")
-        record = {"format": SHARD_FORMAT, "fingerprint": current["fp"], "shard": k,
-                  "ids": current["ids"], "rejected": current["rejected"], "fixed": current["fixed"]}
-        # the record last: it marks the shard done
-        atomic_write(shard_dir / f"{stem}.json", lambda p: p.write_text(json.dumps(record) + "\n"))
-        records[k] = record
-        current.clear()
+    def __init__(self, total: int, log) -> None:
+        self.total, self.log = total, log
+        self.t0, self.done, self.next_log, self.rejected = time.perf_counter(), 0, 0.1, 0
 
-    try:
-        for (tokens, reasons, notes), (k, fp, a, b, read) in zip(_in_order(tasks, _tokenise_chunk, workers), plan):
-            if not current:
-                start_shard(k, fp)
-            row = len(current["ids"])
-            current["mm"][row : row + len(tokens)] = tokens
-            outcome = dict(zip(read, zip(reasons, notes)))
-            for i in range(a, b):
-                reason, note = outcome.get(i, (dup.get(i, ""), ""))
-                if reason:
-                    path = rels[i] if rows[i] < 0 else f"{rels[i]} (row {rows[i]})"
-                    current["rejected"].append([ids[i], path, reason])
-                    n_rej += 1
-                else:
-                    current["ids"].append(ids[i])
-                    for n in note.split(", ") if note else ():
-                        current["fixed"][n] += 1
-            if b == rows_of(k).stop:  # the shard's last chunk: write it now
-                finish_shard()
-            done += b - a
-            if done / n_todo >= next_log or done == n_todo:
-                dt = time.perf_counter() - t0
-                rate = done / dt if dt > 0 else float("inf")
-                log(
-                    f"  {done}/{n_todo} galaxies ({100 * done / n_todo:.0f}%), {rate:.0f}/s, "
-                    f"ETA {_fmt_s((n_todo - done) / rate)}, {n_rej} rejected"
-                )
-                while next_log <= done / n_todo:
-                    next_log += 0.1
-    finally:
-        if "mm" in current:
-            del current["mm"]
-        if current:
-            current["npy"].unlink(missing_ok=True)
-        for stray in shard_dir.glob(f"*{tmp_suffix}"):
-            stray.unlink(missing_ok=True)
+    def update(self, n: int, n_rejected: int) -> None:
+        self.done += n
+        self.rejected += n_rejected
+        done, total = self.done, self.total
+        if done / total >= self.next_log or done == total:
+            dt = time.perf_counter() - self.t0
+            rate = done / dt if dt > 0 else float("inf")
+            self.log(
+                f"  {done}/{total} galaxies ({100 * done / total:.0f}%), {rate:.0f}/s, "
+                f"ETA {_fmt_s((total - done) / rate)}, {self.rejected} rejected"
+            )
+            while self.next_log <= done / total:
+                self.next_log += 0.1
 
-    # The job's part of the index, its rejects and counts.
+
+def _keep_or_reject(job: _Job, writer: ShardWriter, result: tuple, unit: tuple) -> int:
+    """Write one chunk's tokens into the open shard and list its galaxies in the shard's record
+    (kept, fixed, or rejected with the reason); returns the number rejected."""
+    tokens, reasons, notes = result
+    k, fp, a, b, read = unit
+    if not writer.writing:
+        writer.start(k, len(job.rows_of(k)), fp, FIX_NOTES)
+    writer.add(tokens)
+    outcome = dict(zip(read, zip(reasons, notes)))
+    n_rejected = 0
+    for i in range(a, b):
+        reason, note = outcome.get(i, (job.dup.get(i, ""), ""))
+        if reason:
+            path = job.rels[i] if job.rows[i] < 0 else f"{job.rels[i]} (row {job.rows[i]})"
+            writer.record["rejected"].append([job.ids[i], path, reason])
+            n_rejected += 1
+        else:
+            writer.record["ids"].append(job.ids[i])
+            for n in note.split(", ") if note else ():
+                writer.record["fixed"][n] += 1
+    return n_rejected
+
+
+def _tokenise_shards(job: _Job, todo: list[tuple[int, str]], records: dict[int, dict], workers: int,
+                     chunk_size: int, log) -> None:
+    """Tokenise the shards ``todo`` on ``workers`` processes, in order, each written as soon as
+    its last chunk is in; their records are added to ``records``."""
+    tasks, plan = _work_units(job, todo, chunk_size)
+    progress = _Progress(sum(len(job.rows_of(k)) for k, _ in todo), log)
+    with ShardWriter(job.shard_dir, job.row_shape, job.store) as writer:
+        for result, unit in zip(_in_order(tasks, _tokenise_chunk, workers), plan):
+            n_rejected = _keep_or_reject(job, writer, result, unit)
+            k, _, a, b, _ = unit
+            if b == job.rows_of(k).stop:  # the shard's last chunk: write it now
+                records[k] = writer.finish()
+            progress.update(b - a, n_rejected)
+
+
+def _write_part(job: _Job, out_dir: Path, records: dict[int, dict], n_todo_shards: int, group: int,
+                groups: int, split: str, max_reject_fraction: float) -> dict[str, Any]:
+    """The job's part of the index (``.parquet``), its rejects (``.rejected.csv``) and its
+    summary (``.json``: settings, shards, counts), under ``out_dir/parts/``; returns the summary."""
+    mine = job.shards
+    n_mine = sum(len(job.rows_of(k)) for k in mine)
     index = pd.DataFrame(
         [(gid, split, k, r) for k in mine for r, gid in enumerate(records[k]["ids"])],
         columns=["id", "split", "shard", "row"],
     ).astype({"shard": np.int64, "row": np.int64})
     rejected = [tuple(x) for k in mine for x in records[k]["rejected"]]
-    reasons = [r for _, _, r in rejected]
-    fixed = {n: sum(records[k]["fixed"][n] for k in mine) for n in _FIX_NOTES}
+    fixed = {n: sum(records[k]["fixed"][n] for k in mine) for n in FIX_NOTES}
     counts = {
         "n_total": n_mine,
         "n_galaxies": len(index),
         "n_rejected": len(rejected),
-        **_count_reasons(reasons),
+        **_count_reasons([r for _, _, r in rejected]),
         "n_cropped": fixed["cropped"],
         "n_resized": fixed["resized"],
         "n_nan_zeroed": fixed["NaN zeroed"],
@@ -881,15 +461,16 @@ def tokenise_group(
     if counts["n_rejected"] > max_reject_fraction * max(n_mine, 1):
         first = "; ".join(f"{g} ({r})" for g, _, r in rejected[:5])
         raise RuntimeError(
-            f"{counts['n_rejected']} of {n_mine} images under {image_root} were rejected "
+            f"{counts['n_rejected']} of {n_mine} images under {job.image_root} were rejected "
             f"(more than {max_reject_fraction:.0%}); first: {first}"
         )
+    T, D = job.row_shape
     summary = {
-        **settings, "n_tokens": T, "token_dim": D, "order": "spiral",
+        **job.settings, "n_tokens": T, "token_dim": D, "order": "spiral",
         "layout": "(h p1) (w p2) c -> (h w) (p1 p2 c)", "group": group, "groups": groups,
-        "n_shards": K,
-        "shards": [{"shard": k, "file": f"shards/{_shard_stem(k)}.npy", "n": len(records[k]["ids"])} for k in mine],
-        **counts, "n_reused": len(mine) - len(todo),
+        "n_shards": job.n_shards,
+        "shards": [{"shard": k, "file": f"shards/{shard_stem(k)}.npy", "n": len(records[k]["ids"])} for k in mine],
+        **counts, "n_reused": len(mine) - n_todo_shards,
     }
     part = out_dir / "parts" / part_name(group, groups)
     part.parent.mkdir(parents=True, exist_ok=True)
@@ -897,7 +478,10 @@ def tokenise_group(
     atomic_write(part.with_suffix(".rejected.csv"),
                  lambda p: pd.DataFrame(rejected, columns=REJECTED_COLUMNS).to_csv(p, index=False))
     atomic_write(part.with_suffix(".json"), lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
-    dt = time.perf_counter() - t0
+    return summary
+
+
+def _log_kept(label: str, counts: dict[str, Any], n_todo: int, dt: float, log) -> None:
     extra = [
         f"{counts[k]} {lab}"
         for k, lab in (
@@ -912,12 +496,126 @@ def tokenise_group(
         if counts[k]
     ]
     log(
-        f"{label}: kept {counts['n_galaxies']} of {n_mine} galaxies"
+        f"{label}: kept {counts['n_galaxies']} of {counts['n_total']} galaxies"
         + (f" ({n_todo} tokenised in {dt:.1f}s, {n_todo / max(dt, 1e-9):.0f}/s)" if n_todo else "")
         + f"; {counts['n_unreadable']} unreadable images skipped, {counts['n_missing']} missing, "
         f"{counts['n_wrong_size']} wrong size" + "".join(f", {e}" for e in extra)
     )
+
+
+def tokenise_group(
+    metadata: pd.DataFrame,
+    image_root: Path,
+    out_dir: Path,
+    settings: TokeniseSettings,
+    *,
+    group: int = 0,
+    groups: int = 1,
+    workers: int = 1,
+    max_reject_fraction: float = 0.5,
+    chunk_size: int = 256,
+    split: str = "",
+    log: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """Tokenise job ``group`` of ``groups`` of a split: its shards, and a part index.
+
+    Job ``group`` tokenises the contiguous run of the split's shards that
+    :func:`astropt.shards.group_shards` gives it, so the tokens never depend on ``groups`` or
+    ``workers``. Each shard is written by :class:`astropt.shards.ShardWriter`; one whose record
+    exists with the same fingerprint (settings, galaxies, and their files' size and mtime) is
+    reused, not re-read: a job that is interrupted and rerun loses at most the shard it was
+    writing. The job's part goes to ``out_dir/parts/<part_name>.parquet`` (``id, split, shard,
+    row``), ``.rejected.csv`` (``id, image_path, reason``) and ``.json`` (settings and counts);
+    :func:`merge_token_groups` joins the parts.
+
+    Args:
+        metadata: The whole split's catalogue (every job gets the same table): ``id`` and
+            ``image_path`` (relative to ``image_root``, or absolute), optionally ``image_row``
+            (row of an encoded image in the parquet shard ``image_path``). A repeated id is
+            rejected ("duplicate id ...") after its first occurrence.
+        image_root: Folder the image paths are relative to.
+        out_dir: The split's token folder (created).
+        settings: What the tokens depend on.
+        group: This job's number, ``0 <= group < groups``.
+        groups: Jobs the split is tokenised by.
+        workers: Processes decoding images; the output does not depend on it.
+        max_reject_fraction: Raise if more than this fraction of the job's galaxies is rejected.
+        chunk_size: Galaxies per work unit of a worker process.
+        split: Name written into the index's ``split`` column.
+        log: Called with progress lines (about every 10 %) and a summary.
+
+    Returns:
+        The job's summary (its ``.json``): settings, ``shards`` (``{shard, file, n}`` each),
+        counts ``n_total``, ``n_galaxies``, ``n_rejected``, one ``n_<reason>`` per reason,
+        ``n_cropped``, ``n_resized``, ``n_nan_zeroed``, and ``n_reused`` (shards kept from an
+        earlier run).
+
+    Raises:
+        ValueError: On missing columns, an empty table, an image size not divisible by the
+            patch size, or a bad group.
+        RuntimeError: If more than ``max_reject_fraction`` of the job's galaxies are rejected.
+    """
+    image_root, out_dir = Path(image_root), Path(out_dir)
+    job = _plan(metadata, image_root, out_dir, settings, group, groups, split)
+    records, todo = _reusable(job)
+    _log_plan(job, len(records), todo, workers, log)
+    t0 = time.perf_counter()
+    _tokenise_shards(job, todo, records, workers, chunk_size, log)
+    summary = _write_part(job, out_dir, records, len(todo), group, groups, split, max_reject_fraction)
+    n_todo = sum(len(job.rows_of(k)) for k, _ in todo)
+    _log_kept(job.label, summary, n_todo, time.perf_counter() - t0, log)
     return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# The workflow's stages: tokenise, token_index, rejected
+# ---------------------------------------------------------------------------------------------
+def tokenise_part(
+    metadata: str | Path,
+    split: str,
+    part: str,
+    out_dir: str | Path,
+    tokens: dict,
+    image_size: int,
+    n_chan: int = 3,
+    image_column: str = "image",
+    *,
+    workers: int = 1,
+    max_reject_fraction: float = 0.5,
+    log: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """The ``tokenise`` rule: job ``part`` (``"0001-of-0004"``) of split ``split`` of the
+    catalogue ``metadata`` (the download's ``metadata.parquet``; image paths relative to its
+    folder) into the split's token folder ``out_dir`` (:func:`tokenise_group`).
+
+    ``tokens`` is the rule's params: the config's ``tokens`` section less the keys that change
+    no token (``patch_size``, ``fit``, ``nan``, ``dtype``, ``shard_size`` are read). ``workers``
+    and ``max_reject_fraction`` come from the config apart, so that changing them reruns
+    nothing; this function joins the two.
+
+    Raises:
+        ValueError: If the catalogue has no galaxy in ``split`` (or see :func:`tokenise_group`).
+    """
+    group, groups = parse_part_name(part)
+    present = set(pq.read_schema(metadata).names)
+    meta = pd.read_parquet(metadata, columns=[c for c in ("id", "split", "image_path", "image_row") if c in present])
+    rows = meta[meta["split"] == split].reset_index(drop=True)
+    if rows.empty:
+        raise ValueError(f"{metadata}: no galaxies in split {split!r} (splits present: {sorted(meta['split'].unique())})")
+    settings = TokeniseSettings(
+        patch_size=tokens["patch_size"],
+        image_size=image_size,
+        n_chan=n_chan,
+        fit=tokens["fit"],
+        nan=tokens["nan"],
+        dtype=tokens["dtype"],
+        shard_size=tokens["shard_size"],
+        image_column=image_column,
+    )
+    return tokenise_group(
+        rows, Path(metadata).parent, Path(out_dir), settings, group=group, groups=groups, workers=workers,
+        max_reject_fraction=max_reject_fraction, split=split, log=log,
+    )
 
 
 _SETTING_KEYS = ("format", "patch_size", "image_size", "n_chan", "fit", "nan", "dtype", "image_column",
@@ -925,7 +623,8 @@ _SETTING_KEYS = ("format", "patch_size", "image_size", "n_chan", "fit", "nan", "
 
 
 def merge_token_groups(out_dir: Path, groups: int, max_reject_fraction: float = 0.5, log=print) -> dict[str, Any]:
-    """Join the parts written by the ``groups`` tokenise jobs of a split into its index.
+    """The ``token_index`` rule: join the parts written by the ``groups`` tokenise jobs of a
+    split into its index.
 
     Checks that the parts agree on the settings, cover every shard exactly once, and that each
     shard file holds the rows its part lists; writes ``index.parquet`` (``id, split, shard,
@@ -1005,211 +704,17 @@ def _remove_stale(out_dir: Path, n_shards_: int, groups: int, log) -> None:
         log(f"{out_dir}: removed {len(stale)} stale shard/part files of an earlier layout ({freed / 1e9:.2f} GB)")
 
 
-def tokenise_split(
-    metadata: pd.DataFrame,
-    image_root: Path,
-    out_dir: Path,
-    patch_size: int,
-    image_size: int | None = None,
-    workers: int = 1,
-    log: Callable[[str], Any] = print,
-    max_reject_fraction: float = 0.5,
-    chunk_size: int = 256,
-    n_chan: int = 3,
-    fit: Literal["reject", "crop", "resize"] = "reject",
-    nan: Literal["reject", "zero"] = "reject",
-    dtype: Literal["auto", "uint8", "float16", "float32"] = "auto",
-    shard_size: int = 2048,
-    image_column: str = "image",
-    split: str = "",
-) -> dict[str, Any]:
-    """Decode, check, patchify and spiral-order a split of stamps into token shards, in one job.
-
-    The same as :func:`tokenise_group` with one group followed by :func:`merge_token_groups`
-    (the workflow runs one tokenise job per shard group instead, in parallel).
-
-    Reads 8-bit PNG/JPEG (PIL), FITS (astropy; any file ending ``.fits``, ``.fit``, ``.fts``,
-    optionally ``.gz``) and encoded images in parquet shards (``image_row`` column). FITS: the
-    first image HDU holding data; a 2-D image is one band, a 3-D cube is ``(bands, H, W)`` as
-    FITS stores it (``NAXIS3`` = bands), except a cube whose last numpy axis has at most 8
-    entries while its first has more, which is read as ``(H, W, bands)``. PNG/JPEG: RGB when
-    ``n_chan == 3`` (any 8-bit mode is converted, as in AstroPT v1), greyscale when
-    ``n_chan == 1``; 16-bit and float PNG/TIFF modes are rejected.
-
-    Every bad galaxy is skipped and listed with its reason, never fatal (unless too many):
-    missing, truncated or corrupt files of any type ("missing file", "unreadable: ..."), another
-    band count ("unexpected band count: 5 (expected 3)"), NaN/inf pixels ("NaN pixels: 12"),
-    another size ("wrong size: 40x40 px, expected 32x32"), values the storage dtype cannot hold
-    ("values exceed float16 range ..."), a repeated id ("duplicate id ..."). Output in
-    ``out_dir``, every file written under a temporary name and renamed:
-
-    * ``shards/00000.npy`` ...: ``(n_k, T, D)`` in the storage dtype, spiral order, openable
-      with ``np.load(..., mmap_mode="r")``, plus ``shards/00000.json`` records;
-    * ``index.parquet``: columns ``id``, ``split``, ``shard``, ``row`` (row in that shard);
-    * ``rejected.csv``: columns ``id``, ``image_path``, ``reason`` (header only when none);
-    * ``meta.json``: patch_size, image_size, n_chan, n_tokens, token_dim, dtype, fit, nan,
-      shard_size, shards, order, counts;
-    * ``parts/0000-of-0001.*``: the job's part (see :func:`tokenise_group`).
-
-    Args:
-        metadata: Table with columns ``id`` and ``image_path`` (relative to ``image_root``, or
-            absolute), optionally ``image_row``; rows are tokenised in this order.
-        image_root: Folder the image paths are relative to.
-        out_dir: Output folder (created).
-        patch_size: Patch side in pixels.
-        image_size: Required stamp side in pixels; ``None``: every image must match the first
-            image that is read successfully (which must be square).
-        workers: Processes to decode with; the output does not depend on it.
-        log: Called with progress lines (about every 10%) and a final summary.
-        max_reject_fraction: Raise if more than this fraction of galaxies is rejected.
-        chunk_size: Galaxies per work unit.
-        n_chan: Bands every stamp must have (``D = patch_size**2 * n_chan``).
-        fit: Stamps whose size is not ``image_size``: ``"reject"`` them; ``"crop"`` the centre
-            ``image_size`` square out of larger ones (smaller ones are still rejected; an odd
-            margin puts the extra pixel at the bottom/right); ``"resize"`` every one (a
-            non-square stamp is first centre-cropped to a square on its shorter side). Resizing
-            is bilinear: PIL's filter for 8-bit images, ``torch.nn.functional.interpolate(
-            mode="bilinear", antialias=True)`` for FITS data, so shrinking does not alias.
-        nan: FITS stamps with NaN or infinite pixels (counted after a crop): ``"reject"`` them
-            or set those pixels to ``"zero"``.
-        dtype: Storage of the shards. ``"auto"``: ``uint8`` when no path of the split is a
-            FITS file (decided from file names before decoding), else ``float32``. 8-bit images
-            stored as float keep their 0-255 values; FITS values beyond float16's 65504 are
-            rejected under ``"float16"``; under ``"uint8"`` only FITS holding integers 0-255 are
-            kept.
-        shard_size: Catalogue rows per shard.
-        image_column: Column of encoded images in parquet shards.
-        split: Name written into the index's ``split`` column.
-
-    Returns:
-        ``meta.json``'s contents: settings and counts ``n_total``, ``n_galaxies`` (kept),
-        ``n_rejected``, ``n_missing``, ``n_unreadable``, ``n_wrong_size``, ``n_wrong_bands``,
-        ``n_nan``, ``n_out_of_range``, ``n_duplicate`` (rejected for each reason),
-        ``n_cropped``, ``n_resized``, ``n_nan_zeroed`` (kept after fixing), ``n_reused``.
-
-    Raises:
-        ValueError: On missing columns, an empty table, a size not divisible by the patch
-            size or an unknown option.
-        RuntimeError: If more than ``max_reject_fraction`` of the galaxies are rejected.
-    """
-    tokenise_group(
-        metadata, image_root, out_dir, patch_size, image_size, group=0, groups=1, shard_size=shard_size,
-        workers=workers, log=log, max_reject_fraction=max_reject_fraction, chunk_size=chunk_size,
-        n_chan=n_chan, fit=fit, nan=nan, dtype=dtype, image_column=image_column, split=split,
-    )
-    return merge_token_groups(out_dir, 1, max_reject_fraction, log=log)
-
-
-def _shrink_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
-    """Cut a C-order .npy file down to its first ``shape[0]`` rows (header rewritten)."""
-    fmt = np.lib.format
-    with open(path, "r+b") as f:
-        version = fmt.read_magic(f)
-        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-        old_shape, _, _ = read(f)
-        offset = f.tell()
-        if tuple(old_shape) == tuple(shape):
-            return
-        header = io.BytesIO()
-        d = {"descr": fmt.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
-        if version == (1, 0):
-            fmt.write_array_header_1_0(header, d)
-        else:
-            fmt.write_array_header_2_0(header, d)
-        n_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        if len(header.getvalue()) == offset:  # numpy pads headers, so it fits in place
-            f.seek(0)
-            f.write(header.getvalue())
-            f.truncate(offset + n_bytes)
-            return
-    _copy_rows(path, shape, dtype)  # header length changed (old numpy)
-
-
-def _copy_rows(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
-    """Stream the first ``shape[0]`` rows of a .npy file into a fresh one that replaces it."""
-    fmt = np.lib.format
-
-    def copy(fresh: Path) -> None:
-        src = np.load(path, mmap_mode="r")
-        out = fmt.open_memmap(fresh, mode="w+", dtype=dtype, shape=shape)
-        for i in range(0, shape[0], 1024):
-            j = min(i + 1024, shape[0])
-            out[i:j] = src[i:j]
-        out.flush()
-        del out, src
-
-    atomic_write(path, copy)
-
-
-def _open_file_budget(wanted: int) -> int:
-    """Memory maps a process may keep open: half of what its open-file limit leaves after some
-    headroom, the soft limit first raised towards the hard one if ``wanted`` needs more."""
-    headroom = 256
-    try:
-        import resource
-    except ImportError:  # not on POSIX
-        return max(8, min(wanted, 256))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return wanted
-    if soft < 2 * wanted + headroom:
-        target = 2 * wanted + headroom if hard == resource.RLIM_INFINITY else min(hard, 2 * wanted + headroom)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):  # not allowed: live with the soft limit
-            pass
-    return max(8, min(wanted, (soft - headroom) // 2))
-
-
-def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of a .npy file, from its header alone."""
-    fmt = np.lib.format
-    with open(path, "rb") as f:
-        version = fmt.read_magic(f)
-        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-        shape, _, dtype = read(f)
-    return tuple(shape), np.dtype(dtype)
-
-
-def load_tokens(split_dir: Path, max_open: int | None = None) -> TokenSplit:
-    """Open a split written by :func:`tokenise_split` / :func:`merge_token_groups`.
-
-    Every shard's header is checked against ``meta.json``; the shards are memory-mapped
-    (read-only) when first read, at most ``max_open`` at a time (default: as many as the
-    process's open-file limit allows, which is raised towards its hard limit if needed).
-
-    Raises:
-        FileNotFoundError: If the folder, its index, meta or a shard is missing.
-        ValueError: If the index and the shards disagree.
-    """
-    split_dir = Path(split_dir)
-    needed = [split_dir / n for n in ("index.parquet", "meta.json")]
-    absent = [p.name for p in needed if not p.is_file()]
-    if absent:
-        raise FileNotFoundError(
-            f"Tokenised split {split_dir} is missing {', '.join(absent)}; run the tokenise rule (or tokenise_split) first"
-        )
-    index = pd.read_parquet(needed[0], columns=["id", "row"])
-    meta = json.loads(needed[1].read_text())
-    if "shards" not in meta:
-        raise ValueError(f"{split_dir} was tokenised by an older version (no shards in meta.json): tokenise it again")
-    row_shape, dtype = (meta["n_tokens"], meta["token_dim"]), np.dtype(meta["dtype"])
-    paths, lengths = [], []
-    for s in meta["shards"]:
-        path = split_dir / s["file"]
-        if not path.is_file():
-            raise FileNotFoundError(f"token shard {path} listed in {needed[1]} is missing: tokenise the split again")
-        shape, got = _npy_header(path)
-        if shape != (s["n"], *row_shape) or got != dtype:
-            raise ValueError(f"token shard {path} is {shape} {got}, {needed[1]} lists {(s['n'], *row_shape)} {dtype}")
-        paths.append(path)
-        lengths.append(s["n"])
-    tokens = ShardedTokens.open(paths, lengths, row_shape, dtype,
-                                max_open=max_open or _open_file_budget(len(paths)))
-    expect = np.concatenate([np.arange(n) for n in lengths]) if lengths else np.zeros(0)
-    if len(index) != len(tokens):
-        raise ValueError(f"{split_dir}: index.parquet lists {len(index)} galaxies but the shards hold {len(tokens)}")
-    if not np.array_equal(index["row"].to_numpy(), expect):
-        raise ValueError(f"{split_dir}: index.parquet's rows do not follow the shards' order; rerun token_index")
-    return TokenSplit(tokens=tokens, ids=np.asarray(index["id"].astype(str).tolist(), dtype=str), meta=meta)
+def collect_rejected(download_rejected: str | Path, split_rejected: dict[str, str | Path], out: str | Path, log=print) -> pd.DataFrame:
+    """The ``rejected`` rule: all galaxies dropped on the way to tokens, one CSV: stage
+    (``download`` or ``tokenise``), split, id, image_path, reason. Ids stay text (``"007"``,
+    ``"nan"``)."""
+    frames = []
+    d = pd.read_csv(download_rejected, dtype=str, keep_default_na=False)
+    frames.append(d.assign(stage="download", split=""))
+    for split, path in split_rejected.items():
+        frames.append(pd.read_csv(path, dtype=str, keep_default_na=False).assign(stage="tokenise", split=split))
+    table = pd.concat(frames, ignore_index=True)[["stage", "split", *REJECTED_COLUMNS]]
+    table.to_csv(out, index=False)
+    counts = table.groupby("stage").size().to_dict() if len(table) else {}
+    log(f"{len(table)} galaxies rejected in all ({counts}); listed in {out}")
+    return table

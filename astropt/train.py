@@ -15,9 +15,9 @@ Files in ``out_dir``:
     last.pt      resumable state (model, optimiser, step, metrics so far, RNG), written
                  atomically every ``checkpoint_interval`` steps; a rerun resumes from it.
     ckpt.pt      the final model (v1 checkpoint layout, no optimiser), written at the end.
-    ckpt.json    a readable sidecar: size, parameters, steps, final losses, config, and the
-                 run's provenance (training seed, data seed, threads, torch version, CPU
-                 capability or GPU: :func:`provenance`).
+    ckpt.json    a readable sidecar (:class:`astropt.record.RunRecord`): size, parameters,
+                 steps, final losses, config, and the run's provenance (training seed, data
+                 seed, threads, torch version, CPU capability or GPU: :func:`provenance`).
     metrics.csv  step, tokens_seen, flops, train_loss, val_loss, lr, elapsed_s, tokens_per_s,
                  mfu, peak_mem_gb, gpu_hours.
     history.log  the progress lines of every attempt, appended (the CLI writes it).
@@ -31,10 +31,15 @@ steps since the last ``checkpoint_interval``: checkpoints are written atomically
 ``last.pt`` is always the last complete one. A non-finite loss stops the run with its step
 number and keeps the last good ``last.pt``.
 
-Run::
+The code reads like nanoGPT's loop: :func:`train` runs the phases, each a function of the
+run's fixed parts (:class:`Run`) and the loop's state (:class:`LoopState`): :func:`setup`,
+:func:`resume`, :func:`start`, then per step :func:`train_step`, :func:`log_step` (with
+:func:`evaluate`), :func:`save_last` and :func:`stop_at_boundary`, and :func:`finish`.
 
-    python -m astropt.train --spec spec.json --train-tokens results/tokens/train \\
-        --val-tokens results/tokens/validation --out-dir results/models/416K --threads 2
+Run (a split is given by its manifest, ``index.parquet``, or its folder)::
+
+    python -m astropt.train --spec spec.json --train-tokens results/tokens/train/index.parquet \\
+        --val-tokens results/tokens/validation/index.parquet --out-dir results/models/416K --threads 2
     torchrun --standalone --nproc_per_node=8 -m astropt.train ...   # DDP, one rank per GPU
 """
 
@@ -48,9 +53,9 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -61,8 +66,10 @@ from astropt.config import SizeSpec, TrainConfig, spec_from_json, spec_to_json  
 from astropt.hardware import peak_flops, peak_memory_gb
 from astropt.io import atomic_write
 from astropt.loader import BatchGatherer
-from astropt.model import GPT, GPTConfig
-from astropt.tokenise import load_tokens, normalise
+from astropt.model import GPT
+from astropt.patches import normalise
+from astropt.record import RunRecord
+from astropt.shards import TokenSplit, load_tokens
 
 METRIC_COLUMNS = [
     "step",
@@ -257,6 +264,76 @@ def _setup_distributed(device_pref: str) -> tuple[Dist, torch.device]:
     return dist, torch.device("cpu")
 
 
+# --------------------------------------------------------------------------- the run's state
+
+
+@dataclass
+class Run:
+    """What a training run holds fixed once :func:`setup` has built it: settings, data, model,
+    optimiser and its place in the DDP group (``net``, ``gather``, ``stop_group``: :func:`start`)."""
+
+    spec: SizeSpec
+    cfg: TrainConfig
+    out_dir: Path
+    dist: Dist
+    device: torch.device
+    say: Callable[..., Any]
+    stop: StopRequest
+    train_split: TokenSplit
+    val_split: TokenSplit
+    model: GPT  # the model itself: evaluated and saved
+    optimizer: torch.optim.Optimizer
+    n_params: int
+    flops_per_token: int
+    fingerprint: str  # run_fingerprint: a last.pt with another one belongs to another run
+    peak: float | None  # peak FLOP/s of one device; None: no MFU (CPU, unknown GPU)
+    use_bf16: bool
+    autocast: Any  # bf16 autocast, or a null context
+    net: torch.nn.Module | None = None  # what a step runs: the model, compiled and / or in DDP
+    gather: BatchGatherer | None = None
+    stop_group: Any = None  # under DDP: the ranks' CPU (gloo) group that agrees on stopping
+
+    @property
+    def accum(self) -> int:
+        """Micro-batches per rank per step."""
+        return self.cfg.grad_accum // self.dist.world
+
+    @property
+    def global_batch(self) -> int:
+        """Galaxies per optimiser step, all ranks together."""
+        return self.cfg.micro_batch * self.cfg.grad_accum
+
+    @property
+    def seq(self) -> int:
+        """Positions trained per galaxy."""
+        return self.spec.model.block_size - 1
+
+    @property
+    def last(self) -> Path:
+        """The resumable state."""
+        return self.out_dir / "last.pt"
+
+
+@dataclass
+class LoopState:
+    """What changes from step to step; ``last.pt`` keeps it (with the model and optimiser).
+
+    The window is the steps since the last metrics row: their summed mean losses (a tensor on
+    the device, read once per row), their count, and the clock and step where it began.
+    """
+
+    step: int = 0
+    rows: list[dict[str, float]] = field(default_factory=list)
+    best_val: float = float("inf")
+    elapsed_before: float = 0.0  # training seconds of earlier attempts
+    elapsed: float = 0.0  # training seconds up to the last metrics row or checkpoint
+    t_start: float = 0.0  # perf_counter() when this attempt's loop began
+    window_loss: torch.Tensor | None = None
+    window_steps: int = 0
+    window_t0: float = 0.0
+    window_step0: int = 0
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -270,9 +347,10 @@ def train(
 ) -> pd.DataFrame:
     """Train one size and write ``ckpt.pt``, ``ckpt.json`` and ``metrics.csv`` in ``out_dir``.
 
-    Resumes from ``out_dir/last.pt`` when it holds the same run (same fingerprint);
-    a ``last.pt`` from a different configuration is kept as ``last.pt.old`` and training
-    starts afresh.
+    ``train_tokens`` / ``val_tokens`` are tokenised splits: a split's folder or its manifest
+    ``index.parquet``. Resumes from ``out_dir/last.pt`` when it holds the same run (same
+    fingerprint); a ``last.pt`` from a different configuration is kept as ``last.pt.old`` and
+    training starts afresh.
 
     Returns:
         The metrics table (also written to ``metrics.csv``).
@@ -282,20 +360,43 @@ def train(
             (the CLI exits with :data:`EXIT_CHECKPOINTED`).
         NonFiniteLossError: If the training loss is NaN or infinite (``last.pt`` is kept).
     """
-    out_dir = Path(out_dir)
     dist, device = _setup_distributed(cfg.device)
-    say = log if dist.main else (lambda *a, **k: None)
     try:
         with StopRequest() as stop:
-            return _train(spec, cfg, Path(train_tokens), Path(val_tokens), out_dir, dist, device, say, stop)
+            run = setup(spec, cfg, Path(train_tokens), Path(val_tokens), Path(out_dir),
+                        dist, device, log if dist.main else _quiet, stop)
+            state = resume(run)
+            start(run, state)
+            while state.step < cfg.steps:
+                lr = train_step(run, state)
+                last_step = state.step == cfg.steps
+                do_eval = state.step % cfg.eval_interval == 0 or last_step
+                do_ckpt = state.step % cfg.checkpoint_interval == 0 or last_step
+                # Check the loss before every checkpoint so a saved state is never non-finite.
+                if state.step % cfg.log_interval == 0 or do_eval or do_ckpt:
+                    log_step(run, state, lr, do_eval)
+                if dist.main and do_ckpt:
+                    state.elapsed = state.elapsed_before + (time.perf_counter() - state.t_start)
+                    save_last(run, state)
+                if not last_step and _stop_agreed(run):
+                    stop_at_boundary(run, state, saved=do_ckpt)  # raises Checkpointed
+            return finish(run, state)
     finally:
         if dist.world > 1:
-            global _STOP_GROUP
-            _STOP_GROUP = None
             torch.distributed.destroy_process_group()
 
 
-def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say, stop: StopRequest) -> pd.DataFrame:
+def _quiet(*_args, **_kwargs) -> None:
+    """The log of ranks other than 0."""
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def setup(spec: SizeSpec, cfg: TrainConfig, train_tokens: Path, val_tokens: Path, out_dir: Path,
+          dist: Dist, device: torch.device, say: Callable[..., Any], stop: StopRequest) -> Run:
+    """Setup: open the token splits, check them against the size, seed, build the model and
+    its optimiser, and fingerprint the run."""
     torch.set_num_threads(max(1, cfg.threads))
     train_split, val_split = load_tokens(train_tokens), load_tokens(val_tokens)
     n_tok, dim = train_split.tokens.shape[1:]
@@ -309,280 +410,303 @@ def _train(spec, cfg, train_tokens, val_tokens, out_dir, dist, device, say, stop
         raise ValueError(
             f"train.grad_accum ({cfg.grad_accum}) must be divisible by the number of ranks ({dist.world})"
         )
-    accum = cfg.grad_accum // dist.world  # micro-batches per rank per step
-    global_batch = cfg.micro_batch * cfg.grad_accum
-    seq = spec.model.block_size - 1  # positions trained per galaxy
     use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
     autocast = (
         torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         if use_bf16
         else contextlib.nullcontext()
     )
-
     torch.manual_seed(cfg.seed)
     model = GPT(spec.model).to(device)
     optimizer = model.configure_optimizer(cfg.weight_decay, spec.lr, cfg.betas, device.type)
-    n_params = model.get_num_params()
-    flops_per_token = model.flops_per_token(seq)
-    fingerprint = run_fingerprint(spec, cfg, data_identity(train_split) + data_identity(val_split))
-    peak = peak_flops(device, cfg.peak_tflops)  # per device; None: no MFU (CPU, unknown GPU)
-    n_gpus = dist.world if device.type == "cuda" else 0
+    return Run(
+        spec=spec, cfg=cfg, out_dir=out_dir, dist=dist, device=device, say=say, stop=stop,
+        train_split=train_split, val_split=val_split, model=model, optimizer=optimizer,
+        n_params=model.get_num_params(), flops_per_token=model.flops_per_token(spec.model.block_size - 1),
+        fingerprint=run_fingerprint(spec, cfg, data_identity(train_split) + data_identity(val_split)),
+        peak=peak_flops(device, cfg.peak_tflops), use_bf16=use_bf16, autocast=autocast,
+    )
 
-    # ---------------------------------------------------------------- resume
-    out_dir.mkdir(parents=True, exist_ok=True)
-    last = out_dir / "last.pt"
-    step, rows, elapsed_before, best_val = 0, [], 0.0, float("inf")
-    window_resume = {"loss_sum": 0.0, "steps": 0}
-    state = None
-    if last.exists():
+
+def resume(run: Run) -> LoopState:
+    """Resume: the loop's state (and the model's, the optimiser's, the RNG's) from ``last.pt``
+    when it holds this run; else a fresh start, ``last.pt`` kept as ``last.pt.old`` (another
+    run) or ``last.pt.corrupt`` (unreadable)."""
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    state, window, saved = LoopState(), {"loss_sum": 0.0, "steps": 0}, None
+    if run.last.exists():
         try:
-            state = load_checkpoint(last, map_location="cpu")
+            saved = load_checkpoint(run.last, map_location="cpu")
         except ValueError as err:  # unreadable: keep it for inspection, start afresh
-            if dist.main:
-                os.replace(last, out_dir / "last.pt.corrupt")
-            say(f"{err}; kept as last.pt.corrupt, starting afresh")
-    if state is not None:
-        if state.get("fingerprint") == fingerprint:
-            model.load_state_dict(clean_state_dict(state["model"]))
-            optimizer.load_state_dict(state["optimizer"])
-            step = int(state["iter_num"])
-            rows = list(state["metrics"])
-            elapsed_before = float(state["elapsed_s"])
-            best_val = float(state["best_val_loss"])
-            window_resume = state.get("window", {"loss_sum": 0.0, "steps": 0})
-            torch.set_rng_state(state["rng"]["torch"])
-            say(f"resuming {spec.name} from {last} at step {step}/{cfg.steps}")
-        else:
-            if dist.main:
-                os.replace(last, out_dir / "last.pt.old")
-            say(f"{last} belongs to a different configuration or data: kept as last.pt.old, starting afresh")
-        del state
+            if run.dist.main:
+                os.replace(run.last, run.out_dir / "last.pt.corrupt")
+            run.say(f"{err}; kept as last.pt.corrupt, starting afresh")
+    if saved is not None and saved.get("fingerprint") == run.fingerprint:
+        run.model.load_state_dict(clean_state_dict(saved["model"]))
+        run.optimizer.load_state_dict(saved["optimizer"])
+        state.step = int(saved["iter_num"])
+        state.rows = list(saved["metrics"])
+        state.elapsed_before = float(saved["elapsed_s"])
+        state.best_val = float(saved["best_val_loss"])
+        window = saved.get("window", window)
+        torch.set_rng_state(saved["rng"]["torch"])
+        run.say(f"resuming {run.spec.name} from {run.last} at step {state.step}/{run.cfg.steps}")
+    elif saved is not None:
+        if run.dist.main:
+            os.replace(run.last, run.out_dir / "last.pt.old")
+        run.say(f"{run.last} belongs to a different configuration or data: kept as last.pt.old, starting afresh")
+    state.window_loss = torch.full((), float(window["loss_sum"]), device=run.device)
+    state.window_steps = int(window["steps"])
+    return state
 
-    raw_model = model
-    if cfg.compile:
-        model = torch.compile(model)
+
+def start(run: Run, state: LoopState) -> None:
+    """Wrap the model (``torch.compile``, DDP), log the run and its plan, start the clocks."""
+    spec, cfg, dist = run.spec, run.cfg, run.dist
+    run.net = torch.compile(run.model) if cfg.compile else run.model
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         # Gradients live in DDP's buckets (no second copy of them: matters at 2100M).
-        model = DDP(model, device_ids=[dist.local_rank] if device.type == "cuda" else None,
-                    gradient_as_bucket_view=True)
+        run.net = DDP(run.net, device_ids=[dist.local_rank] if run.device.type == "cuda" else None,
+                      gradient_as_bucket_view=True)
+        # The ranks compare stop flags every step on the CPU: a NCCL collective read on the
+        # host would wait for the GPU.
+        run.stop_group = torch.distributed.new_group(backend="gloo")
+    run.say(
+        f"training {spec.name}: {run.n_params:,} parameters, {spec.model.n_layer} layers x "
+        f"{spec.model.n_embd} wide, {len(run.train_split.ids):,} training galaxies, "
+        f"{run.seq} positions each, global batch {run.global_batch} galaxies "
+        f"({run.global_batch * run.seq:,} tokens) = {cfg.micro_batch} x {run.accum} x {dist.world} rank(s), "
+        f"peak lr {spec.lr:g}, {cfg.steps} steps, device {run.device}, "
+        f"{'bf16 autocast' if run.use_bf16 else 'float32'}, norm '{cfg.norm}'"
+    )
+    run.say(f"[{spec.name}] plan: {_plan(spec, cfg, run.global_batch, run.device, dist.world, run.peak)}")
+    run.gather = BatchGatherer(run.train_split.tokens, cfg.micro_batch, run.device)
+    run.net.train()
+    state.t_start = state.window_t0 = time.perf_counter()
+    state.elapsed, state.window_step0 = state.elapsed_before, state.step
 
-    say(
-        f"training {spec.name}: {n_params:,} parameters, {spec.model.n_layer} layers x "
-        f"{spec.model.n_embd} wide, {len(train_split.ids):,} training galaxies, "
-        f"{seq} positions each, global batch {global_batch} galaxies "
-        f"({global_batch * seq:,} tokens) = {cfg.micro_batch} x {accum} x {dist.world} rank(s), "
-        f"peak lr {spec.lr:g}, {cfg.steps} steps, device {device}, "
-        f"{'bf16 autocast' if use_bf16 else 'float32'}, norm '{cfg.norm}'"
+
+def train_step(run: Run, state: LoopState) -> float:
+    """Step: one optimiser step over this rank's micro-batches; returns its learning rate.
+
+    The step's mean loss is added to the window on the device (no host synchronisation).
+    """
+    cfg, dist, accum = run.cfg, run.dist, run.accum
+    lr = lr_at(state.step, run.spec.lr, cfg)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    for k in range(accum):
+        # Global micro-batch m of this step; rank r takes m = k * world + r.
+        m = k * dist.world + dist.rank
+        idx = sample_indices((state.step * cfg.grad_accum + m) * cfg.micro_batch, cfg.micro_batch,
+                             len(run.train_split.ids), cfg.seed)
+        x = normalise(run.gather(idx), cfg.norm)  # on the device: (B, T, D) float32
+        sync = k == accum - 1 or dist.world == 1
+        ctx = run.net.no_sync() if (dist.world > 1 and not sync) else contextlib.nullcontext()
+        with ctx, run.autocast:
+            _, loss = run.net(x[:, :-1], x[:, 1:])
+        (loss / accum).backward()
+        state.window_loss += loss.detach() / accum
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.net.parameters(), cfg.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    state.window_steps += 1
+    return lr
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> float:
+    """Evaluate: the mean loss over the first ``eval_galaxies`` validation galaxies.
+
+    Every rank evaluates the same galaxies: cheap next to training, and it keeps ranks in step.
+    """
+    cfg, model = run.cfg, run.model
+    n_eval = len(run.val_split.ids) if cfg.eval_galaxies is None else min(cfg.eval_galaxies, len(run.val_split.ids))
+    model.eval()
+    total, count = torch.zeros((), device=run.device), 0
+    for first in range(0, n_eval, cfg.micro_batch):
+        end = min(first + cfg.micro_batch, n_eval)
+        raw = torch.from_numpy(np.array(run.val_split.tokens[first:end])).to(run.device)
+        x = normalise(raw, cfg.norm)
+        with run.autocast:
+            _, loss = model(x[:, :-1], x[:, 1:])
+        total += loss.float() * (end - first)
+        count += end - first
+    model.train()
+    return float(total / count)
+
+
+def log_step(run: Run, state: LoopState, lr: float, do_eval: bool) -> None:
+    """Log: close the window into a metrics row (evaluating first if ``do_eval``) and a log line.
+
+    Reading the window's loss is the loop's only host synchronisation.
+
+    Raises:
+        NonFiniteLossError: If the window's training loss is NaN or infinite.
+    """
+    spec, cfg, dist = run.spec, run.cfg, run.dist
+    if dist.world > 1:
+        torch.distributed.all_reduce(state.window_loss, op=torch.distributed.ReduceOp.AVG)
+    train_loss = float(state.window_loss) / state.window_steps
+    if not math.isfinite(train_loss):
+        raise NonFiniteLossError(
+            f"non-finite training loss ({train_loss}) at step {state.step} of size {spec.name}; "
+            f"the last good checkpoint ({run.last}) is kept. Try a lower learning rate."
+        )
+    val_loss = evaluate(run) if do_eval else float("nan")
+    if do_eval:
+        state.best_val = min(state.best_val, val_loss)
+    now = time.perf_counter()
+    state.elapsed = elapsed = state.elapsed_before + (now - state.t_start)
+    tokens = state.step * run.global_batch * run.seq
+    tok_s = (state.step - state.window_step0) * run.global_batch * run.seq / max(now - state.window_t0, 1e-9)
+    mfu = tok_s * run.flops_per_token / (run.peak * dist.world) if run.peak else float("nan")
+    state.rows.append(
+        {
+            "step": state.step,
+            "tokens_seen": tokens,
+            "flops": float(tokens * run.flops_per_token),
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "lr": lr,
+            "elapsed_s": elapsed,
+            "tokens_per_s": tok_s,
+            "mfu": mfu,
+            "peak_mem_gb": peak_memory_gb(run.device),
+            "gpu_hours": elapsed * (dist.world if run.device.type == "cuda" else 0) / 3600,
+        }
+    )
+    eta = (cfg.steps - state.step) * (now - state.window_t0) / max(state.step - state.window_step0, 1)
+    run.say(
+        f"[{spec.name}] step {state.step}/{cfg.steps} | train loss {train_loss:.4f}"
+        + (f" | val loss {val_loss:.4f}" if do_eval else "")
+        + f" | lr {lr:.2e} | {tok_s / 1e3:.1f}k tokens/s"
+        + (f" | MFU {100 * mfu:.1f}%" if run.peak else "")
+        + f" | elapsed {_format_eta(elapsed)}"
+        + f" | ETA {_format_eta(eta)}"
+    )
+    state.window_loss.zero_()
+    state.window_steps, state.window_t0, state.window_step0 = 0, now, state.step
+
+
+def save_last(run: Run, state: LoopState) -> None:
+    """Checkpoint: write the resumable state to ``last.pt`` (atomically)."""
+    save_checkpoint(
+        run.last,
+        {
+            "model": run.model.state_dict(),
+            "model_args": run.spec.model.to_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "iter_num": state.step,
+            "best_val_loss": state.best_val,
+            "config": {"size": run.spec.name, "lr": run.spec.lr, **run.cfg.to_dict()},
+            "fingerprint": run.fingerprint,
+            "metrics": state.rows,
+            "elapsed_s": state.elapsed,
+            "rng": {"torch": torch.get_rng_state()},
+            # Losses of the steps since the last metrics row (non-empty only after a stop
+            # signal), so the resumed run's next row averages the same steps.
+            "window": {"loss_sum": float(state.window_loss), "steps": state.window_steps},
+        },
     )
 
-    say(f"[{spec.name}] plan: {_plan(spec, cfg, global_batch, device, dist.world, peak)}")
 
-    gather = BatchGatherer(train_split.tokens, cfg.micro_batch, device)
+def _stop_agreed(run: Run) -> bool:
+    """Whether any rank was asked to stop (all ranks must stop at the same step).
 
-    def batch(indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        x = normalise(gather(indices), cfg.norm)  # on the device: (B, T, D) float32
-        return x[:, :-1], x[:, 1:]
+    Under DDP the ranks compare flags every step through their CPU group (``run.stop_group``),
+    so the check never waits for the GPU.
+    """
+    if run.dist.world == 1:
+        return run.stop.signum is not None
+    flag = torch.tensor([0 if run.stop.signum is None else 1], dtype=torch.int32)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=run.stop_group)
+    return bool(flag[0])
 
-    n_eval = len(val_split.ids) if cfg.eval_galaxies is None else min(cfg.eval_galaxies, len(val_split.ids))
 
-    @torch.no_grad()
-    def evaluate() -> float:
-        raw_model.eval()
-        total, count = torch.zeros((), device=device), 0
-        # Every rank evaluates the same galaxies; cheap next to training, keeps ranks in step.
-        for start in range(0, n_eval, cfg.micro_batch):
-            stop = min(start + cfg.micro_batch, n_eval)
-            raw = torch.from_numpy(np.array(val_split.tokens[start:stop])).to(device)
-            x = normalise(raw, cfg.norm)
-            with autocast:
-                _, loss = raw_model(x[:, :-1], x[:, 1:])
-            total += loss.float() * (stop - start)
-            count += stop - start
-        raw_model.train()
-        return float(total / count)
+def stop_at_boundary(run: Run, state: LoopState, saved: bool) -> None:
+    """Checkpoint after a stop signal (SLURM's warning before a time limit or preemption):
+    ``last.pt`` holds this step (``saved``: it already does), then raise :class:`Checkpointed`.
 
-    def save_state(path: Path) -> None:
-        save_checkpoint(
-            path,
-            {
-                "model": raw_model.state_dict(),
-                "model_args": spec.model.to_dict(),
-                "optimizer": optimizer.state_dict(),
-                "iter_num": step,
-                "best_val_loss": best_val,
-                "config": {"size": spec.name, "lr": spec.lr, **cfg.to_dict()},
-                "fingerprint": fingerprint,
-                "metrics": rows,
-                "elapsed_s": elapsed,
-                "rng": {"torch": torch.get_rng_state()},
-                # Losses of the steps since the last metrics row (non-empty only after a stop
-                # signal), so the resumed run's next row averages the same steps.
-                "window": {"loss_sum": float(window_loss), "steps": window_steps},
-            },
+    Under DDP every rank saves (and resumes with) the ranks' mean window loss.
+    """
+    spec, dist = run.spec, run.dist
+    if dist.world > 1:
+        torch.distributed.all_reduce(state.window_loss, op=torch.distributed.ReduceOp.AVG)
+    if state.window_steps and not math.isfinite(float(state.window_loss)):
+        raise NonFiniteLossError(
+            f"non-finite training loss at step {state.step} of size {spec.name} (found while "
+            f"stopping for {run.stop.name or 'a stop signal'}); the last good checkpoint ({run.last}) is kept"
         )
+    if dist.main and not saved:
+        state.elapsed = state.elapsed_before + (time.perf_counter() - state.t_start)
+        save_last(run, state)
+    if dist.world > 1:
+        torch.distributed.barrier()
+    signame = run.stop.name or "a stop signal (on another rank)"
+    run.say(f"[{spec.name}] {signame}: checkpointed at step {state.step}/{run.cfg.steps} in {run.last}; "
+            f"exiting with status {EXIT_CHECKPOINTED} so the job is retried and resumes here")
+    raise Checkpointed(state.step, signame)
 
-    # ---------------------------------------------------------------- loop
-    model.train()
-    t_start = time.perf_counter()
-    elapsed = elapsed_before
-    window_loss = torch.full((), float(window_resume["loss_sum"]), device=device)
-    window_steps, window_t0, window_step0 = int(window_resume["steps"]), time.perf_counter(), step
-    while step < cfg.steps:
-        lr = lr_at(step, spec.lr, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        for k in range(accum):
-            # Global micro-batch m of this step; rank r takes m = k * world + r.
-            m = k * dist.world + dist.rank
-            idx = sample_indices((step * cfg.grad_accum + m) * cfg.micro_batch, cfg.micro_batch,
-                                 len(train_split.ids), cfg.seed)
-            x, y = batch(idx)
-            sync = k == accum - 1 or dist.world == 1
-            ctx = model.no_sync() if (dist.world > 1 and not sync) else contextlib.nullcontext()
-            with ctx, autocast:
-                _, loss = model(x, y)
-            (loss / accum).backward()
-            window_loss += loss.detach() / accum
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        window_steps += 1
 
-        last_step = step == cfg.steps
-        do_eval = step % cfg.eval_interval == 0 or last_step
-        do_ckpt = step % cfg.checkpoint_interval == 0 or last_step
-        # Check the loss before every checkpoint so a saved state is never non-finite.
-        if step % cfg.log_interval == 0 or do_eval or do_ckpt:
-            # The only host synchronisation: once per log interval.
-            if dist.world > 1:
-                torch.distributed.all_reduce(window_loss, op=torch.distributed.ReduceOp.AVG)
-            train_loss = float(window_loss) / window_steps
-            if not math.isfinite(train_loss):
-                raise NonFiniteLossError(
-                    f"non-finite training loss ({train_loss}) at step {step} of size {spec.name}; "
-                    f"the last good checkpoint ({last}) is kept. Try a lower learning rate."
-                )
-            val_loss = evaluate() if do_eval else float("nan")
-            if do_eval:
-                best_val = min(best_val, val_loss)
-            now = time.perf_counter()
-            elapsed = elapsed_before + (now - t_start)
-            tok_s = (step - window_step0) * global_batch * seq / max(now - window_t0, 1e-9)
-            mfu = tok_s * flops_per_token / (peak * dist.world) if peak else float("nan")
-            rows.append(
-                {
-                    "step": step,
-                    "tokens_seen": step * global_batch * seq,
-                    "flops": float(step * global_batch * seq * flops_per_token),
-                    "train_loss": train_loss,
-                    "val_loss": val_loss,
-                    "lr": lr,
-                    "elapsed_s": elapsed,
-                    "tokens_per_s": tok_s,
-                    "mfu": mfu,
-                    "peak_mem_gb": peak_memory_gb(device),
-                    "gpu_hours": elapsed * n_gpus / 3600,
-                }
-            )
-            eta = (cfg.steps - step) * (now - window_t0) / max(step - window_step0, 1)
-            say(
-                f"[{spec.name}] step {step}/{cfg.steps} | train loss {train_loss:.4f}"
-                + (f" | val loss {val_loss:.4f}" if do_eval else "")
-                + f" | lr {lr:.2e} | {tok_s / 1e3:.1f}k tokens/s"
-                + (f" | MFU {100 * mfu:.1f}%" if peak else "")
-                + f" | elapsed {_format_eta(elapsed)}"
-                + f" | ETA {_format_eta(eta)}"
-            )
-            window_loss.zero_()
-            window_steps, window_t0, window_step0 = 0, now, step
-        if dist.main and do_ckpt:
-            elapsed = elapsed_before + (time.perf_counter() - t_start)
-            save_state(last)
-        if not last_step and _stop_agreed(stop, dist):
-            # SLURM's warning before a time limit or preemption: save, exit, be retried.
-            if dist.world > 1:  # every rank then saves (and resumes with) the ranks' mean
-                torch.distributed.all_reduce(window_loss, op=torch.distributed.ReduceOp.AVG)
-            if window_steps and not math.isfinite(float(window_loss)):
-                raise NonFiniteLossError(
-                    f"non-finite training loss at step {step} of size {spec.name} (found while "
-                    f"stopping for {stop.name or 'a stop signal'}); the last good checkpoint ({last}) is kept"
-                )
-            if dist.main and not do_ckpt:
-                elapsed = elapsed_before + (time.perf_counter() - t_start)
-                save_state(last)
-            if dist.world > 1:
-                torch.distributed.barrier()
-            signame = stop.name or "a stop signal (on another rank)"
-            say(f"[{spec.name}] {signame}: checkpointed at step {step}/{cfg.steps} in {last}; "
-                f"exiting with status {EXIT_CHECKPOINTED} so the job is retried and resumes here")
-            raise Checkpointed(step, signame)
-
-    # ---------------------------------------------------------------- outputs
-    metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
-    if dist.main:
-        final_val = float(metrics["val_loss"].dropna().iloc[-1]) if metrics["val_loss"].notna().any() else float("nan")
-        save_checkpoint(
-            out_dir / "ckpt.pt",
-            {
-                "model": raw_model.state_dict(),
-                "model_args": spec.model.to_dict(),
-                "iter_num": step,
-                "best_val_loss": best_val,
-                "config": {"size": spec.name, "lr": spec.lr, **cfg.to_dict()},
-            },
-        )
-        sidecar = {
-            "size": spec.name,
-            "params": n_params,
-            "steps": step,
-            "tokens_seen": int(step * global_batch * seq),
-            "flops": float(step * global_batch * seq * flops_per_token),
-            "final_val_loss": final_val,
-            "best_val_loss": best_val,
-            "elapsed_s": float(metrics["elapsed_s"].iloc[-1]) if len(metrics) else 0.0,
-            "gpu_hours": float(metrics["gpu_hours"].iloc[-1]) if len(metrics) else 0.0,
-            "peak_mem_gb": float(metrics["peak_mem_gb"].max()) if len(metrics) else 0.0,
-            "tokens_per_s": float(metrics["tokens_per_s"].median()) if len(metrics) else 0.0,
-            "mfu": float(metrics["mfu"].median()) if len(metrics) and peak else None,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "ranks": dist.world,
-            "seed": cfg.seed,
-            "provenance": provenance(cfg, device, use_bf16),
+def finish(run: Run, state: LoopState) -> pd.DataFrame:
+    """Finish: on rank 0 write ``ckpt.pt`` (no optimiser), ``ckpt.json`` and ``metrics.csv``,
+    and remove ``last.pt`` (a later forced or re-planned run trains afresh, not "resumes" at
+    the last step). Returns the metrics table."""
+    metrics = pd.DataFrame(state.rows, columns=METRIC_COLUMNS)
+    if not run.dist.main:
+        return metrics
+    spec = run.spec
+    save_checkpoint(
+        run.out_dir / "ckpt.pt",
+        {
+            "model": run.model.state_dict(),
             "model_args": spec.model.to_dict(),
-            "lr": spec.lr,
-            "train": cfg.to_dict(),
-        }
-        atomic_write(out_dir / "ckpt.json", lambda p: p.write_text(json.dumps(sidecar, indent=2) + "\n"))
-        atomic_write(out_dir / "metrics.csv", lambda p: metrics.to_csv(p, index=False))
-        # The run is complete: a later (forced or re-planned) run must train afresh,
-        # not "resume" at the last step.
-        last.unlink(missing_ok=True)
-        say(f"[{spec.name}] done: final val loss {final_val:.5f}, {n_params:,} parameters, "
-            f"{_format_eta(sidecar['elapsed_s'])} of training")
+            "iter_num": state.step,
+            "best_val_loss": state.best_val,
+            "config": {"size": spec.name, "lr": spec.lr, **run.cfg.to_dict()},
+        },
+    )
+    record = run_record(run, state, metrics)
+    record.write(run.out_dir / "ckpt.json")
+    atomic_write(run.out_dir / "metrics.csv", lambda p: metrics.to_csv(p, index=False))
+    run.last.unlink(missing_ok=True)
+    run.say(f"[{spec.name}] done: final val loss {record.final_val_loss:.5f}, {run.n_params:,} parameters, "
+            f"{_format_eta(record.elapsed_s)} of training")
     return metrics
 
 
-_STOP_GROUP = None
-
-
-def _stop_agreed(stop: StopRequest, dist: Dist) -> bool:
-    """Whether any rank was asked to stop (all ranks must stop at the same step).
-
-    Under DDP the ranks compare flags every step through a CPU (gloo) group of their own, so
-    the check never waits for the GPU: a NCCL collective read on the host would.
-    """
-    global _STOP_GROUP
-    if dist.world == 1:
-        return stop.signum is not None
-    if _STOP_GROUP is None:
-        _STOP_GROUP = torch.distributed.new_group(backend="gloo")
-    flag = torch.tensor([0 if stop.signum is None else 1], dtype=torch.int32)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=_STOP_GROUP)
-    return bool(flag[0])
+def run_record(run: Run, state: LoopState, metrics: pd.DataFrame) -> RunRecord:
+    """The finished run's ``ckpt.json``: size, parameters, steps, losses, cost, provenance, config."""
+    spec, cfg, device = run.spec, run.cfg, run.device
+    tokens = state.step * run.global_batch * run.seq
+    val = metrics["val_loss"]
+    done = len(metrics) > 0
+    return RunRecord(
+        size=spec.name,
+        params=run.n_params,
+        steps=state.step,
+        tokens_seen=int(tokens),
+        flops=float(tokens * run.flops_per_token),
+        final_val_loss=float(val.dropna().iloc[-1]) if val.notna().any() else float("nan"),
+        best_val_loss=state.best_val,
+        elapsed_s=float(metrics["elapsed_s"].iloc[-1]) if done else 0.0,
+        gpu_hours=float(metrics["gpu_hours"].iloc[-1]) if done else 0.0,
+        peak_mem_gb=float(metrics["peak_mem_gb"].max()) if done else 0.0,
+        tokens_per_s=float(metrics["tokens_per_s"].median()) if done else 0.0,
+        mfu=float(metrics["mfu"].median()) if done and run.peak else None,
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        ranks=run.dist.world,
+        seed=cfg.seed,
+        provenance=provenance(cfg, device, run.use_bf16),
+        model_args=spec.model.to_dict(),
+        lr=spec.lr,
+        train=cfg.to_dict(),
+    )
 
 
 # --------------------------------------------------------------------------- CLI
@@ -606,8 +730,9 @@ def _plan(spec: SizeSpec, cfg: TrainConfig, global_batch: int, device: torch.dev
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", required=True, help="JSON (a string or a file path) from spec_to_json")
-    p.add_argument("--train-tokens", required=True, type=Path)
-    p.add_argument("--val-tokens", required=True, type=Path)
+    p.add_argument("--train-tokens", required=True, type=Path,
+                   help="the training split: its manifest (results/tokens/train/index.parquet) or its folder")
+    p.add_argument("--val-tokens", required=True, type=Path, help="the validation split, likewise")
     p.add_argument("--out-dir", required=True, type=Path)
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads of the job, shared by the ranks on this node (default: torch's)")

@@ -178,7 +178,7 @@ def write_stamps(out_dir: Path, n: int, image_size: int, seed: int = 0, workers:
 
     Returns:
         Table with columns ``id`` and ``image_path`` (relative to ``out_dir``), the input of
-        ``astropt.tokenise.tokenise_split``.
+        ``astropt.tokenise.tokenise_group``.
     """
     image_dir = Path(out_dir) / "images"
     image_dir.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from astropt.config import SizeSpec, TrainConfig
 from astropt.embed import embed_split, read_embeddings
 from astropt.model import GPT, PRESETS
 from astropt.synthetic import SyntheticConfig, generate
-from astropt.tokenise import tokenise_split
+from astropt.tokenise import TokeniseSettings, merge_token_groups, tokenise_group
 from astropt.train import train
 
 PEAK_FLOPS = 989e12  # H100 SXM dense bf16
@@ -35,7 +35,9 @@ PEAK_FLOPS = 989e12  # H100 SXM dense bf16
 def correctness(out: Path, steps: int = 300) -> None:
     meta = generate(out / "galaxies", SyntheticConfig(n_train=2048, n_val=256, n_test=512, workers=8), log=lambda *a: None)
     for split in ("train", "validation", "test"):
-        tokenise_split(meta[meta["split"] == split], out / "galaxies", out / split, patch_size=8, image_size=64, workers=8, log=lambda *a: None)
+        tokenise_group(meta[meta["split"] == split], out / "galaxies", out / split, TokeniseSettings(8, 64), workers=8,
+                       log=lambda *a: None)
+        merge_token_groups(out / split, 1, log=lambda *a: None)
     from astropt.model import GPTConfig
 
     spec = SizeSpec("416K", GPTConfig(n_layer=3, n_head=4, n_embd=96, patch_size=8, block_size=64), 3e-3)

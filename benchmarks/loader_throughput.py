@@ -7,7 +7,7 @@ stamps (1024 tokens x 768 values), side by side in one run:
    a PNG from disk with PIL, float tensor, patchify, per-patch ``(x - mean) / (std + 1e-8)``,
    spiral order by a Python sort over the patches' spiral ranks, ``X = x[:-1]``, ``Y = x[1:]``;
 2. this project's loader (``astropt.train``): the stamps tokenised once by
-   ``astropt.tokenise.tokenise_split`` into ``uint8 (n, T, D)`` token shards, memory-mapped
+   ``astropt.tokenise`` (one job and its index) into ``uint8 (n, T, D)`` token shards, memory-mapped
    by ``load_tokens``; per step a batch of B galaxies drawn with ``sample_indices`` and gathered
    (sorted rows, one ``np.take`` per shard straight into a staging buffer, pinned on a GPU machine) by
    ``astropt.loader.BatchGatherer``, exactly as ``train.py`` does. Two figures: *host only* (the CPU's whole share when normalisation runs on the
@@ -54,7 +54,9 @@ from _reference import (  # noqa: E402
     write_stamps,
 )
 
-from astropt.tokenise import TokenSplit, load_tokens, normalise, tokenise_split  # noqa: E402
+from astropt.patches import normalise  # noqa: E402
+from astropt.shards import TokenSplit, load_tokens  # noqa: E402
+from astropt.tokenise import TokeniseSettings, merge_token_groups, tokenise_group  # noqa: E402
 from astropt.loader import BatchGatherer  # noqa: E402
 from astropt.train import sample_indices  # noqa: E402
 
@@ -275,8 +277,9 @@ def _run(args: argparse.Namespace, root: Path) -> dict[str, float]:
     meta = write_stamps(root, args.n, S, args.seed, args.workers)
     tok_dir = root / f"tokens_p{P}_s{args.shard_size}"
     if not (tok_dir / "meta.json").is_file():
-        tokenise_split(meta, root, tok_dir, patch_size=P, image_size=S, workers=args.workers,
-                       shard_size=args.shard_size, log=lambda *a: None)
+        tokenise_group(meta, root, tok_dir, TokeniseSettings(P, S, shard_size=args.shard_size), workers=args.workers,
+                       log=lambda *a: None)
+        merge_token_groups(tok_dir, 1, log=lambda *a: None)
     paths = [root / r for r in meta["image_path"]]
     png_bytes = warm_page_cache(paths)
     shards = load_tokens(tok_dir).meta["shards"]

@@ -3,10 +3,11 @@
 For synthetic 8-bit RGB PNG stamps (see ``_reference.py``) at the paper's size (512x512, 16 px
 patches: 1024 tokens x 768 values) and the embedded default's (64x64, 8 px patches: 64 x 192):
 
-* images/s on one core: ``astropt.tokenise.tokenise_split(..., workers=1)`` over N stamps
+* images/s on one core: ``astropt.tokenise.tokenise_group(..., workers=1)`` and
+  ``merge_token_groups`` (one job and its index) over N stamps
   (decode, checks, patchify, spiral order, writing the token shards / index / meta), median of
   ``--repeats`` runs with the PNGs in the page cache; PIL decode alone is shown for comparison;
-* bytes on disk per galaxy: the PNG, the token shards as ``tokenise_split`` writes them (uint8),
+* bytes on disk per galaxy: the PNG, the token shards as the tokenise job writes them (uint8),
   and the same tokens written by numpy as float16 and float32 ``.npy`` files (the real file
   sizes, headers included), plus what each would take for the 8.6M galaxies of the paper.
 
@@ -32,14 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _reference, when imp
 
 from _reference import machine_info, timer, warm_page_cache, write_stamps  # noqa: E402
 
-from astropt.tokenise import tokenise_split  # noqa: E402
+from astropt.tokenise import TokeniseSettings, merge_token_groups, tokenise_group  # noqa: E402
 
 PAPER_GALAXIES = 8_600_000  # DESI Legacy Survey DR8 galaxies in Smith42/galaxies
 DEFAULT_SIZES = ((512, 16, 256), (64, 8, 2048))  # (image_size, patch_size, n): paper, embedded default
 
 
 def _decode_rate(paths: list[Path]) -> float:
-    """PIL decode alone, images/s (what tokenise_split cannot avoid)."""
+    """PIL decode alone, images/s (what tokenising cannot avoid)."""
     from PIL import Image
 
     t0 = timer()
@@ -72,11 +73,11 @@ def bench_size(root: Path, image_size: int, patch_size: int, n: int, repeats: in
         out = root / f"tokens_rep{r}"
         shutil.rmtree(out, ignore_errors=True)
         t0 = timer()
-        counts = tokenise_split(meta, root, out, patch_size=patch_size, image_size=image_size,
-                                workers=1, log=lambda *a: None)
+        tokenise_group(meta, root, out, TokeniseSettings(patch_size, image_size), workers=1, log=lambda *a: None)
+        counts = merge_token_groups(out, 1, log=lambda *a: None)
         rates.append(n / (timer() - t0))
         if counts["n_galaxies"] != n:
-            raise RuntimeError(f"tokenise_split kept {counts['n_galaxies']} of {n} stamps in {out}")
+            raise RuntimeError(f"tokenising kept {counts['n_galaxies']} of {n} stamps in {out}")
         if r < repeats - 1:
             shutil.rmtree(out)
     shards = sorted((out / "shards").glob("*.npy"))
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     else:
         sizes = [(args.image_size, args.patch_size or 16, args.n or 256)]
     torch.set_num_threads(1)
-    print(f"tokenise throughput: tokenise_split(workers=1) on synthetic RGB PNG stamps, "
+    print(f"tokenise throughput: tokenise_group(workers=1) + merge_token_groups on synthetic RGB PNG stamps, "
           f"{args.repeats} repeats, PNGs in the page cache")
     print(f"machine: {machine_info()}")
 
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
               f"{1e3 / r['rate']:8.2f} {r['rate_min']:8.1f}-{r['rate_max']:<8.1f}  "
               f"{r['decode']:9.1f} img/s")
     print()
-    print("bytes on disk per galaxy (uint8: the shards tokenise_split writes; float16/float32: the same "
+    print("bytes on disk per galaxy (uint8: the shards the tokenise job writes; float16/float32: the same "
           "tokens saved by numpy)")
     print(f"{'stamps':<9} {'PNG':>11} {'uint8':>11} {'float16':>11} {'float32':>11}   "
           f"{'uint8/PNG':>9}   {'8.6M galaxies: PNG / uint8 / float16 / float32':>46}")

@@ -65,7 +65,7 @@ from astropt.config import load_config  # noqa: E402
 from astropt.loader import BatchGatherer  # noqa: E402
 from astropt import hardware  # noqa: E402
 from astropt.model import GPT, PRESET_LR, PRESETS, GPTConfig  # noqa: E402
-from astropt.tokenise import normalise  # noqa: E402
+from astropt.patches import normalise  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ def micro_tokens(tmp_path_factory) -> Path:
     import pandas as pd
 
     from astropt.synthetic import SyntheticConfig, generate
-    from astropt.tokenise import tokenise_split
+    from tokens_helper import tokenise_split
 
     root = tmp_path_factory.mktemp("micro")
     meta = generate(root / "galaxies", SyntheticConfig(n_train=384, n_val=64, n_test=256, image_size=32), log=lambda *a: None)

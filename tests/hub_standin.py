@@ -13,7 +13,8 @@
   port, the "CDN", like the Hub's redirect to its storage). Content supports HTTP ``Range``
   (``206`` + ``Content-Range``, ``416`` past the end). No Xet headers are sent, so clients use plain
   HTTP. Every request is recorded (:attr:`FakeHub.requests`), and faults can be injected: wrong bytes
-  (:attr:`FakeHub.corrupt`) or a connection dropped mid-file (:attr:`FakeHub.drop_after`).
+  (:attr:`FakeHub.corrupt`) or a connection dropped mid-file, once (:attr:`FakeHub.drop_after`) or
+  at every request (:attr:`FakeHub.always_drop`).
   ``repo_type="model"`` serves the folder as a model repo instead (``/api/models/...``,
   ``/{repo}/resolve/...``).
 
@@ -245,6 +246,7 @@ class FakeHub:
         corrupt: Repo paths served with one byte flipped (same size: only the hash can tell).
         drop_after: Repo path -> n: the next content GET of that file sends n body bytes (of what it
             should send), then closes the connection; the entry is then removed.
+        always_drop: Repo path -> n: like ``drop_after``, for every content GET of that file.
     """
 
     def __init__(
@@ -272,6 +274,7 @@ class FakeHub:
         self.requests: list[Served] = []
         self.corrupt: set[str] = set()
         self.drop_after: dict[str, int] = {}
+        self.always_drop: dict[str, int] = {}
         self.lock = threading.Lock()
         self.hub_server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, "hub"))
         self.cdn_server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, "cdn"))
@@ -447,7 +450,7 @@ def _handler(hub: FakeHub, server: str) -> type[BaseHTTPRequestHandler]:
             cut = None
             if self.command == "GET":
                 with hub.lock:
-                    cut = hub.drop_after.pop(f.path, None)
+                    cut = hub.drop_after.pop(f.path, hub.always_drop.get(f.path))
             self._send(status, headers, body if cut is None else body[:cut], file=f.path, drop=cut is not None)
 
         def _json(self, payload) -> None:

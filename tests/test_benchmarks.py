@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from astropt.loader import BatchGatherer
-
-from astropt.tokenise import normalise, spiral_order, tokenise_split
+from astropt.patches import normalise, spiral_order
+from tokens_helper import tokenise_split
 
 ROOT = Path(__file__).resolve().parents[1]
 

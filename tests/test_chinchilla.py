@@ -15,13 +15,12 @@ import pytest
 from astropt.chinchilla import (
     compute_optimal,
     fit_grid,
-    grid_latex,
-    grid_markdown,
     holdout_corner,
     isoflop_profiles,
     optimal_allocation,
     predict,
 )
+from astropt.tables import grid_latex, grid_markdown
 
 # Hoffmann et al.'s (2022) fitted law, the truth of the simulated grids
 TRUTH = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}

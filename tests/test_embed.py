@@ -10,7 +10,8 @@ import torch
 from astropt.checkpoint import save_checkpoint
 from astropt.embed import embed_split, extract_embeddings, read_embeddings, write_embeddings
 from astropt.model import GPT, GPTConfig
-from astropt.tokenise import load_tokens, normalise
+from astropt.patches import normalise
+from astropt.shards import load_tokens
 
 
 @pytest.fixture

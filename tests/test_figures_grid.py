@@ -1,6 +1,6 @@
 """Tests of the N x D grid figures (astropt.figures): IsoFLOP profiles, the compute-optimal
 frontier and loss against tokens, checked on what they draw (line data, markers, legends,
-notes), not only on the PNG.
+notes, colour bars), not only on the PNG; the public plot_* functions on the figure they write.
 
 Run: python -m pytest tests/test_figures_grid.py -q
 """
@@ -20,17 +20,13 @@ from astropt.figures import (
     plot_isoflop,
     plot_loss_tokens,
 )
+from figure_helpers import colorbars, panels, saved_figures  # noqa: F401 (saved_figures: a fixture)
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # A law of AstroPT's range (N 42K to 2M, D 1.6M to 26M), both terms of a few per cent of E.
 TRUTH = {"E": 0.15, "A": 2.5, "B": 3.75, "alpha": 0.34, "beta": 0.28}
 SIZES = {"42K": 42_496, "144K": 144_192, "416K": 416_000, "2M": 2_030_000}
 BUDGETS = {"D1.6M": 1.6e6, "D6.4M": 6.4e6, "D25.6M": 25.6e6}
 HELD = ("2M", "D25.6M")  # the corner held out: largest model, most tokens
-
-
-def _is_png(path):
-    return path.exists() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
 
 
 def _table(budgets=BUDGETS, seeds=2, sd=0.004, rng_seed=0):
@@ -114,6 +110,10 @@ def test_isoflop_parabolas_minima_and_both_exponents(table, grid):
     fig = _draw_isoflop(None, table, grid)
     ax = fig.axes[0]
     assert len(fig.axes) == 2 and "FLOPs" in fig.axes[1].get_ylabel()  # the colourbar of C
+    (bar,) = colorbars(fig)
+    assert (bar.vmin, bar.vmax) == pytest.approx((1e12, 1e16))  # the levels' compute, lowest to highest
+    assert ax.get_title() == f"IsoFLOP profiles (approach 2): loss vs model size at fixed compute ({len(table)} runs)"
+    assert ax.get_xlabel() == "parameters N (excluding position embedding)" and ax.get_xscale() == "log"
     levels = grid["isoflop"]["levels"]
     for i, lv in enumerate(levels[:2]):
         (line,) = _gid(ax, f"parabola:{i}")
@@ -146,6 +146,10 @@ def test_frontier_lines_minima_and_runs(table, grid):
     fig = _draw_frontier(None, table, grid)
     ax_n, ax_d = fig.axes
     a3 = grid["approach3"]
+    assert (ax_n.get_title(), ax_d.get_title()) == ("Compute-optimal parameters vs compute",
+                                                    "Compute-optimal tokens vs compute")
+    assert ax_n.get_xlabel() == ax_d.get_xlabel() == "compute C = 6ND (FLOPs)"
+    assert ax_n.get_ylabel() == "compute-optimal parameters $N_{opt}$"
     for ax, key, k in ((ax_n, "N", 0), (ax_d, "D", 1)):
         (line,) = _gid(ax, f"approach3:{key}")
         C = line.get_xdata()
@@ -155,6 +159,7 @@ def test_frontier_lines_minima_and_runs(table, grid):
         offsets = runs.get_offsets()
         assert len(offsets) == len(table)
         assert np.allclose(offsets[:, 0], 6 * table["params"] * table["tokens_seen"])
+        assert np.allclose(offsets[:, 1], table["params" if key == "N" else "tokens_seen"])
         (minima,) = _gid(ax, f"approach2:{key}")
         bracketed = [lv for lv in grid["isoflop"]["levels"] if lv["N_opt"] is not None]
         assert np.allclose(minima.get_xdata(), [lv["C"] for lv in bracketed])
@@ -204,19 +209,35 @@ def test_loss_tokens_curves_cells_and_the_held_out_corner(table, grid):
     assert sorted(held_runs.get_offsets()[:, 1]) == pytest.approx(sorted(h["runs"]))
     (pred,) = _gid(ax, "holdout:predicted")
     assert pred.get_ydata()[0] == pytest.approx(h["predicted"])
+    assert ax.get_title() == f"Final validation loss vs training tokens, per model size ({len(table)} runs)"
+    assert ax.get_xlabel() == "training tokens D (tokens seen)" and ax.get_ylabel() == "validation loss"
+    sizes = [t.get_text() for t in ax.get_legend().get_texts()][: len(SIZES)]
+    assert sizes == ["42K (N = 42.5k)", "144K (N = 144k)", "416K (N = 416k)", "2M (N = 2.03M)"]
     legend = _legend(ax)
     assert "verdict: inside the 95 % prediction interval: PASSED" in legend
     assert "held-out corner 2M/D25.6M" in legend and "95 % prediction interval" in legend
 
 
-def test_public_functions_write_pngs(tmp_path, table, grid):
+def test_public_functions_write_what_they_draw(tmp_path, saved_figures, table, grid):
     for plot in (plot_isoflop, plot_frontier, plot_loss_tokens):
-        out = tmp_path / "sub" / f"{plot.__name__}.png"
-        assert plot(table, grid, out) is None
-        assert _is_png(out)
+        assert plot(table, grid, tmp_path / "sub" / f"{plot.__name__}.png") is None  # parent created
+    fig = saved_figures[tmp_path / "sub" / "plot_isoflop.png"]
+    (ax,) = panels(fig)
+    assert len(colorbars(fig)) == 1 and ax.get_title().startswith("IsoFLOP profiles")
+    assert sorted(str(a.get_gid()) for a in ax.get_lines() if str(a.get_gid()).startswith("parabola:")) == \
+        ["parabola:0", "parabola:1", "parabola:2"]
+    ax_n, ax_d = panels(saved_figures[tmp_path / "sub" / "plot_frontier.png"])
+    for ax, key, column in ((ax_n, "N", "params"), (ax_d, "D", "tokens_seen")):
+        (runs,) = _gid(ax, f"runs:{key}")
+        assert np.allclose(runs.get_offsets()[:, 1], table[column])
+        assert len(_gid(ax, f"approach3:{key}")) == len(_gid(ax, f"approach2:{key}")) == 1
+    (ax,) = panels(saved_figures[tmp_path / "sub" / "plot_loss_tokens.png"])
+    assert len(_gid(ax, "runs")[0].get_offsets()) == len(table) - 2  # the held-out corner's two apart
+    assert len(_gid(ax, "holdout:observed")) == 1 and len(_gid(ax, "holdout:predicted")) == 1
+    assert len([a for a in ax.get_lines() if str(a.get_gid()).startswith("approach3:")]) == len(SIZES)
 
 
-def test_one_budget_says_what_it_cannot_tell(tmp_path):
+def test_one_budget_says_what_it_cannot_tell(tmp_path, saved_figures):
     """One token budget: beta and the allocation are not identified, no IsoFLOP levels, no
     held-out test. Each panel says so; nothing crashes."""
     table = _table(budgets={"D6.4M": 6.4e6}, seeds=2)
@@ -241,9 +262,11 @@ def test_one_budget_says_what_it_cannot_tell(tmp_path):
     assert "approach 3 (fit of L(N, D)) not drawn: E, B, beta not identified (the grid has one token budget" in text
     assert "held-out corner: grid.holdout is null" in text
     assert len(_gid(ax, "runs")[0].get_offsets()) == len(table)
-    for plot in (plot_isoflop, plot_frontier, plot_loss_tokens):
+    for plot in (plot_isoflop, plot_frontier, plot_loss_tokens):  # the public functions draw the same
         plot(table, grid, tmp_path / f"{plot.__name__}.png")
-        assert _is_png(tmp_path / f"{plot.__name__}.png")
+        fig = saved_figures[tmp_path / f"{plot.__name__}.png"]
+        assert all("every run saw 6.4M tokens" in _texts(ax) or "held-out corner: grid.holdout is null" in _texts(ax)
+                   for ax in panels(fig))
     # no grid at all (figure_grid's stand-in): the runs are drawn, and the reason in each panel
     bare = {"reason": "train.budgets lists one budget: there is no N x D grid"}
     text = _texts(_draw_isoflop(None, table, bare).axes[0])

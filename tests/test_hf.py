@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from astropt import hf
+from astropt import hub as hub_module
 from astropt.config import ConfigError, load_config
 from astropt.hf import HuggingFaceSourceError, download_huggingface, read_parquet_images
 from hub_standin import FAKE_COMMIT, fake_hub, isolate_hf, make_standin_dataset
@@ -27,7 +27,7 @@ TRAIN0 = "data/train-00000-of-00003.parquet"
 @pytest.fixture(autouse=True)
 def hf_isolated(monkeypatch, tmp_path):
     isolate_hf(monkeypatch, tmp_path / "hf_home")
-    monkeypatch.setattr(hf, "RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(hub_module, "RETRY_WAIT_S", 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -154,41 +154,53 @@ def test_max_galaxies_above_the_split_takes_it_all(standin, hub, tmp_path):
 # --------------------------------------------------------------------------- resuming and verifying
 
 
-def test_partial_download_resumes_with_a_range_request(standin, hub, tmp_path):
-    cfg = hf_config(hub.endpoint)
-    data = (standin.root / TRAIN0).read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
-    partial = tmp_path / "hf" / f"{TRAIN0}.{sha[:16]}.incomplete"
-    partial.parent.mkdir(parents=True)
-    partial.write_bytes(data[:10_000])
-
-    run(cfg, tmp_path)
-    (req,) = hub.content_requests(TRAIN0)
-    assert req.range == "bytes=10000-" and req.status == 206
-    assert hub.bytes_served(TRAIN0) == len(data) - 10_000
-    assert (tmp_path / "hf" / TRAIN0).read_bytes() == data
-    assert not partial.exists()
-
-
-def test_truncated_cached_file_is_resumed(standin, hub, tmp_path):
+def test_truncated_cached_file_is_detected_and_fetched_again(standin, hub, tmp_path):
     data = (standin.root / TRAIN0).read_bytes()
     local = tmp_path / "hf" / TRAIN0
     local.parent.mkdir(parents=True)
-    local.write_bytes(data[:5_000])
+    local.write_bytes(data[:5_000])  # e.g. copied by hand, or left by another tool
+    old_partial = local.with_name(f"{local.name}.{hashlib.sha256(data).hexdigest()[:16]}.incomplete")
+    old_partial.write_bytes(data[:7_000])  # astropt's former downloader resumed these
 
     _, lines = run(hf_config(hub.endpoint), tmp_path)
-    assert [r.range for r in hub.content_requests(TRAIN0)] == ["bytes=5000-"]
-    assert local.read_bytes() == data
-    assert any("resuming" in line for line in lines)
+    assert [(r.range, r.body_bytes) for r in hub.content_requests(TRAIN0)] == [(None, len(data))]
+    assert local.read_bytes() == data and not old_partial.exists()
+    assert any(TRAIN0 in line and "present copy fails its size" in line and "got 5000 bytes" in line for line in lines)
+    assert any("deleted 1 partial download(s) of an earlier astropt version" in line for line in lines)
 
 
-def test_dropped_connection_resumes_in_the_same_run(standin, hub, tmp_path):
+def test_dropped_connection_resumes_in_the_same_run(standin, hub, tmp_path, caplog, monkeypatch):
+    """huggingface_hub resumes a file whose connection broke with a Range request, and says so."""
+    from huggingface_hub import constants, file_download
+
+    # It resumes after the last whole chunk it received (10 MB): chunks of 1 kB for a 45 kB shard.
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 1000)
+    monkeypatch.setattr(file_download.time, "sleep", lambda s: None)  # its pause before resuming
     hub.drop_after[TRAIN0] = 3_000
-    _, lines = run(hf_config(hub.endpoint), tmp_path)
+    with caplog.at_level("WARNING", logger="huggingface_hub"):
+        _, lines = run(hf_config(hub.endpoint), tmp_path)
     requests = hub.content_requests(TRAIN0)
     assert [r.range for r in requests] == [None, "bytes=3000-"]
     assert (tmp_path / "hf" / TRAIN0).read_bytes() == (standin.root / TRAIN0).read_bytes()
-    assert any("network error" in line and TRAIN0 in line for line in lines)
+    assert "Trying to resume download" in caplog.text
+    assert any("[7/7]" in line for line in lines)
+
+
+def test_a_connection_that_keeps_dropping_is_a_clear_error(standin, hub, tmp_path, monkeypatch):
+    """After huggingface_hub's own resumptions and `retries` more attempts: the file, the Hub, the fix."""
+    from huggingface_hub import file_download
+
+    monkeypatch.setattr(file_download.time, "sleep", lambda s: None)  # its pause before resuming
+    hub.always_drop[TRAIN0] = 0
+    with pytest.raises(HuggingFaceSourceError) as err:
+        run(hf_config(hub.endpoint, retries=1), tmp_path)
+    message = str(err.value)
+    where = f"dataset repo Smith42/galaxies at {FAKE_COMMIT}"
+    assert f"downloading {TRAIN0}: cannot reach {hub.endpoint} for {where}" in message
+    assert "check the network" in message and "finished files are kept" in message
+    assert not (tmp_path / "hf" / TRAIN0).exists()
+    assert all((tmp_path / "hf" / p).is_file() for p in hub.files_downloaded() - {TRAIN0})  # kept for the rerun
+    assert not list((tmp_path / "hf").rglob("*.incomplete"))
 
 
 def test_corrupted_cached_file_is_detected_and_fetched_again(standin, hub, tmp_path):
@@ -334,7 +346,7 @@ def test_offline_mode_and_a_full_disk_are_clear_errors(hub, tmp_path, monkeypatc
     with pytest.raises(HuggingFaceSourceError, match="HF_HUB_OFFLINE"):
         run(hf_config(hub.endpoint), tmp_path)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hf.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1000})())
+    monkeypatch.setattr(hub_module.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1000})())
     with pytest.raises(HuggingFaceSourceError, match=r"has 1 kB free but the download needs up to .* more"):
         run(hf_config(hub.endpoint), tmp_path)
     assert not hub.content_requests()

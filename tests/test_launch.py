@@ -49,13 +49,14 @@ def test_ddp_ranks_stop_together_on_one_ranks_signal(micro_tokens, tiny_spec, ti
                               checkpoint_interval=100, eval_interval=100)
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "astropt.launch", "--nproc-per-node=2", "--", "-m", "astropt.train",
-           "--spec", json.dumps(spec_to_json(tiny_spec, cfg)), "--train-tokens", str(micro_tokens / "train"),
-           "--val-tokens", str(micro_tokens / "validation"), "--out-dir", str(out), "--threads", "2"]
+           "--spec", json.dumps(spec_to_json(tiny_spec, cfg)),
+           "--train-tokens", str(micro_tokens / "train" / "index.parquet"),  # the manifests, as the rule passes them
+           "--val-tokens", str(micro_tokens / "validation" / "index.parquet"), "--out-dir", str(out), "--threads", "2"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     log_path = tmp_path / "launch.log"
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    deadline = time.time() + 180
+    deadline = time.time() + 600  # a failsafe: on a busy machine the ranks can take minutes to start
     while time.time() < deadline and "step 10/400" not in log_path.read_text():  # training is under way
         time.sleep(0.1)
     # The ranks: torchrun starts them in sessions of their own; their command lines name `out`.

@@ -20,6 +20,7 @@ from astropt.probe import (
     numeric_properties,
     paper_probe,
     probe_properties,
+    read_metadata,
     ridge_cv_probe,
     weighted_accuracy,
     weighted_median,
@@ -462,3 +463,13 @@ def test_aggregate_runs_pools_runs_and_galaxies(planted):
         aggregate_runs({"a": first, "b": other}, {"a": draws["seed0"], "b": draws["seed1"]})
     with pytest.raises(ValueError, match="draws of"):
         aggregate_runs({"a": first}, {"b": draws["seed0"]})
+
+
+def test_colours_are_derived_only_when_missing(tmp_path):
+    meta = pd.DataFrame({"id": ["a", "b"], "mag_g_desi": [20.0, 21.0], "mag_r_desi": [19.5, 20.0], "mag_z_desi": [19.0, 19.9]})
+    meta.to_parquet(tmp_path / "m.parquet")
+    out = read_metadata(tmp_path / "m.parquet")
+    assert out["g_r"].tolist() == [0.5, 1.0] and out["r_z"].round(6).tolist() == [0.5, 0.1]
+    meta.assign(g_r=[9.0, 9.0]).drop(columns="mag_z_desi").to_parquet(tmp_path / "n.parquet")
+    out = read_metadata(tmp_path / "n.parquet")
+    assert out["g_r"].tolist() == [9.0, 9.0] and "r_z" not in out  # kept as given; not derivable

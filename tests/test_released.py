@@ -25,7 +25,8 @@ from astropt.model import GPT, PRESETS, GPTConfig
 from astropt.released import (
     DEFAULT_PATH, ReleasedWeightsError, read_checkpoint, released_model, repo_file, size_digits,
 )
-from astropt.tokenise import image_to_tokens, load_tokens
+from astropt.patches import image_to_tokens
+from astropt.shards import load_tokens
 from conftest import ROOT
 from hub_standin import FAKE_COMMIT, fake_hub, isolate_hf
 

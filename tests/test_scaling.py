@@ -12,19 +12,10 @@ import pandas as pd
 import pytest
 from scipy import optimize, stats
 
-from astropt.scaling import (
-    TABLE_COLUMNS,
-    fit_power_law,
-    fit_saturating_power_law,
-    fit_scaling_laws,
-    fit_table,
-    predict,
-    predict_power_law,
-    table_cells,
-    table_latex,
-    table_markdown,
-    to_jsonable,
-)
+from astropt.io import to_jsonable
+from astropt.scaling import fit_power_law, fit_scaling_laws, predict
+from astropt.tables import TABLE_COLUMNS, fit_table, table_cells, table_latex, table_markdown
+from scaling_helpers import fit_saturating_power_law, predict_power_law
 
 N = np.logspace(4, 9, 8)
 TRUE = {"L_inf": 0.15, "N_c": 1e3, "alpha": 0.3}  # reducible part 77% -> 10% of L

@@ -1,4 +1,5 @@
-"""Tests of the folder data source (astropt/sources.py) together with the FITS-aware tokeniser.
+"""Tests of the data sources and the download stage (astropt/sources.py), the folder source
+together with the FITS-aware tokeniser.
 
 Run: python -m pytest tests/test_sources.py -q
 """
@@ -14,8 +15,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from astropt.sources import folder_catalogue, read_catalogue, stamp_id, write_folder_source
-from astropt.tokenise import image_to_tokens, load_tokens, tokenise_split
+from astropt.config import REJECTED_COLUMNS
+from astropt.patches import image_to_tokens
+from astropt.shards import load_tokens
+from astropt.sources import download, folder_catalogue, read_catalogue, stamp_id, write_folder_source
+from tokens_helper import tokenise_split
 
 fits = pytest.importorskip("astropy.io.fits")
 
@@ -273,3 +277,36 @@ def test_catalogue_errors(tmp_path):
     pd.DataFrame({"id": ["a"], "split": ["train"]}).to_csv(tmp_path / "clash.csv", index=False)
     with pytest.raises(ValueError, match="'split'.*split_column"):
         folder_catalogue(root, tmp_path / "clash.csv", log=_quiet)
+
+
+def test_download_stage_joins_params_and_config(tmp_path):
+    """The download rule's function: the source's params, completed by the config's operational
+    keys (params win), for the folder and the synthetic source."""
+    ids = [f"g{i:02d}" for i in range(10)]
+    (tmp_path / "stamps").mkdir()
+    for gid in ids + ["orphan"]:
+        (tmp_path / "stamps" / f"{gid}.png").touch()
+    pd.DataFrame({"id": ids, "z": 1.0}).to_csv(tmp_path / "cat.csv", index=False)
+    folder = {"images": str(tmp_path / "stamps"), "catalogue": str(tmp_path / "cat.csv"), "id_column": "id",
+              "path_column": None, "split_column": None, "val_fraction": 0.2}
+    data = {"source": "folder", "image_size": 32, "n_chan": 3, "folder": folder}
+    config = {"folder": {**folder, "test_fraction": 0.3, "val_fraction": 0.5}}
+    out = tmp_path / "resources" / "metadata.parquet"
+    out.parent.mkdir()
+    meta = download(data, out, tmp_path / "rejected.csv", seed=1, config_data=config, log=_quiet)
+    assert meta["split"].value_counts().to_dict() == {"train": 5, "test": 3, "validation": 2}
+    assert pd.read_parquet(out).equals(meta) and not (out.parent / "rejected.csv").exists()
+    assert pd.read_csv(tmp_path / "rejected.csv")["id"].tolist() == ["orphan"]
+    assert "test_fraction" not in data["folder"]  # the params are not changed
+
+    syn = {"n_train": 3, "n_val": 1, "n_test": 2, "stars_per_stamp": 0.0}
+    data = {"source": "synthetic", "image_size": 16, "n_chan": 3, "synthetic": syn}
+    out = tmp_path / "syn" / "metadata.parquet"
+    (out.parent / "images").mkdir(parents=True)
+    (out.parent / "images" / "stale.png").touch()  # from a larger earlier run: removed
+    meta = download(data, out, out.with_name("rejected.csv"), seed=2,
+                    config_data={"synthetic": {"workers": 1, "n_test": 9}}, log=_quiet)
+    assert len(meta) == 6 and sorted(p.name for p in (out.parent / "images").iterdir()) == sorted(meta["id"] + ".png")
+    assert pd.read_csv(out.with_name("rejected.csv")).columns.tolist() == REJECTED_COLUMNS
+    with pytest.raises(ValueError, match="unknown source 'ftp'"):
+        download({"source": "ftp"}, out, out.with_name("rejected.csv"), seed=0)

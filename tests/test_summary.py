@@ -1,4 +1,4 @@
-"""The summary of headline numbers (astropt.summary) and the pipeline stages around it.
+"""The summary of headline numbers (astropt.summary) and the stages around it (runs, fits, figures).
 
 Run: python -m pytest tests/test_summary.py -q
 """
@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from astropt import pipeline
-from astropt.figures import downstream_table
-from astropt.scaling import fit_study
-from astropt.summary import build_summary, clipped, fmt, fmt_count, headline_lines, improving, to_html, to_markdown
+from astropt.figures import figure_loss_curves, umap_properties
+from astropt.probe import downstream_table
+from astropt.runs import load_sidecars, run_budget, run_name
+from astropt.scaling import fit_study, write_fits
+from astropt.summary import _fit_table, build_summary, clipped, fmt, fmt_count, headline_lines, improving, to_html, to_markdown, write_summary
 
 SIZES = {"42K": 42_496, "85K": 85_920, "144K": 144_192, "416K": 416_064}
 LOSSES = {size: 0.0661 * (n / 42_496) ** -0.1 for size, n in SIZES.items()}  # a power law: means of 3 runs
@@ -33,6 +34,7 @@ def _sidecars(tmp_path, gpu_hours=None, seeds=SEEDS, sizes=SIZES):
                 "size": size, "params": n, "final_val_loss": loss, "best_val_loss": loss * 0.99,
                 "flops": 6.0 * n * 1.2e6, "tokens_seen": 1_209_600, "elapsed_s": 60.0, "gpu_hours": gpu_hours,
                 "seed": seed, "provenance": {**PROVENANCE, "seed": seed},
+                "steps": 600, "model_args": {}, "lr": 1e-3, "train": {},
             }))
             steps = np.arange(0, 601, 100)
             pd.DataFrame({"step": steps, "tokens_seen": steps * 2016, "flops": 6.0 * n * steps * 2016,
@@ -94,7 +96,7 @@ def _fit(losses, n_boot=200):
 
 
 def _inputs(tmp_path, **kw):
-    losses = pipeline.load_sidecars(_sidecars(tmp_path, **kw))
+    losses = load_sidecars(_sidecars(tmp_path, **kw))
     runs = _run_probes()
     return losses, _fit(losses), _aggregated(runs), _downstream(runs)
 
@@ -138,7 +140,7 @@ def test_an_unbounded_or_unsupported_law_is_not_a_headline(tmp_path):
 
 
 def test_one_run_per_size_says_the_variance_is_unseen(tmp_path):
-    losses = pipeline.load_sidecars(_sidecars(tmp_path, seeds=(0,)))
+    losses = load_sidecars(_sidecars(tmp_path, seeds=(0,)))
     runs = _run_probes(seeds=(0,))
     text = to_markdown(build_summary(losses, _fit(losses), _aggregated(runs), _downstream(runs)))
     assert "one run per size: run-to-run variance not seen" in text
@@ -166,7 +168,7 @@ def test_released_weights_have_no_recorded_cost(tmp_path):
         d["elapsed_s"] = d["gpu_hours"] = None
         d.pop("provenance")
         p.write_text(json.dumps(d))
-    losses = pipeline.load_sidecars(paths)
+    losses = load_sidecars(paths)
     runs = _run_probes(seeds=(0,))
     text = to_markdown(build_summary(losses, _fit(losses), _aggregated(runs), _downstream(runs)))
     assert "its cost not recorded (released weights)" in text
@@ -187,9 +189,9 @@ def test_clip_flags_come_from_the_counts():
     assert clipped(probes, share=0.5) == []
 
 
-def test_pipeline_summary_and_make_runs_headline(tmp_path, capsys):
+def test_summary_stage_and_make_runs_headline(tmp_path, capsys):
     sidecars = _sidecars(tmp_path)
-    losses = pipeline.load_sidecars(sidecars)
+    losses = load_sidecars(sidecars)
     paths = []
     for size, df in _aggregated(_run_probes()).items():
         paths.append(tmp_path / f"{size}.csv")
@@ -199,7 +201,7 @@ def test_pipeline_summary_and_make_runs_headline(tmp_path, capsys):
     config = {"sizes": list(SIZES), "seed": 0, "data": {"source": "synthetic", "image_size": 64},
               "tokens": {"patch_size": 8}, "train": {"steps": 600, "seeds": list(SEEDS)},
               "embed": {"split": "test", "n_tokens": 64, "layer": -1, "pooling": "mean"}}
-    pipeline.summary(sidecars, tmp_path / "fit.json", paths, tmp_path / "summary.csv", tmp_path / "s.md",
+    write_summary(sidecars, tmp_path / "fit.json", paths, tmp_path / "summary.csv", tmp_path / "s.md",
                      tmp_path / "s.html", config, log=lambda *a: None)
     md = (tmp_path / "s.md").read_text()
     assert md.startswith("# AstroPT scaling study") and "trained here for 600 steps each, once per training seed" in md
@@ -217,7 +219,7 @@ def test_loss_curves_in_run_order(tmp_path):
     sidecars = _sidecars(tmp_path)
     metrics = [p.replace("ckpt.json", "metrics.csv") for p in reversed(sidecars)]
     lines = []
-    pipeline.figure_loss_curves(metrics, sidecars, tmp_path / "curves.png", log=lines.append)
+    figure_loss_curves(metrics, sidecars, tmp_path / "curves.png", log=lines.append)
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     order = [f"{s}/seed{k}" for s in SIZES for k in SEEDS]
     assert lines == [f"wrote {tmp_path / 'curves.png'}: loss curves of 12 runs ({', '.join(order)})"]
@@ -225,43 +227,43 @@ def test_loss_curves_in_run_order(tmp_path):
 
 def test_umap_panels_default_to_the_papers_properties(tmp_path):
     columns = ["id", "redshift", "g_r", "mag_abs_g_photoz", "axis_ratio"]
-    panels, lacking = pipeline.umap_properties("paper", columns, None)
+    panels, lacking = umap_properties("paper", columns, None)
     assert list(panels) == ["mag_abs_g_photoz", "g_r", "redshift"]  # the paper's order
     assert panels["g_r"] == "g - r\n(g_r)" and panels["redshift"] == "redshift"
     assert "ssfr_med_photoz" in lacking and len(lacking) == 9
     pd.DataFrame({"property": ["axis_ratio", "redshift"]}).to_csv(tmp_path / "p.csv", index=False)
     for probed in ("probed", None):
-        assert list(pipeline.umap_properties(probed, columns, tmp_path / "p.csv")[0]) == ["axis_ratio", "redshift"]
+        assert list(umap_properties(probed, columns, tmp_path / "p.csv")[0]) == ["axis_ratio", "redshift"]
     with pytest.raises(ValueError, match="umap.properties.*'mass'"):
-        pipeline.umap_properties(["mass"], columns, None)
+        umap_properties(["mass"], columns, None)
     with pytest.raises(ValueError, match="none of the paper's"):
-        pipeline.umap_properties("paper", ["id", "x"], None)
+        umap_properties("paper", ["id", "x"], None)
 
 
 def test_one_size_tables_spell_out_each_reason_once(tmp_path):
     sidecars = _sidecars(tmp_path, sizes={"42K": SIZES["42K"]})
     out = {k: tmp_path / f"fit.{k}" for k in ("json", "md", "tex", "csv")}
-    pipeline.scaling(sidecars, out["json"], tmp_path / "losses.csv", out["md"], out["tex"], out["csv"],
+    write_fits(sidecars, out["json"], tmp_path / "losses.csv", out["md"], out["tex"], out["csv"],
                      scaling_cfg={"n_boot": 50}, holdout="42K", log=lambda *a: None)
     fit = json.loads(out["json"].read_text())
     csv = pd.read_csv(out["csv"])
     assert csv["note"].str.contains("at least two sizes").all()  # the report shows the reason itself
     assert len(pd.read_csv(tmp_path / "losses.csv")) == 3  # one row per run
     runs = {k: v for k, v in _run_probes().items() if k[0] == "42K"}
-    text = to_markdown(build_summary(pipeline.load_sidecars(sidecars), fit, _aggregated(runs) | {}, _downstream(runs),
-                                     fit_table=pipeline._fit_table(fit)))
+    text = to_markdown(build_summary(load_sidecars(sidecars), fit, _aggregated(runs) | {}, _downstream(runs),
+                                     fit_table=_fit_table(fit)))
     assert text.count("(1) no fit: a scaling fit needs at least two sizes") == 1 and "(2)" not in text
     assert "one size: no scaling fit" in text and "No test: one size: nothing to hold out" in text
 
 
 def test_run_names_come_from_paths():
-    assert pipeline.run_name("results/models/416K/seed2/ckpt.json") == ("416K", 2)
-    assert pipeline.run_name("results/models/416K/D1.61M/seed2/ckpt.json") == ("416K", 2)  # another token budget
-    assert pipeline.run_budget("results/models/416K/D1.61M/seed2/ckpt.json") == "D1.61M"
-    assert pipeline.run_budget("results/models/416K/seed2/ckpt.json") == ""
-    assert pipeline.run_name("results/probes/85K/seed10.draws.parquet") == ("85K", 10)
+    assert run_name("results/models/416K/seed2/ckpt.json") == ("416K", 2)
+    assert run_name("results/models/416K/D1.61M/seed2/ckpt.json") == ("416K", 2)  # another token budget
+    assert run_budget("results/models/416K/D1.61M/seed2/ckpt.json") == "D1.61M"
+    assert run_budget("results/models/416K/seed2/ckpt.json") == ""
+    assert run_name("results/probes/85K/seed10.draws.parquet") == ("85K", 10)
     with pytest.raises(ValueError, match="not a run's file"):
-        pipeline.run_name("results/probes/85K.csv")
+        run_name("results/probes/85K.csv")
 
 
 def test_losses_and_cost_of_a_grid(tmp_path):
@@ -275,10 +277,11 @@ def test_losses_and_cost_of_a_grid(tmp_path):
         d.update(tokens_seen=604_800, flops=d["flops"] / 2, elapsed_s=30.0, final_val_loss=d["final_val_loss"] * 1.1)
         (half / "ckpt.json").write_text(json.dumps(d))
         paths.append(str(half / "ckpt.json"))
-    losses = pipeline.load_sidecars(paths)
+    losses = load_sidecars(paths)
     assert len(losses) == 24 and losses["default_budget"].sum() == 12
     assert set(losses["budget"]) == {"D605K", "D1.21M"}
-    from astropt.compute import compute_markdown, compute_table
+    from astropt.compute import compute_table
+    from astropt.tables import compute_markdown
 
     cost = compute_table(losses)
     assert len(cost) == 8 and [r["budget"] for r in cost[:2]] == ["D605K", "D1.21M"]

@@ -1,4 +1,5 @@
-"""Tests of patch tokenisation (astropt/tokenise.py).
+"""Tests of patch tokenisation: the patch maths (astropt/patches.py), the token shards
+(astropt/shards.py) and the tokenise jobs (astropt/tokenise.py).
 
 Run: python -m pytest tests/test_tokenise.py -q
 """
@@ -14,20 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from astropt.tokenise import (
-    ShardedTokens,
-    image_to_tokens,
-    load_tokens,
-    merge_token_groups,
-    normalise,
-    part_name,
-    patchify,
-    spiral_order,
-    tokenise_group,
-    tokenise_split,
-    tokens_to_image,
-    unpatchify,
-)
+from astropt.patches import image_to_tokens, normalise, patchify, spiral_order, tokens_to_image, unpatchify
+from astropt.shards import ShardedTokens, load_tokens, parse_part_name, part_name
+from astropt.tokenise import TokeniseSettings, collect_rejected, merge_token_groups, tokenise_group, tokenise_part
+from tokens_helper import tokenise_split
 
 
 def _quiet(_: str) -> None:
@@ -158,7 +149,7 @@ def test_normalise_modes():
 
 
 # ---------------------------------------------------------------------------------------------
-# tokenise_split
+# Tokenising a split (tokens_helper.tokenise_split: one job, then the index)
 # ---------------------------------------------------------------------------------------------
 BAD = {"g012": "unreadable", "g013": "unreadable", "g014": "wrong size", "g015": "missing file"}
 
@@ -269,7 +260,7 @@ def test_tokenise_split_input_errors(folder, tmp_path):
 
 
 def test_shrink_fallback_copies_rows(tmp_path):
-    from astropt.tokenise import _copy_rows
+    from astropt.shards import _copy_rows
 
     path = tmp_path / "t.npy"
     arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(2500, 2, 3))
@@ -407,8 +398,10 @@ def test_groups_and_shard_sizes_give_the_same_split(folder, tmp_path, workers):
     kw = dict(patch_size=8, image_size=32, log=_quiet, max_reject_fraction=1)
     whole = tokenise_split(meta, root, tmp_path / "one", shard_size=100, **kw)
     out = tmp_path / "three"
+    run = dict(log=_quiet, max_reject_fraction=1)
     for g in (2, 0, 1):  # any order, as independent jobs
-        tokenise_group(meta, root, out, group=g, groups=3, shard_size=3, workers=workers, chunk_size=2, split="train", **kw)
+        tokenise_group(meta, root, out, TokeniseSettings(8, 32, shard_size=3), group=g, groups=3, workers=workers,
+                       chunk_size=2, split="train", **run)
     merged = merge_token_groups(out, 3, max_reject_fraction=1, log=_quiet)
     assert len(merged["shards"]) == 6 and merged["groups"] == 3  # 16 rows / 3 per shard
     assert {k: merged[k] for k in whole if k.startswith("n_") and k != "n_shards"} == {
@@ -421,22 +414,22 @@ def test_groups_and_shard_sizes_give_the_same_split(folder, tmp_path, workers):
     assert index["split"].eq("train").all() and index["shard"].is_monotonic_increasing
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "one" / "rejected.csv"), pd.read_csv(out / "rejected.csv"))
     # An empty group (more jobs than shards) is fine.
-    tokenise_group(meta.iloc[:2], root, tmp_path / "few", group=1, groups=2, shard_size=8, **kw)
-    tokenise_group(meta.iloc[:2], root, tmp_path / "few", group=0, groups=2, shard_size=8, **kw)
+    tokenise_group(meta.iloc[:2], root, tmp_path / "few", TokeniseSettings(8, 32, shard_size=8), group=1, groups=2, **run)
+    tokenise_group(meta.iloc[:2], root, tmp_path / "few", TokeniseSettings(8, 32, shard_size=8), group=0, groups=2, **run)
     assert merge_token_groups(tmp_path / "few", 2, log=_quiet)["n_galaxies"] == 2
 
 
 def test_merge_refuses_missing_or_mismatched_parts(folder, tmp_path):
     root, meta, _ = folder
-    kw = dict(patch_size=8, image_size=32, log=_quiet, max_reject_fraction=1, shard_size=4)
+    settings, kw = TokeniseSettings(8, 32, shard_size=4), dict(log=_quiet, max_reject_fraction=1)
     out = tmp_path / "t"
-    tokenise_group(meta, root, out, group=0, groups=2, **kw)
+    tokenise_group(meta, root, out, settings, group=0, groups=2, **kw)
     with pytest.raises(FileNotFoundError, match=part_name(1, 2)):
         merge_token_groups(out, 2, log=_quiet)
-    tokenise_group(meta, root, out, group=1, groups=2, **{**kw, "fit": "resize"})
+    tokenise_group(meta, root, out, TokeniseSettings(8, 32, shard_size=4, fit="resize"), group=1, groups=2, **kw)
     with pytest.raises(ValueError, match="other settings.*fit"):
         merge_token_groups(out, 2, log=_quiet)
-    tokenise_group(meta, root, out, group=1, groups=2, **kw)
+    tokenise_group(meta, root, out, settings, group=1, groups=2, **kw)
     (out / "shards" / "00003.npy").unlink()
     with pytest.raises(FileNotFoundError, match="00003.npy"):
         merge_token_groups(out, 2, log=_quiet)
@@ -506,16 +499,17 @@ def test_killed_tokenise_process_resumes(tmp_path):
     )
     code = (
         "import sys, time, pandas as pd, astropt.tokenise as tk\n"
+        "from tokens_helper import tokenise_split\n"
         "real = tk._tokenise_chunk\n"
         "def slow(*a):\n    time.sleep(float(sys.argv[2]))\n    return real(*a)\n"
         "tk._tokenise_chunk = slow\n"
-        f"tk.tokenise_split(pd.read_parquet({str(tmp_path / 'cat.parquet')!r}), {str(root)!r}, sys.argv[1], "
+        f"tokenise_split(pd.read_parquet({str(tmp_path / 'cat.parquet')!r}), {str(root)!r}, sys.argv[1], "
         "patch_size=8, image_size=64, shard_size=20, chunk_size=10, log=print)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in (Path(__file__).resolve().parents[1], Path(__file__).parent))}
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-c", code, str(out), "0.05"], env=env)
-    deadline = time.time() + 60
+    deadline = time.time() + 600  # the child imports torch first: minutes on a loaded machine
     # Killed in the middle of a shard (its temporary file exists), after at least 3 finished.
     while time.time() < deadline and not (
         len(list((out / "shards").glob("*.json"))) >= 3 and list((out / "shards").glob("*.tmp-*"))
@@ -613,9 +607,11 @@ def test_jobs_leave_each_others_files_alone_and_stale_shards_go(folder, tmp_path
     (out / "shards").mkdir(parents=True)
     busy = out / "shards" / "00005.npy.tmp-othernode-123-abcd"  # job 1 of 2 is writing shard 5
     busy.write_bytes(b"in progress")
-    tokenise_group(meta, root, out, group=0, groups=2, shard_size=2, **kw)  # shards 0-3 of 8
+    tokenise_group(meta, root, out, TokeniseSettings(8, 32, shard_size=2), group=0, groups=2, log=_quiet,
+                   max_reject_fraction=1)  # shards 0-3 of 8
     assert busy.exists()
-    tokenise_group(meta, root, out, group=1, groups=2, shard_size=2, **kw)  # its own leftovers go
+    tokenise_group(meta, root, out, TokeniseSettings(8, 32, shard_size=2), group=1, groups=2, log=_quiet,
+                   max_reject_fraction=1)  # its own leftovers go
     assert not busy.exists()
     merge_token_groups(out, 2, max_reject_fraction=1, log=_quiet)
     assert len(list((out / "shards").glob("*.npy"))) == 8
@@ -625,3 +621,50 @@ def test_jobs_leave_each_others_files_alone_and_stale_shards_go(folder, tmp_path
     assert sorted(p.name for p in (out / "parts").iterdir()) == [f"0000-of-0001{e}" for e in (".json", ".parquet", ".rejected.csv")]
     assert any("removed 18 stale shard/part files" in line for line in lines)
     assert load_tokens(out).meta["n_galaxies"] == 12
+
+
+# ---------------------------------------------------------------------------------------------
+# The workflow's stage functions: tokenise_part (tokenise), collect_rejected (rejected)
+# ---------------------------------------------------------------------------------------------
+def test_tokenise_part_joins_params_and_operational_settings(folder, tmp_path):
+    """The tokenise rule's function: part name -> job, params' token settings, workers and
+    max_reject_fraction passed apart; the same shards as one call with the same settings."""
+    root, meta, _ = folder
+    meta.assign(split=["train"] * 14 + ["test"] * 2).to_parquet(root / "metadata.parquet")
+    tokens = {"patch_size": 8, "fit": "reject", "nan": "reject", "dtype": "auto", "shard_size": 4}
+    out = tmp_path / "tokens" / "train"
+    for part in ("0001-of-0002", "0000-of-0002"):
+        summary = tokenise_part(root / "metadata.parquet", "train", part, out, tokens, 32, 3, "image",
+                                workers=1, max_reject_fraction=1, log=_quiet)
+    assert (summary["group"], summary["groups"], summary["n_shards"]) == (0, 2, 4)
+    merged = merge_token_groups(out, 2, max_reject_fraction=1, log=_quiet)
+    one = tokenise_split(meta.iloc[:14], root, tmp_path / "one", 8, 32, shard_size=4, split="train",
+                         max_reject_fraction=1, log=_quiet)
+    assert {k: v for k, v in merged.items() if k != "groups"} == {k: v for k, v in one.items() if k != "groups"}
+    assert (out / "index.parquet").read_bytes() == (tmp_path / "one" / "index.parquet").read_bytes()
+    with pytest.raises(RuntimeError, match="were rejected"):  # shards 2-3: 2 of 6 unreadable
+        tokenise_part(root / "metadata.parquet", "train", "0001-of-0002", out, tokens, 32, workers=1,
+                      max_reject_fraction=0.25, log=_quiet)
+    with pytest.raises(ValueError, match="no galaxies in split 'validation'"):
+        tokenise_part(root / "metadata.parquet", "validation", "0000-of-0001", out, tokens, 32, log=_quiet)
+    assert parse_part_name(part_name(3, 16)) == (3, 16)
+
+
+def test_settings_are_checked_when_made():
+    assert TokeniseSettings(8, shard_size=4.0, n_chan=1.0).shard_size == 4  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="nan must be one of"):
+        TokeniseSettings(8, nan="drop")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="shard_size must be a positive integer"):
+        TokeniseSettings(8, shard_size=0)
+
+
+def test_collect_rejected_keeps_every_id_as_text(tmp_path):
+    cols = "id,image_path,reason\n"
+    (tmp_path / "d.csv").write_text(cols + "nan,x.png,no metadata row\n")
+    (tmp_path / "t.csv").write_text(cols + "007,y.fits,NaN pixels: 3\n")
+    (tmp_path / "v.csv").write_text(cols)
+    table = collect_rejected(tmp_path / "d.csv", {"train": tmp_path / "t.csv", "validation": tmp_path / "v.csv"},
+                             tmp_path / "all.csv", log=_quiet)
+    assert table["id"].tolist() == ["nan", "007"] and table["stage"].tolist() == ["download", "tokenise"]
+    assert table["split"].tolist() == ["", "train"]
+    assert pd.read_csv(tmp_path / "all.csv", dtype=str, keep_default_na=False)["id"].tolist() == ["nan", "007"]

@@ -20,6 +20,8 @@ import torch
 
 import astropt.train as T
 from astropt.checkpoint import load_checkpoint, load_model
+from astropt.record import RunRecord
+from astropt.shards import load_tokens
 from astropt.train import METRIC_COLUMNS, NonFiniteLossError, lr_at, sample_indices, spec_to_json, train
 
 from conftest import ROOT
@@ -70,6 +72,13 @@ def test_train_writes_outputs_and_learns(micro_tokens, tiny_spec, tiny_train, tm
     assert (metrics["flops"] > 0).all() and metrics["elapsed_s"].is_monotonic_increasing
     side = json.loads((tmp_path / "ckpt.json").read_text())
     assert side["final_val_loss"] == pytest.approx(val[-1]) and side["params"] > 0
+    assert list(side) == ["size", "params", "steps", "tokens_seen", "flops", "final_val_loss", "best_val_loss",
+                          "elapsed_s", "gpu_hours", "peak_mem_gb", "tokens_per_s", "mfu", "device", "ranks", "seed",
+                          "provenance", "model_args", "lr", "train"]  # the layout of every earlier ckpt.json
+    record = RunRecord.read(tmp_path / "ckpt.json")
+    assert (tmp_path / "ckpt.json").read_text() == record.to_json()
+    assert record.steps == 40 and record.tokens_seen == metrics["tokens_seen"].iloc[-1] and record.mfu is None
+    assert record.flops == metrics["flops"].iloc[-1] and record.seed == tiny_train.seed and record.ranks == 1
     model = load_model(tmp_path / "ckpt.pt")
     assert model.config == tiny_spec.model
     assert "optimizer" not in load_checkpoint(tmp_path / "ckpt.pt")  # final checkpoint is lean
@@ -145,12 +154,13 @@ def test_killed_or_signalled_process_resumes(micro_tokens, tiny_spec, tiny_train
     cfg = dataclasses.replace(tiny_train, steps=60, checkpoint_interval=5, log_interval=5, eval_interval=20)
     ref = _run(tiny_spec, cfg, micro_tokens, tmp_path / "ref")
     out = tmp_path / "run"
-    args = ["--spec", json.dumps(spec_to_json(tiny_spec, cfg)), "--train-tokens", str(micro_tokens / "train"),
-            "--val-tokens", str(micro_tokens / "validation"), "--out-dir", str(out), "--threads", "1"]
+    # the splits' manifests, as the train rule passes them
+    args = ["--spec", json.dumps(spec_to_json(tiny_spec, cfg)), "--train-tokens", str(micro_tokens / "train" / "index.parquet"),
+            "--val-tokens", str(micro_tokens / "validation" / "index.parquet"), "--out-dir", str(out), "--threads", "1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_TRAIN, *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # a failsafe: on a busy machine torch's import alone can take minutes
     while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
     time.sleep(random.Random(sig).uniform(0.0, 0.8))  # somewhere in steps ~5-35
@@ -238,6 +248,20 @@ def test_non_finite_loss_stops_with_the_step(micro_tokens, tiny_spec, tiny_train
     assert "last.pt" in str(err.value)
     assert not (tmp_path / "ckpt.pt").exists()
     assert load_checkpoint(tmp_path / "last.pt")["iter_num"] == 10  # the last good state is kept
+
+
+def test_a_split_is_its_folder_or_its_manifest(micro_tokens, tiny_spec, tiny_train, tmp_path):
+    by_path = [load_tokens(micro_tokens / "train" / "index.parquet"), load_tokens(str(micro_tokens / "train"))]
+    assert [len(s) for s in by_path] == [len(load_tokens(micro_tokens / "train"))] * 2
+    cfg = dataclasses.replace(tiny_train, steps=5, eval_interval=5)
+    by_folder = _run(tiny_spec, cfg, micro_tokens, tmp_path / "folder")
+    by_manifest = train(tiny_spec, cfg, micro_tokens / "train" / "index.parquet",
+                        micro_tokens / "validation" / "index.parquet", tmp_path / "manifest", log=lambda *a: None)
+    cols = ["step", "tokens_seen", "train_loss", "val_loss", "lr"]
+    pd.testing.assert_frame_equal(by_manifest[cols], by_folder[cols], rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="missing index.parquet"):
+        train(tiny_spec, cfg, tmp_path / "nowhere" / "index.parquet", micro_tokens / "validation", tmp_path / "x",
+              log=lambda *a: None)
 
 
 def test_token_shape_mismatch_is_explained(micro_tokens, tiny_spec, tiny_train, tmp_path):

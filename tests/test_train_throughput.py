@@ -81,7 +81,7 @@ def test_v1_model_computes_what_ours_computes():
 
 
 def test_v1_patch_normalise_matches_the_projects():
-    from astropt.tokenise import normalise
+    from astropt.patches import normalise
 
     raw = torch.randint(0, 256, (2, 5, 48), dtype=torch.uint8)
     torch.testing.assert_close(v1.v1_patch_normalise(raw), normalise(raw, "patch"))

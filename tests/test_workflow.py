@@ -365,9 +365,12 @@ def test_lint_is_clean(configfile):
 
 
 def test_config_parse_does_not_import_torch():
-    """Every parse (and every job start) reads the config: it must not pay torch's import."""
+    """Every parse (and every job start) reads the config: it must not pay torch's import,
+    with trained models or with the released weights (whose file names and checks it uses)."""
     code = ("import sys, astropt.config as c; cfg = c.load_config('config/config.yaml'); "
             "cfg.size_spec('309M'); c.spec_to_json(cfg.size_spec('42K'), cfg.train_config('42K')); "
+            "import yaml; raw = yaml.safe_load(open('config/paper.yaml')); raw['models'] = {'source': 'released'}; "
+            "c.load_config(raw); c.repo_file('89M'); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

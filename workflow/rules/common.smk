@@ -5,11 +5,13 @@ import re
 import sys
 from pathlib import Path
 
+from snakemake.utils import validate
+
 # The astropt library is installed with the workflow's environment (README: `make env`, or
 # `pip install --no-deps -e .` in the conda environment of environment.yml), so the parse and
 # every job (local or on SLURM) import it without path changes.
 try:
-    from astropt.config import SPLITS, ConfigError, input_problems, known_sizes, load_config
+    from astropt.config import SPLITS, ConfigError, input_problems, known_sizes, load_config, repo_file
 except ImportError as err:
     sys.exit(f"The astropt library is not importable ({err}): install it with `pip install --no-deps -e .`")
 
@@ -20,8 +22,11 @@ except ConfigError as err:
 # Files the config names must exist where the workflow starts (before any job is planned).
 if workflow.is_main_process and (missing := input_problems(CFG)):
     sys.exit("Error in the workflow config (config/config.yaml or --configfile/--config):\n  " + "\n  ".join(missing))
-# Scripts see the validated config with every default filled in.
+# Scripts see the validated config with every default filled in. The same schema through
+# Snakemake's validator (after load_config, which coerces --config strings and names the key
+# at fault in its errors): the snakemake-workflows convention.
 config.update(CFG.raw)
+validate(config, "../schemas/config.schema.yaml", set_default=True)
 
 SIZES = CFG.sizes
 # Training seeds: every size is trained once per seed (train.seeds), each run its own job.
@@ -267,7 +272,7 @@ def output_params(section, *operational):
 
 def token_parts(wildcards):
     """The files of every tokenise job (shard group) of a split."""
-    from astropt.tokenise import part_name
+    from astropt.shards import part_name
 
     jobs = CFG.token_jobs(wildcards.split)
     stems = [f"results/tokens/{wildcards.split}/parts/{part_name(g, jobs)}" for g in range(jobs)]
@@ -312,8 +317,6 @@ def released_params(wildcards):
     The endpoint and cache folder are left out (read by the script from `snakemake.config`):
     moving the cache or using a mirror does not fetch the models again.
     """
-    from astropt.released import repo_file
-
     released = CFG.raw["models"]["released"]
     return {
         "repo": released["repo"],

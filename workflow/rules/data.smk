@@ -35,8 +35,9 @@ rule tokenise:
         rejected="results/tokens/{split}/parts/{part}.rejected.csv",
         summary="results/tokens/{split}/parts/{part}.json",
     params:
-        # Left out (read from the config by the script): norm, applied at load time; workers
-        # and jobs, which do not change the tokens; max_reject_fraction, a pass/fail bar.
+        # Left out: norm, applied at load time; jobs (the part wildcard); workers, which do
+        # not change the tokens, and max_reject_fraction, a pass/fail bar: the script passes
+        # those two from the config, so changing them reruns nothing.
         tokens=output_params(CFG.tokens, "workers", "norm", "jobs", "max_reject_fraction"),
         image_size=CFG.data["image_size"],
         n_chan=CFG.data["n_chan"],

@@ -70,6 +70,27 @@ rule probe_size:
         "../scripts/probe_size.py"
 
 
+rule downstream:
+    conda:
+        "../../environment.yml"
+    # The table behind the downstream figure and the summary's probe lines: each size's scores
+    # relative to the smallest model's, and Spearman's rho between parameters and score.
+    input:
+        probes=runs("results/probes/{size}/seed{seed}.csv"),
+        sidecars=runs("results/models/{size}/seed{seed}/ckpt.json"),
+    output:
+        "results/probes/summary.csv",
+    log:
+        "logs/downstream/downstream.log",
+    benchmark:
+        "logs/benchmarks/downstream/downstream.tsv"
+    threads: job_threads("probe")
+    resources:
+        **job_resources("probe"),
+    script:
+        "../scripts/downstream.py"
+
+
 rule scaling:
     conda:
         "../../environment.yml"
@@ -105,7 +126,7 @@ rule summary:
         sidecars=runs("results/models/{size}/seed{seed}/ckpt.json"),
         fit="results/scaling/fit.json",
         probes=expand("results/probes/{size}.csv", size=SIZES),
-        downstream="results/probes/summary.csv",
+        downstream=rules.downstream.output[0],
     output:
         md="results/summary.md",
         html=report(

@@ -73,15 +73,13 @@ rule figure_downstream:
     conda:
         "../../environment.yml"
     input:
-        probes=runs("results/probes/{size}/seed{seed}.csv"),
-        sidecars=runs("results/models/{size}/seed{seed}/ckpt.json"),
+        rules.downstream.output,
     output:
-        figure=report(
+        report(
             "results/figures/downstream.png",
             caption="../report/downstream.rst",
             category="Downstream",
         ),
-        table="results/probes/summary.csv",
     log:
         "logs/figures/downstream.log",
     benchmark:

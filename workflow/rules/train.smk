@@ -5,6 +5,7 @@ rule train:
     # (train.budgets; {budget} is "" for the default budget, else e.g. "D403K/").
     priority: train_priority
     input:
+        # The splits' manifests (token_index): the trainer opens each split from its manifest.
         train="results/tokens/train/index.parquet",
         val="results/tokens/validation/index.parquet",
     output:
@@ -14,8 +15,6 @@ rule train:
     params:
         spec=train_spec,
         launcher=train_launcher,
-        train_dir=lambda wc, input: os.path.dirname(input.train),
-        val_dir=lambda wc, input: os.path.dirname(input.val),
         out_dir=lambda wc, output: os.path.dirname(output.ckpt),
     log:
         "logs/train/{size}/{budget}seed{seed}.log",
@@ -32,7 +31,7 @@ rule train:
         # `exec`: the trainer (or launcher) replaces the shell, so a signal reaches the
         # process that checkpoints on it (SIGUSR1/SIGTERM: save last.pt, exit 75, retry).
         "exec {params.launcher} -m astropt.train --spec {params.spec:q}"
-        " --train-tokens {params.train_dir} --val-tokens {params.val_dir}"
+        " --train-tokens {input.train:q} --val-tokens {input.val:q}"
         " --out-dir {params.out_dir} --threads {threads} >> {log} 2>&1"
 
 

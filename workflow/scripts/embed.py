@@ -1,15 +1,13 @@
 """embed rule: one size's embeddings of the configured split (the paper's protocol)."""
 
-from pathlib import Path
-
-from astropt import pipeline
+from astropt.io import script_log
 from astropt.embed import embed_split
 
-log = pipeline.script_log(snakemake)  # noqa: F821
+log = script_log(snakemake)  # noqa: F821
 cfg = snakemake.params.embed  # noqa: F821
 embed_split(
     snakemake.input.ckpt,  # noqa: F821
-    str(Path(snakemake.input.tokens).parent),  # noqa: F821
+    snakemake.input.tokens,  # noqa: F821  (the split's manifest, index.parquet)
     snakemake.output[0],  # noqa: F821
     n_tokens=cfg["n_tokens"],
     batch_size=snakemake.config["embed"]["batch_size"],  # noqa: F821  (not a param: no reruns)

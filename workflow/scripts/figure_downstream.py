@@ -1,12 +1,7 @@
 """figure_downstream rule: probe scores relative to the smallest model, per property, protocol and metric."""
 
-from astropt import pipeline
+from astropt.figures import figure_downstream
+from astropt.io import script_log
 
-log = pipeline.script_log(snakemake)  # noqa: F821
-pipeline.figure_downstream(
-    snakemake.input.probes,  # noqa: F821
-    snakemake.input.sidecars,  # noqa: F821
-    snakemake.output.figure,  # noqa: F821
-    snakemake.output.table,  # noqa: F821
-    log=log,
-)
+log = script_log(snakemake)  # noqa: F821
+figure_downstream(snakemake.input[0], snakemake.output[0], log=log)  # noqa: F821

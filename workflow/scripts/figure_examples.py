@@ -2,10 +2,11 @@
 
 from pathlib import Path
 
-from astropt import pipeline
+from astropt.figures import figure_examples
+from astropt.io import script_log
 
-log = pipeline.script_log(snakemake)  # noqa: F821
-pipeline.figure_examples(
+log = script_log(snakemake)  # noqa: F821
+figure_examples(
     Path(snakemake.input.tokens).parent,  # noqa: F821
     snakemake.input.metadata,  # noqa: F821
     snakemake.output[0],  # noqa: F821

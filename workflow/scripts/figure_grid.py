@@ -1,8 +1,9 @@
 """figure_grid rule: the N x D grid's IsoFLOP profiles, compute-optimal frontier and loss
 against training tokens, from fit.json's "grid" section and losses.csv."""
 
-from astropt import pipeline
+from astropt.figures import figure_grid
+from astropt.io import script_log
 
-log = pipeline.script_log(snakemake)  # noqa: F821
+log = script_log(snakemake)  # noqa: F821
 inp, out = snakemake.input, snakemake.output  # noqa: F821
-pipeline.figure_grid(inp.fit, inp.table, out.isoflop, out.frontier, out.loss_tokens, log=log)
+figure_grid(inp.fit, inp.table, out.isoflop, out.frontier, out.loss_tokens, log=log)

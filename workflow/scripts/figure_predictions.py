@@ -2,10 +2,11 @@
 
 from pathlib import Path
 
-from astropt import pipeline
+from astropt.io import script_log
+from astropt.predict import figure_predictions
 
-log = pipeline.script_log(snakemake)  # noqa: F821
-pipeline.figure_predictions(
+log = script_log(snakemake)  # noqa: F821
+figure_predictions(
     snakemake.input.ckpt,  # noqa: F821
     Path(snakemake.input.tokens).parent,  # noqa: F821
     snakemake.output[0],  # noqa: F821

@@ -1,9 +1,10 @@
 """figure_umap rule: UMAP hexbin panels of one size's embeddings."""
 
-from astropt import pipeline
+from astropt.figures import figure_umap
+from astropt.io import script_log
 
-log = pipeline.script_log(snakemake)  # noqa: F821
-pipeline.figure_umap(
+log = script_log(snakemake)  # noqa: F821
+figure_umap(
     snakemake.input.embeddings,  # noqa: F821
     snakemake.input.probe,  # noqa: F821
     snakemake.input.metadata,  # noqa: F821

@@ -1,10 +1,11 @@
 """probe rule: one run's probes (the paper's linear probes, k-fold ridge, logistic for flags)
 and the bootstrap draws behind their intervals."""
 
-from astropt import pipeline
+from astropt.io import script_log
+from astropt.probe import probe_run
 
-log = pipeline.script_log(snakemake)  # noqa: F821
-pipeline.probe(
+log = script_log(snakemake)  # noqa: F821
+probe_run(
     snakemake.input.embeddings,  # noqa: F821
     snakemake.input.metadata,  # noqa: F821
     snakemake.output.table,  # noqa: F821

@@ -1,10 +1,11 @@
 """probe_size rule: a size's probes over its runs (mean, between-run spread, intervals that
 resample runs, then galaxies): results/probes/{size}.csv."""
 
-from astropt import pipeline
+from astropt.io import script_log
+from astropt.probe import probe_size
 
-log = pipeline.script_log(snakemake)  # noqa: F821
-pipeline.aggregate_probes(
+log = script_log(snakemake)  # noqa: F821
+probe_size(
     snakemake.input.tables,  # noqa: F821
     snakemake.input.draws,  # noqa: F821
     snakemake.output[0],  # noqa: F821

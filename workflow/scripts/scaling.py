@@ -1,11 +1,12 @@
 """scaling rule: fit every run's final validation loss against parameters and training compute
 (fit.json, fit.md, fit.tex): analytic and bootstrap intervals, and the held-out size."""
 
-from astropt import pipeline
+from astropt.io import script_log
+from astropt.scaling import write_fits
 
-log = pipeline.script_log(snakemake)  # noqa: F821
+log = script_log(snakemake)  # noqa: F821
 out = snakemake.output  # noqa: F821
-pipeline.scaling(
+write_fits(
     snakemake.input.sidecars,  # noqa: F821
     out.fit,
     out.table,

@@ -1,9 +1,10 @@
 """summary rule: the headline numbers, results/summary.md (and .html for the report)."""
 
-from astropt import pipeline
+from astropt.io import script_log
+from astropt.summary import write_summary
 
-log = pipeline.script_log(snakemake)  # noqa: F821
-pipeline.summary(
+log = script_log(snakemake)  # noqa: F821
+write_summary(
     snakemake.input.sidecars,  # noqa: F821
     snakemake.input.fit,  # noqa: F821
     snakemake.input.probes,  # noqa: F821

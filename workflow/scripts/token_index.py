@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from astropt import pipeline
+from astropt.io import script_log
 from astropt.tokenise import merge_token_groups
 
-log = pipeline.script_log(snakemake)  # noqa: F821
+log = script_log(snakemake)  # noqa: F821
 merge_token_groups(
     Path(snakemake.output.index).parent,  # noqa: F821
     snakemake.params.jobs,  # noqa: F821
