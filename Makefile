@@ -27,7 +27,7 @@ report: env
 	$(BIN)/snakemake --report report.html
 
 test: env
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=20
 
 test-fast: env
 	$(BIN)/python -m pytest -m "not slow"
