@@ -367,7 +367,7 @@ def test_released_weights_through_the_workflow(tmp_path):
     cfg.write_text(yaml.safe_dump(config))
     dry = snakemake("-n", "--cores", "2", f"--configfile={cfg}", *targets, cwd=work, env=env)
     assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
-    assert set(_jobs(dry.stdout)) == {"embed", "probe", "probe_size", "figure_downstream", "figure_umap", "summary",
+    assert set(_jobs(dry.stdout)) == {"embed", "probe", "probe_size", "downstream", "figure_downstream", "figure_umap", "summary",
                                       "total"}, dry.stdout[-3000:]
     proc = snakemake("--cores", "2", f"--configfile={cfg}", *targets, cwd=work, env=env)  # no Hub needed now
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
