@@ -7,7 +7,8 @@ runs. Validation is two-staged:
    Keys left out take the schema's defaults.
 2. Cross-key checks the schema cannot express: size names known, custom sizes named
    after their parameter count, patch size dividing the image, GPUs dividing the
-   gradient accumulation.
+   gradient accumulation; with ``models.source: released``, only the paper's sizes and
+   tokens the released weights take (their file in the repo: :func:`repo_file`).
 
 Every error names the config key at fault (``train.steps``, ``sizes[2]`` ...) and is
 raised as :class:`ConfigError`, so a bad config stops the workflow before any job.
