@@ -79,12 +79,14 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
         os.close(dir_fd)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint dict with ``torch.load(weights_only=True)``.
 
     Args:
         path: The checkpoint file.
         map_location: Where to put the tensors (``torch.load``'s argument).
+        mmap: Map the tensors from the file instead of reading them (``torch.load``'s
+            argument): ranks of one node that all load the same file share its pages.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -95,7 +97,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint file not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
         raise ValueError(
             f"{path} is not a readable AstroPT checkpoint (loaded with weights_only=True, "

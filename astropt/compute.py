@@ -94,6 +94,15 @@ PRESETS: dict[str, GPTConfig] = {
     "2100M": _preset(26, 32, 2560),
 }
 
+# Beyond the paper: a 7B-class shape (Llama-7B's depth and width, AstroPT's 4x MLP and patch
+# head) for a cluster that trains with FSDP (``train.parallel: fsdp``). Its learning rate is
+# extrapolated from the paper's (2100M: 1.6e-4), not tuned.
+LARGE_PRESETS: dict[str, GPTConfig] = {
+    "6.5B": _preset(32, 32, 4096),
+}
+#: Every built-in size: the paper's and the larger ones (``sizes`` may name any of them).
+SIZE_PRESETS: dict[str, GPTConfig] = {**PRESETS, **LARGE_PRESETS}
+
 # Peak learning rates of the sweep.
 PRESET_LR: dict[str, float] = {
     "1M": 1e-3,
@@ -104,6 +113,7 @@ PRESET_LR: dict[str, float] = {
     "309M": 3e-4,
     "830M": 3e-4,
     "2100M": 1.6e-4,
+    "6.5B": 1.2e-4,
 }
 
 
@@ -240,3 +250,155 @@ def compute_table(runs) -> list[dict[str, Any]]:
             "flops_per_s": float((cell["flops"] / wall).mean()) if (wall > 0).any() else None,
         })
     return rows
+
+
+# --------------------------------------------------------------------------- GPU memory
+
+#: Bytes one block saves for backward per token: ``a * n_embd + 16 + 4 * n_head`` (LayerNorm
+#: statistics, attention log-sum-exp), ``a`` by dtype. Counted from the ops of
+#: :class:`astropt.model.Block` with flash attention (SDPA) and checked against the tensors
+#: autograd saves (``tests/test_compute.py``): float32 keeps both LayerNorm inputs (4 + 4),
+#: the attention's input (4), q, k, v (12) and output (4), the MLP's input (4), its 4d-wide
+#: hidden layer before and after GELU (16 + 16): 64; bf16 autocast keeps the same in bf16
+#: but the LayerNorm inputs (fp32): 36.
+BLOCK_BYTES_PER_WIDTH = {"float32": 64, "bfloat16": 36}
+#: Share of a GPU's memory a training run may plan to use; the rest holds the CUDA context,
+#: the cuBLAS / NCCL workspaces and the caching allocator's fragmentation.
+USABLE_GPU_FRACTION = 0.9
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Peak memory of one GPU of a training run, by part, in bytes (see :func:`memory_estimate`)."""
+
+    weights: float  # fp32 parameters (this rank's shard under FSDP)
+    grads: float  # fp32 gradients (this rank's shard under FSDP)
+    optimizer: float  # AdamW's two fp32 moments (this rank's shard under FSDP)
+    unsharded: float  # FSDP: blocks gathered for compute (with prefetch) and their gradients
+    weight_copies: float  # bf16 casts of the weights that autocast saves for backward
+    activations: float  # what autograd saves for backward, one micro-batch, plus the batch
+
+    @property
+    def total(self) -> float:
+        return (self.weights + self.grads + self.optimizer + self.unsharded + self.weight_copies
+                + self.activations)
+
+    @property
+    def total_gb(self) -> float:
+        """The total in GB of 2**30 bytes (``torch.cuda.max_memory_allocated`` / 2**30)."""
+        return self.total / GIB
+
+    def describe(self) -> str:
+        parts = [("weights", self.weights), ("gradients", self.grads), ("AdamW", self.optimizer),
+                 ("gathered blocks", self.unsharded), ("bf16 weight copies", self.weight_copies),
+                 ("activations", self.activations)]
+        return f"{self.total_gb:.1f} GB (" + ", ".join(f"{k} {v / GIB:.1f}" for k, v in parts if v) + ")"
+
+
+def activation_bytes(model: Mapping[str, Any], micro_batch: int, seq_len: int, dtype: str = "bfloat16",
+                     checkpointing: bool = False) -> float:
+    """Bytes autograd saves for backward in one micro-batch's forward, plus the batch itself.
+
+    Per token: each block :data:`BLOCK_BYTES_PER_WIDTH` (with ``checkpointing``, only its
+    fp32 input, and one block's full set while it is recomputed); outside the blocks, the MLP
+    tokeniser's and the head's inputs and ReLU outputs (``16 d + 6 D`` bytes in bf16, ``28 d
+    + 8 D`` in float32) and the normalised batch (``4 D``, float32, one more position).
+    """
+    L, d, h = int(model["n_layer"]), int(model["n_embd"]), int(model["n_head"])
+    D = int(model["patch_size"]) ** 2 * int(model.get("n_chan", 3))
+    block = BLOCK_BYTES_PER_WIDTH[dtype] * d + 16 + 4 * h
+    blocks = (L * 4 * d + block) if checkpointing else L * block
+    outside = (16 * d + 6 * D) if dtype == "bfloat16" else (28 * d + 8 * D)
+    tokens = micro_batch * seq_len
+    return float(tokens * (blocks + outside) + micro_batch * (seq_len + 1) * 4 * D)
+
+
+def _linear_weights(model: Mapping[str, Any]) -> tuple[int, int]:
+    """Weights of the Linear layers inside the blocks and outside them (tokeniser, head)."""
+    d = int(model["n_embd"])
+    D = int(model["patch_size"]) ** 2 * int(model.get("n_chan", 3))
+    return int(model["n_layer"]) * 12 * d * d, (D * d + d * d) + (4 * d * d + d * D)
+
+
+def memory_estimate(model: Mapping[str, Any], micro_batch: int, *, parallel: str = "ddp",
+                    dtype: str = "bfloat16", ranks: int = 1, checkpointing: bool = False,
+                    pad_positions: bool = False) -> MemoryEstimate:
+    """Peak memory of one GPU training ``model`` (``model_args``) as :mod:`astropt.train` does.
+
+    Args:
+        model: The size's shape (``n_layer``, ``n_head``, ``n_embd``, ``patch_size``,
+            ``n_chan``, ``block_size``).
+        micro_batch: Galaxies per forward pass on each rank (``train.micro_batch``).
+        parallel: ``ddp`` (every rank holds the whole model, its gradients and AdamW's
+            moments: 16 bytes per parameter) or ``fsdp`` (each rank a ``1 / ranks`` shard of
+            them, plus the blocks gathered for compute: two blocks' weights with prefetch and
+            one's gradients, and the unsharded root: tokeniser, positions and head).
+        dtype: ``bfloat16`` (autocast: the bf16 weight casts each Linear saves for backward
+            count too) or ``float32``.
+        ranks: GPUs of the run, all nodes together (sharding divides by it).
+        checkpointing: Activation checkpointing per block (``train.activation_checkpointing``).
+        pad_positions: All ``block_size`` positions trained (``train.pad_positions``), not
+            ``block_size - 1``.
+    """
+    if parallel not in ("ddp", "fsdp"):
+        raise ValueError(f"parallel must be 'ddp' or 'fsdp', got {parallel!r}")
+    n = param_count(model, non_embedding=False)
+    shard = max(1, ranks) if parallel == "fsdp" else 1
+    in_blocks, outside = _linear_weights(model)
+    d, L = int(model["n_embd"]), int(model["n_layer"])
+    per_block = in_blocks // L + 2 * d  # and its two LayerNorms
+    unsharded = 0.0
+    if parallel == "fsdp" and shard > 1:
+        root = n - L * per_block
+        unsharded = 4.0 * (3 * per_block + 2 * root)
+    copies = 2.0 * (outside + (0 if checkpointing else in_blocks)) if dtype == "bfloat16" else 0.0
+    seq = int(model["block_size"]) - (0 if pad_positions else 1)
+    return MemoryEstimate(
+        weights=4.0 * n / shard, grads=4.0 * n / shard, optimizer=8.0 * n / shard, unsharded=unsharded,
+        weight_copies=copies, activations=activation_bytes(model, micro_batch, seq, dtype, checkpointing),
+    )
+
+
+def memory_refusal(size: str, model: Mapping[str, Any], micro_batch: int, grad_accum: int, *, parallel: str,
+                   dtype: str, ranks: int, checkpointing: bool, pad_positions: bool,
+                   gpu_mem_gb: float) -> str | None:
+    """Why a training run cannot fit its GPUs (None: it fits): its :func:`memory_estimate`
+    exceeds :data:`USABLE_GPU_FRACTION` of ``gpu_mem_gb``. The message names the size and
+    what would fit: a smaller micro-batch, FSDP, activation checkpointing, more GPUs."""
+    limit = gpu_mem_gb * USABLE_GPU_FRACTION
+
+    def need(**change) -> MemoryEstimate:
+        kw = dict(parallel=parallel, dtype=dtype, ranks=ranks, checkpointing=checkpointing,
+                  pad_positions=pad_positions)
+        kw.update(change)
+        mb = kw.pop("micro_batch", micro_batch)
+        return memory_estimate(model, mb, **kw)
+
+    est = need()
+    if est.total_gb <= limit:
+        return None
+    key = f"train.sizes.{size}"
+    fixes = []
+    fitting = [mb for mb in range(micro_batch - 1, 0, -1) if need(micro_batch=mb).total_gb <= limit]
+    if fitting:
+        fixes.append(f"{key}.micro_batch: {fitting[0]} (and grad_accum raised to keep the global batch of "
+                     f"{micro_batch * grad_accum} galaxies; {need(micro_batch=fitting[0]).total_gb:.1f} GB)")
+    if parallel == "ddp" and ranks > 1 and need(parallel="fsdp").total_gb <= limit:
+        fixes.append(f"{key}.parallel: fsdp ({need(parallel='fsdp').total_gb:.1f} GB)")
+    if not checkpointing and need(checkpointing=True).total_gb <= limit:
+        fixes.append(f"{key}.activation_checkpointing: true ({need(checkpointing=True).total_gb:.1f} GB)")
+    if not fixes:  # more GPUs under FSDP, at this micro-batch or at 1
+        more = next(((r, mb) for mb in dict.fromkeys((micro_batch, 1)) for r in (2 ** k for k in range(11))
+                     if r > ranks and need(parallel="fsdp", checkpointing=True, ranks=r, micro_batch=mb).total_gb
+                     <= limit), None)
+        fixes.append(
+            f"{key}.parallel: fsdp with activation_checkpointing: true on {more[0]} GPUs (resources.train.sizes."
+            f"{size}){f' and {key}.micro_batch: 1' if more[1] != micro_batch else ''}"
+            if more else "a GPU with more memory: not even 1,024 GPUs under FSDP hold it")
+    return (
+        f"size {size} needs about {est.describe()} per GPU to train (micro_batch {micro_batch}, parallel "
+        f"{parallel}, {dtype}, {ranks} GPU(s){', activation checkpointing' if checkpointing else ''}), more than "
+        f"{USABLE_GPU_FRACTION:.0%} of the {gpu_mem_gb:g} GB declared in resources.train (gpu_mem_gb). "
+        f"What fits: " + "; or ".join(fixes) + " (astropt.compute.memory_estimate)"
+    )

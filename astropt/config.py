@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import yaml
 
-from astropt.compute import PRESET_LR, PRESETS, GPTConfig
+from astropt.compute import PRESET_LR, PRESETS, SIZE_PRESETS, GPTConfig
 
 #: The workflow's config schema (the snakemake-workflows place: the Snakefile applies it with
 #: ``snakemake.utils.validate`` too). The library is installed from its checkout (``pip install -e .``).
@@ -103,6 +103,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     compile: bool = False
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    activation_checkpointing: bool = False
+    pad_positions: bool = False
     peak_tflops: float | None = None
     # Filled per run from `train.seeds` (initialisation and data order), not from `train:`.
     seed: int = 0
@@ -129,13 +132,21 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+#: Training settings added after runs existed, by their default: they enter the train rule's
+#: spec (its params) and the run's fingerprint only when set otherwise, so that upgrading
+#: neither reruns finished training jobs nor restarts interrupted ones.
+LATER_TRAIN_KEYS = {"parallel": "ddp", "activation_checkpointing": False, "pad_positions": False}
+
+
 def spec_to_json(spec: SizeSpec, cfg: TrainConfig) -> dict:
     """What the ``train`` rule passes to this module: the size and its training settings.
 
     The thread count is left out (it is the job's, given with ``--threads``), so a
-    different CPU allocation does not make Snakemake rerun training.
+    different CPU allocation does not make Snakemake rerun training; so are
+    :data:`LATER_TRAIN_KEYS` at their defaults.
     """
-    train = {k: v for k, v in cfg.to_dict().items() if k != "threads"}
+    train = {k: v for k, v in cfg.to_dict().items()
+             if k != "threads" and not (k in LATER_TRAIN_KEYS and v == LATER_TRAIN_KEYS[k])}
     return {"size": spec.name, "model": spec.model.to_dict(), "lr": spec.lr, "train": train}
 
 
@@ -156,6 +167,7 @@ class Resources:
     mem_mb: int = 4000  # per node
     runtime: int = 60
     nodes: int = 1
+    gpu_mem_gb: float | None = None  # memory of one GPU (GB of 2**30 bytes); None: not checked
 
 
 @dataclass(frozen=True)
@@ -261,8 +273,8 @@ class Config:
         if name in custom:
             c = custom[name]
             arch, lr = (c["n_layer"], c["n_head"], c["n_embd"]), c["lr"]
-        elif name in PRESETS:
-            p = PRESETS[name]
+        elif name in SIZE_PRESETS:
+            p = SIZE_PRESETS[name]
             arch, lr = (p.n_layer, p.n_head, p.n_embd), PRESET_LR[name]
         else:
             raise ConfigError(f"config key 'sizes': unknown size {name!r}; {_known_sizes(custom)}")
@@ -477,11 +489,11 @@ def _fill_defaults(instance: Any, node: dict, root: dict) -> Any:
 
 def known_sizes(cfg: Config) -> list[str]:
     """Every size name a target may use: the config's sizes, its custom sizes and the presets."""
-    return list(dict.fromkeys([*cfg.sizes, *cfg.raw["custom_sizes"], *PRESETS]))
+    return list(dict.fromkeys([*cfg.sizes, *cfg.raw["custom_sizes"], *SIZE_PRESETS]))
 
 
 def _known_sizes(custom: dict) -> str:
-    return f"known: paper presets {', '.join(PRESETS)}" + (
+    return f"known: presets {', '.join(SIZE_PRESETS)}" + (
         f"; custom_sizes {', '.join(custom)}" if custom else "; add it under custom_sizes"
     )
 
@@ -513,7 +525,7 @@ def _check_sizes(cfg: Config, problems: list[str]) -> None:
             f"config key 'tokens.patch_size': {patch} does not divide data.image_size {image}"
         )
     for i, name in enumerate(raw["sizes"]):
-        if name not in custom and name not in PRESETS:
+        if name not in custom and name not in SIZE_PRESETS:
             problems.append(f"config key 'sizes[{i}]': unknown size {name!r}; {_known_sizes(custom)}")
     # Custom sizes in use are checked against their names (the count depends on the patch
     # size, so a size defined for another config -- e.g. the default's under paper.yaml --
@@ -610,7 +622,7 @@ def _check_outputs(cfg: Config, problems: list[str]) -> None:
             f"config key 'umap.properties': {raw['umap']['properties']!r} is not 'paper', 'probed' or a list of columns"
         )
     for s in raw["sizes"]:
-        if (s in custom or s in PRESETS) and not problems:
+        if (s in custom or s in SIZE_PRESETS) and not problems:
             n_layer = cfg.size_spec(s).model.n_layer
             layer = raw["embed"]["layer"]
             if not -n_layer <= layer < n_layer:
@@ -624,14 +636,14 @@ def _check_resources(cfg: Config, problems: list[str]) -> None:
     """Per-size settings name known sizes; ranks divide gradient accumulation; one-node embedding."""
     raw, custom = cfg.raw, cfg.raw["custom_sizes"]
     for s in raw["train"]["sizes"]:
-        if s not in raw["sizes"] and s not in custom and s not in PRESETS:
+        if s not in raw["sizes"] and s not in custom and s not in SIZE_PRESETS:
             problems.append(f"config key 'train.sizes.{s}': unknown size {s!r}")
     for rule in PER_SIZE_RULES:
         for s in raw["resources"][rule]["sizes"]:
-            if s not in custom and s not in PRESETS:
+            if s not in custom and s not in SIZE_PRESETS:
                 problems.append(f"config key 'resources.{rule}.sizes.{s}': unknown size {s!r}")
     for s in raw["sizes"]:
-        if s in custom or s in PRESETS:
+        if s in custom or s in SIZE_PRESETS:
             res = cfg.resources("train", s)
             ranks = max(res.gpus, 1) * res.nodes
             if res.nodes > 1 and res.gpus < 1:
@@ -644,8 +656,28 @@ def _check_resources(cfg: Config, problems: list[str]) -> None:
                     f"by the {ranks} ranks ({res.gpus} GPUs x {res.nodes} node(s)) of size {s} (resources.train)"
                 )
     for s in raw["sizes"]:
-        if (s in custom or s in PRESETS) and cfg.resources("embed", s).nodes > 1:
+        if (s in custom or s in SIZE_PRESETS) and cfg.resources("embed", s).nodes > 1:
             problems.append(f"config key 'resources.embed' of size {s}: only training runs on several nodes (nodes must be 1)")
+    if not problems and raw["models"]["source"] == "trained":
+        _check_gpu_memory(cfg, problems)
+
+
+def _check_gpu_memory(cfg: Config, problems: list[str]) -> None:
+    """Every GPU training run fits the GPU memory its resources declare (``gpu_mem_gb``)."""
+    from astropt.compute import memory_refusal
+
+    for s in cfg.sizes:
+        res = cfg.resources("train", s)
+        if res.gpus < 1 or res.gpu_mem_gb is None:
+            continue
+        tc = cfg.train_config(s)
+        why = memory_refusal(
+            s, cfg.size_spec(s).model.to_dict(), tc.micro_batch, tc.grad_accum, parallel=tc.parallel,
+            dtype="float32" if tc.dtype == "float32" else "bfloat16", ranks=res.gpus * res.nodes,
+            checkpointing=tc.activation_checkpointing, pad_positions=tc.pad_positions, gpu_mem_gb=res.gpu_mem_gb,
+        )
+        if why:
+            problems.append(f"config key 'resources.train' of size {s}: {why}")
 
 
 def _check_budgets(cfg: Config) -> list[str]:
@@ -659,7 +691,7 @@ def _check_budgets(cfg: Config) -> list[str]:
         return ["config key 'train.budgets': the released weights are one run per size (set it to null)"]
     if isinstance(listed, dict):
         for s in listed:
-            if s != "default" and s not in raw["custom_sizes"] and s not in PRESETS:
+            if s != "default" and s not in raw["custom_sizes"] and s not in SIZE_PRESETS:
                 problems.append(f"config key 'train.budgets.{s}': unknown size {s!r}")
     warmup = raw["train"]["warmup_steps"]
     for s in raw["sizes"]:

@@ -29,6 +29,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 # The shapes live in the torch-free astropt.compute (the workflow reads them on every parse).
 from astropt.compute import PRESET_LR, PRESETS, GPTConfig
@@ -122,6 +123,9 @@ class GPT(nn.Module):
             nn.Linear(d, D),
         )
 
+        #: Recompute each block's activations in backward instead of keeping them
+        #: (``train.activation_checkpointing``); set by the trainer, training only.
+        self.activation_checkpointing = False
         self.apply(self._init_weights)
         # GPT-2 scaled init of the residual projections: keeps the residual stream's
         # variance from growing with depth
@@ -200,7 +204,10 @@ class GPT(nn.Module):
         pos_emb = self.transformer.wpe(pos)  # (T, C)
         h = self.transformer.drop(tok_emb + pos_emb)  # (B, T, C)
         for block in self.transformer.h[: last + 1]:
-            h = block(h)
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                h = torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False)
+            else:
+                h = block(h)
         return h  # (B, T, C)
 
     def forward_head(self, h: torch.Tensor) -> torch.Tensor:

@@ -325,7 +325,7 @@ def table_latex(table: pd.DataFrame) -> str:
         "\\begin{tabular}{lllllllrrl}",
         "\\toprule",
         "Variable & Law & $\\alpha$ & $\\alpha$, bootstrap & $L_\\infty$ & $L_\\infty$, bootstrap & "
-        f"$\\log_{{10}} X_c$ & Runs & dof & Note \\\\",
+        "$\\log_{10} X_c$ & Runs & dof & Note \\\\",
         "\\midrule",
     ]
     for r in body:

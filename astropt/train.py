@@ -1,4 +1,4 @@
-"""Train one AstroPT model size: single process (CPU or one GPU) or DDP under torchrun.
+"""Train one AstroPT model size: single process (CPU or one GPU), or DDP or FSDP under torchrun.
 
 Follows AstroPT v1's ``train.py`` (itself nanoGPT's): AdamW (betas 0.9/0.95, weight decay
 on 2-D weights only), linear warm-up then cosine decay to LR/10, gradient clipping,
@@ -9,7 +9,13 @@ Data: the token arrays written by the ``tokenise`` rule are memory-mapped, a bat
 patches is gathered into a (pinned) buffer, copied to the device and normalised there
 (``astropt.loader``). The order of galaxies is a
 fixed function of (seed, epoch), so step ``s`` always sees the same galaxies: resuming
-needs only the step count, and each DDP rank takes a disjoint slice of every step.
+needs only the step count, and each rank takes a disjoint slice of every step.
+
+Several ranks (``train.parallel``): ``ddp`` keeps the whole model, its gradients and the
+optimiser's state on every rank; ``fsdp`` shards them (FSDP2 ``fully_shard``, one unit per
+block, :func:`build_model`), for sizes one GPU cannot hold. Under FSDP ``last.pt`` and
+``ckpt.pt`` hold the whole state gathered on rank 0 (:func:`full_state`): ``ckpt.pt`` has the
+AstroPT v1 layout either way.
 
 Files in ``out_dir``:
     last.pt      resumable state (model, optimiser, step, metrics so far, RNG), written
@@ -60,9 +66,10 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from astropt.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
-from astropt.config import SizeSpec, TrainConfig, spec_from_json, spec_to_json  # noqa: F401 (re-exported)
+from astropt.config import LATER_TRAIN_KEYS, SizeSpec, TrainConfig, spec_from_json, spec_to_json  # noqa: F401 (re-exported)
 from astropt.hardware import peak_flops, peak_memory_gb
 from astropt.io import atomic_write
 from astropt.loader import BatchGatherer
@@ -191,12 +198,15 @@ def data_identity(split) -> str:
     return h.hexdigest()[:16]
 
 
-def run_fingerprint(spec: SizeSpec, cfg: TrainConfig, data: str = "") -> str:
-    """Hash of everything that decides what is learned: model, settings (not logging or
-    device) and the data (:func:`data_identity` of the splits)."""
-    d = {k: v for k, v in cfg.to_dict().items() if k not in OPERATIONAL_KEYS}
-    payload = json.dumps({"model": spec.model.to_dict(), "lr": spec.lr, "train": d, "data": data}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+def run_fingerprint(spec: SizeSpec, cfg: TrainConfig, data: str = "", sharded: bool = False) -> str:
+    """Hash of everything that decides what is learned: model, settings (not logging, device,
+    parallel mode or activation checkpointing) and the data (:func:`data_identity` of the
+    splits); and, ``sharded``, that ``last.pt`` holds FSDP's layout (optimiser state by name)."""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in OPERATIONAL_KEYS and k not in LATER_TRAIN_KEYS}
+    payload = {"model": spec.model.to_dict(), "lr": spec.lr, "train": d, "data": data}
+    if sharded:
+        payload["layout"] = "fsdp"
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def provenance(cfg: TrainConfig, device: torch.device, bf16: bool) -> dict:
@@ -289,6 +299,7 @@ class Run:
     peak: float | None  # peak FLOP/s of one device; None: no MFU (CPU, unknown GPU)
     use_bf16: bool
     autocast: Any  # bf16 autocast, or a null context
+    sharded: bool = False  # FSDP: the model, its gradients and optimiser state sharded over the ranks
     net: torch.nn.Module | None = None  # what a step runs: the model, compiled and / or in DDP
     gather: BatchGatherer | None = None
     stop_group: Any = None  # under DDP: the ranks' CPU (gloo) group that agrees on stopping
@@ -375,7 +386,7 @@ def train(
                 # Check the loss before every checkpoint so a saved state is never non-finite.
                 if state.step % cfg.log_interval == 0 or do_eval or do_ckpt:
                     log_step(run, state, lr, do_eval)
-                if dist.main and do_ckpt:
+                if do_ckpt:
                     state.elapsed = state.elapsed_before + (time.perf_counter() - state.t_start)
                     save_last(run, state)
                 if not last_step and _stop_agreed(run):
@@ -416,16 +427,72 @@ def setup(spec: SizeSpec, cfg: TrainConfig, train_tokens: Path, val_tokens: Path
         if use_bf16
         else contextlib.nullcontext()
     )
+    sharded = cfg.parallel == "fsdp" and dist.world > 1
     torch.manual_seed(cfg.seed)
-    model = GPT(spec.model).to(device)
+    model = build_model(spec, dist, device, sharded)
+    model.activation_checkpointing = cfg.activation_checkpointing
     optimizer = model.configure_optimizer(cfg.weight_decay, spec.lr, cfg.betas, device.type)
     return Run(
         spec=spec, cfg=cfg, out_dir=out_dir, dist=dist, device=device, say=say, stop=stop,
         train_split=train_split, val_split=val_split, model=model, optimizer=optimizer,
         n_params=model.get_num_params(), flops_per_token=model.flops_per_token(spec.model.block_size - 1),
-        fingerprint=run_fingerprint(spec, cfg, data_identity(train_split) + data_identity(val_split)),
-        peak=peak_flops(device, cfg.peak_tflops), use_bf16=use_bf16, autocast=autocast,
+        fingerprint=run_fingerprint(spec, cfg, data_identity(train_split) + data_identity(val_split), sharded),
+        peak=peak_flops(device, cfg.peak_tflops), use_bf16=use_bf16, autocast=autocast, sharded=sharded,
     )
+
+
+def build_model(spec: SizeSpec, dist: Dist, device: torch.device, sharded: bool) -> GPT:
+    """The model on ``device``, initialised from the current seed as one process would.
+
+    ``sharded`` (FSDP2): rank 0 initialises the whole model on the CPU; every rank builds it on
+    the meta device, shards each block and then the root with ``fully_shard`` and receives its
+    shards of rank 0's weights.
+    """
+    if not sharded:
+        return GPT(spec.model).to(device)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    full = GPT(spec.model).state_dict() if dist.main else {}
+    with torch.device("meta"):
+        model = GPT(spec.model)
+    mesh = init_device_mesh(device.type, (dist.world,))
+    for block in model.transformer.h:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    model.to_empty(device=device)
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    return model
+
+
+def full_state(run: Run, optimizer: bool = True) -> tuple[dict, dict | None]:
+    """The model's (and the optimiser's) whole state. Under FSDP a collective, gathered to rank
+    0's CPU (the optimiser's state keyed by parameter name); the other ranks get empty dicts."""
+    if not run.sharded:
+        return run.model.state_dict(), run.optimizer.state_dict() if optimizer else None
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+    )
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model = get_model_state_dict(run.model, options=opts)
+    return model, get_optimizer_state_dict(run.model, run.optimizer, options=opts) if optimizer else None
+
+
+def load_state(run: Run, saved: dict) -> None:
+    """Put a ``last.pt``'s model and optimiser state into the run (each FSDP rank takes its shards)."""
+    if not run.sharded:
+        run.model.load_state_dict(clean_state_dict(saved["model"]))
+        run.optimizer.load_state_dict(saved["optimizer"])
+        return
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions, set_model_state_dict, set_optimizer_state_dict,
+    )
+
+    opts = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(run.model, saved["model"], options=opts)
+    set_optimizer_state_dict(run.model, run.optimizer, saved["optimizer"], options=opts)
 
 
 def resume(run: Run) -> LoopState:
@@ -436,14 +503,14 @@ def resume(run: Run) -> LoopState:
     state, window, saved = LoopState(), {"loss_sum": 0.0, "steps": 0}, None
     if run.last.exists():
         try:
-            saved = load_checkpoint(run.last, map_location="cpu")
+            # Mapped, not read: the ranks of a node share one copy of the file's pages.
+            saved = load_checkpoint(run.last, map_location="cpu", mmap=True)
         except ValueError as err:  # unreadable: keep it for inspection, start afresh
             if run.dist.main:
                 os.replace(run.last, run.out_dir / "last.pt.corrupt")
             run.say(f"{err}; kept as last.pt.corrupt, starting afresh")
     if saved is not None and saved.get("fingerprint") == run.fingerprint:
-        run.model.load_state_dict(clean_state_dict(saved["model"]))
-        run.optimizer.load_state_dict(saved["optimizer"])
+        load_state(run, saved)
         state.step = int(saved["iter_num"])
         state.rows = list(saved["metrics"])
         state.elapsed_before = float(saved["elapsed_s"])
@@ -465,11 +532,12 @@ def start(run: Run, state: LoopState) -> None:
     spec, cfg, dist = run.spec, run.cfg, run.dist
     run.net = torch.compile(run.model) if cfg.compile else run.model
     if dist.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+        if not run.sharded:
+            from torch.nn.parallel import DistributedDataParallel as DDP
 
-        # Gradients live in DDP's buckets (no second copy of them: matters at 2100M).
-        run.net = DDP(run.net, device_ids=[dist.local_rank] if run.device.type == "cuda" else None,
-                      gradient_as_bucket_view=True)
+            # Gradients live in DDP's buckets (no second copy of them: matters at 2100M).
+            run.net = DDP(run.net, device_ids=[dist.local_rank] if run.device.type == "cuda" else None,
+                          gradient_as_bucket_view=True)
         # The ranks compare stop flags every step on the CPU: a NCCL collective read on the
         # host would wait for the GPU.
         run.stop_group = torch.distributed.new_group(backend="gloo")
@@ -477,7 +545,10 @@ def start(run: Run, state: LoopState) -> None:
         f"training {spec.name}: {run.n_params:,} parameters, {spec.model.n_layer} layers x "
         f"{spec.model.n_embd} wide, {len(run.train_split.ids):,} training galaxies, "
         f"{run.seq} positions each, global batch {run.global_batch} galaxies "
-        f"({run.global_batch * run.seq:,} tokens) = {cfg.micro_batch} x {run.accum} x {dist.world} rank(s), "
+        f"({run.global_batch * run.seq:,} tokens) = {cfg.micro_batch} x {run.accum} x {dist.world} rank(s)"
+        f"{(' (FSDP)' if run.sharded else ' (DDP)') if dist.world > 1 else ''}"
+        f"{', activation checkpointing' if cfg.activation_checkpointing else ''}"
+        f"{', all positions fed (padded)' if cfg.pad_positions else ''}, "
         f"peak lr {spec.lr:g}, {cfg.steps} steps, device {run.device}, "
         f"{'bf16 autocast' if run.use_bf16 else 'float32'}, norm '{cfg.norm}'"
     )
@@ -503,10 +574,12 @@ def train_step(run: Run, state: LoopState) -> float:
         idx = sample_indices((state.step * cfg.grad_accum + m) * cfg.micro_batch, cfg.micro_batch,
                              len(run.train_split.ids), cfg.seed)
         x = normalise(run.gather(idx), cfg.norm)  # on the device: (B, T, D) float32
-        sync = k == accum - 1 or dist.world == 1
-        ctx = run.net.no_sync() if (dist.world > 1 and not sync) else contextlib.nullcontext()
+        # DDP reduces gradients after the last micro-batch; FSDP reduce-scatters after each
+        # (accumulating unsharded gradients would hold the whole model's on every rank).
+        sync = k == accum - 1 or dist.world == 1 or run.sharded
+        ctx = run.net.no_sync() if not sync else contextlib.nullcontext()
         with ctx, run.autocast:
-            _, loss = run.net(x[:, :-1], x[:, 1:])
+            loss = step_loss(run.net, x, cfg.pad_positions)
         (loss / accum).backward()
         state.window_loss += loss.detach() / accum
     if cfg.grad_clip > 0:
@@ -516,6 +589,19 @@ def train_step(run: Run, state: LoopState) -> float:
     state.step += 1
     state.window_steps += 1
     return lr
+
+
+def step_loss(net: torch.nn.Module, x: torch.Tensor, pad_positions: bool = False) -> torch.Tensor:
+    """The loss of a normalised batch (B, block_size, D): each position predicts the next patch.
+
+    With ``pad_positions`` the model sees all ``block_size`` positions (1,024: matmul shapes
+    that GPUs prefer) and the last one's prediction, which has no next patch, is left out:
+    causal attention makes the other 1,023 predictions, and so the loss, the same.
+    """
+    if pad_positions:
+        pred, _ = net(x)
+        return F.huber_loss(pred[:, :-1].float(), x[:, 1:].float())
+    return net(x[:, :-1], x[:, 1:])[1]
 
 
 @torch.no_grad()
@@ -594,13 +680,19 @@ def log_step(run: Run, state: LoopState, lr: float, do_eval: bool) -> None:
 
 
 def save_last(run: Run, state: LoopState) -> None:
-    """Checkpoint: write the resumable state to ``last.pt`` (atomically)."""
+    """Checkpoint: write the resumable state to ``last.pt`` (atomically). Called on every rank
+    (under FSDP gathering the state is a collective); rank 0 writes."""
+    if not (run.dist.main or run.sharded):
+        return
+    model, optimizer = full_state(run)
+    if not run.dist.main:
+        return
     save_checkpoint(
         run.last,
         {
-            "model": run.model.state_dict(),
+            "model": model,
             "model_args": run.spec.model.to_dict(),
-            "optimizer": run.optimizer.state_dict(),
+            "optimizer": optimizer,
             "iter_num": state.step,
             "best_val_loss": state.best_val,
             "config": {"size": run.spec.name, "lr": run.spec.lr, **run.cfg.to_dict()},
@@ -642,7 +734,7 @@ def stop_at_boundary(run: Run, state: LoopState, saved: bool) -> None:
             f"non-finite training loss at step {state.step} of size {spec.name} (found while "
             f"stopping for {run.stop.name or 'a stop signal'}); the last good checkpoint ({run.last}) is kept"
         )
-    if dist.main and not saved:
+    if not saved:
         state.elapsed = state.elapsed_before + (time.perf_counter() - state.t_start)
         save_last(run, state)
     if dist.world > 1:
@@ -658,13 +750,14 @@ def finish(run: Run, state: LoopState) -> pd.DataFrame:
     and remove ``last.pt`` (a later forced or re-planned run trains afresh, not "resumes" at
     the last step). Returns the metrics table."""
     metrics = pd.DataFrame(state.rows, columns=METRIC_COLUMNS)
+    model = full_state(run, optimizer=False)[0] if run.dist.main or run.sharded else None
     if not run.dist.main:
         return metrics
     spec = run.spec
     save_checkpoint(
         run.out_dir / "ckpt.pt",
         {
-            "model": run.model.state_dict(),
+            "model": model,
             "model_args": spec.model.to_dict(),
             "iter_num": state.step,
             "best_val_loss": state.best_val,

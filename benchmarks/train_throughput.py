@@ -16,6 +16,15 @@ For each model size, in one run and from the same initial weights and the same d
    on the device; the loss is accumulated on the device, so nothing in the step waits for
    the GPU. The step mirrors the training loop of ``astropt/train.py``.
 
+Variants of ours (``--variants``, each measured as its own row; ``ours`` plus options joined
+by ``+``): ``pad`` feeds all ``seq`` positions, the last one's loss left out
+(``train.pad_positions``: matmul shapes that are multiples of 128); ``ac`` activation
+checkpointing per block; ``compile=MODE`` a ``torch.compile`` mode (``max-autotune``,
+``reduce-overhead`` ...); ``eager`` no compilation; ``mb=N`` another micro-batch; ``fp8`` the
+Linear layers as torchao ``Float8Linear`` (CUDA, ``pip install torchao``), its loss checked
+against the bf16 reference like every row. The reference can be measured at several
+micro-batches (``--reference-micro-batch 8 32``): the speed-ups are against its best.
+
 Both steps clip gradients at 1.0 and use AdamW betas (0.9, 0.95), weight decay 0.1 and the
 size's peak learning rate held constant. Every step trains on the same global batch of
 synthetic galaxies (smooth blobs plus noise, patchified, per-patch normalised as the paper).
@@ -24,7 +33,9 @@ Printed per size and path: tokens/s (trained positions, ``T - 1`` per galaxy), i
 (``GPT.flops_per_token(T - 1)`` x tokens/s / peak, peak from the GPU's name or
 ``--peak-flops``; "n/a" otherwise), peak memory (``torch.cuda.max_memory_allocated`` per path
 on CUDA; on the CPU the process's peak resident set so far, which never decreases) and
-ours / reference. ``--check-loss N`` first runs both steps for N steps and prints the largest
+ours / the best reference, and for ours the peak memory :func:`astropt.compute.memory_estimate`
+expects (``est mem``; on CUDA measured / estimated, which should lie within 15 %: the
+estimate counts an eager step, compilation may fuse some saved tensors away). ``--check-loss N`` first runs both steps for N steps and prints the largest
 relative difference of the two loss curves: float32 on the CPU should agree to about 1e-5,
 bf16 on a GPU to within bf16 noise (about 1e-2).
 
@@ -32,6 +43,8 @@ Run::
 
     PYTHONPATH=. python benchmarks/train_throughput.py                  # CPU: 42K, 416K
     PYTHONPATH=. python benchmarks/train_throughput.py --check-loss 20  # GPU: 21M 89M 309M
+    PYTHONPATH=. python benchmarks/train_throughput.py --check-loss 20 --reference-micro-batch 8 32 \
+        --variants ours ours+pad ours+pad+compile=max-autotune-no-cudagraphs ours+eager ours+fp8
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.util
 import itertools
 import os
 import platform
@@ -50,6 +64,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _v1_model, when imported from tests
 
@@ -65,7 +80,9 @@ from astropt.config import load_config  # noqa: E402
 from astropt.loader import BatchGatherer  # noqa: E402
 from astropt import hardware  # noqa: E402
 from astropt.model import GPT, PRESET_LR, PRESETS, GPTConfig  # noqa: E402
+from astropt.compute import memory_estimate  # noqa: E402
 from astropt.patches import normalise  # noqa: E402
+from astropt.train import step_loss  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,8 +96,10 @@ ANCHORS_H100 = {
 ANCHOR_CPU = ("facts doc, 2-core CPU, float32 step, 63 tokens x 768 values, batch 32: 0.08M params "
               "~1,100 images/s, 0.22M ~800, 1.1M ~240, 2.3M ~120, 5.5M ~57")
 
-GOAL_SPEEDUP, GOAL_SIZES = 1.5, ("21M", "89M", "309M")
-GOAL_MFU, GOAL_MFU_SIZE = 0.55, "309M"
+# The issue's goals on one H100 (H200: same bf16 peak), for the best variant of ours:
+# size -> (measure, at least), the speed-up against the reference's best micro-batch.
+GOALS = {"21M": ("speed-up", 1.5), "89M": ("speed-up", 1.3), "309M": ("MFU", 0.55)}
+MEMORY_ESTIMATE_TOLERANCE = 0.15  # |measured / estimated - 1| of an eager step on CUDA
 LOSS_TOLERANCE = {"float32": 1e-4, "bf16": 2e-2}  # max relative loss-curve difference
 
 WEIGHT_DECAY, BETAS, GRAD_CLIP = 0.1, (0.9, 0.95), 1.0
@@ -110,6 +129,38 @@ class Setup:
         return "bf16" if self.bf16 else "float32"
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One way of running our step (see the module docstring): ``ours+pad+compile=max-autotune``."""
+
+    name: str = "ours"
+    pad: bool = False
+    checkpointing: bool = False
+    fp8: bool = False
+    compile: bool | None = None  # None: the run's --compile
+    compile_mode: str | None = None
+    micro_batch: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "Variant":
+        head, *options = text.split("+")
+        if head != "ours":
+            raise ValueError(f"variant {text!r} must start with 'ours'")
+        kw: dict = {}
+        for opt in options:
+            key, _, value = opt.partition("=")
+            if (key, bool(value)) in (("pad", False), ("ac", False), ("fp8", False), ("eager", False)):
+                kw.update({"pad": {"pad": True}, "ac": {"checkpointing": True}, "fp8": {"fp8": True},
+                           "eager": {"compile": False}}[key])
+            elif key == "compile" and value:
+                kw.update(compile=True, compile_mode=value)
+            elif key == "mb" and value.isdigit() and int(value) > 0:
+                kw["micro_batch"] = int(value)
+            else:
+                raise ValueError(f"unknown option {opt!r} of variant {text!r} (pad, ac, fp8, eager, compile=MODE, mb=N)")
+        return cls(name=text, **kw)
+
+
 @dataclass
 class Result:
     """One path of one size."""
@@ -123,6 +174,7 @@ class Result:
     mfu: float | None
     peak_mem_bytes: int
     check_losses: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    estimate_bytes: float | None = None  # memory_estimate of this path (ours only)
 
 
 def size_config(name: str, setup: Setup, config_path: Path) -> tuple[GPTConfig, float]:
@@ -210,10 +262,12 @@ class ReferencePath:
 
     name = "reference"
 
-    def __init__(self, cfg: GPTConfig, init_state: dict, tokens: np.ndarray, lr: float, setup: Setup):
+    def __init__(self, cfg: GPTConfig, init_state: dict, tokens: np.ndarray, lr: float, setup: Setup,
+                 micro_batch: int = V1_MICRO_BATCH):
         self.setup, self.lr, self.init_state = setup, lr, init_state
-        self.micro_batch = V1_MICRO_BATCH
-        self.accum = setup.global_batch // V1_MICRO_BATCH
+        self.micro_batch = micro_batch
+        self.accum = setup.global_batch // micro_batch
+        self.name = "reference" if micro_batch == V1_MICRO_BATCH else f"reference@{micro_batch}"
         self.model = V1GPT(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.input_dim).to(setup.device)
         self.step_model = torch.compile(self.model) if setup.compile else self.model
         self.params = list(self.model.parameters())
@@ -242,14 +296,21 @@ class ReferencePath:
 class OursPath:
     """This project's step, as the training loop of ``astropt/train.py`` runs it."""
 
-    name = "ours"
-
     def __init__(self, cfg: GPTConfig, init_state: dict, tokens: np.ndarray, lr: float, setup: Setup,
-                 micro_batch: int):
-        self.setup, self.lr, self.init_state = setup, lr, init_state
+                 micro_batch: int, variant: Variant = Variant()):
+        self.setup, self.lr, self.init_state, self.variant = setup, lr, init_state, variant
+        self.name = variant.name
+        micro_batch = variant.micro_batch or micro_batch
         self.micro_batch, self.accum = micro_batch, setup.global_batch // micro_batch
         self.model = GPT(cfg).to(setup.device)
-        self.step_model = torch.compile(self.model) if setup.compile else self.model
+        self.model.activation_checkpointing = variant.checkpointing
+        if variant.fp8:
+            from torchao.float8 import convert_to_float8_training
+
+            convert_to_float8_training(self.model, module_filter_fn=lambda m, _: isinstance(m, nn.Linear) and (
+                m.in_features % 16 == 0 and m.out_features % 16 == 0))
+        compiled = setup.compile if variant.compile is None else variant.compile
+        self.step_model = torch.compile(self.model, mode=variant.compile_mode) if compiled else self.model
         self.params = list(self.model.parameters())
         self.gather = BatchGatherer(tokens, micro_batch, setup.device)  # pinned staging on CUDA
         self.micro_indices = [np.arange(j * micro_batch, (j + 1) * micro_batch) for j in range(self.accum)]
@@ -264,7 +325,7 @@ class OursPath:
         for idx in self.micro_indices:
             x = normalise(self.gather(idx), "patch")  # non-blocking copy, normalised on the device
             with _autocast(self.setup):
-                _, loss = self.step_model(x[:, :-1], x[:, 1:])
+                loss = step_loss(self.step_model, x, self.variant.pad)
             (loss / self.accum).backward()
             loss_out += loss.detach() / self.accum  # on the device: no host synchronisation
         torch.nn.utils.clip_grad_norm_(self.params, GRAD_CLIP)
@@ -331,7 +392,14 @@ def measure(path, setup: Setup, flops_per_token: int, peak: float | None) -> Res
         tokens_per_s=tokens_per_s, images_per_s=images_per_s,
         mfu=flops_per_token * tokens_per_s / peak if peak else None,
         peak_mem_bytes=_peak_memory(device), check_losses=check.cpu().numpy(),
+        estimate_bytes=_estimate(path, setup) if isinstance(path, OursPath) else None,
     )
+
+
+def _estimate(path: "OursPath", setup: Setup) -> float:
+    """What :func:`astropt.compute.memory_estimate` expects of this path's step on one GPU."""
+    return memory_estimate(path.model.config.to_dict(), path.micro_batch, dtype="bfloat16" if setup.bf16 else "float32",
+                           checkpointing=path.variant.checkpointing, pad_positions=path.variant.pad).total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,23 +421,24 @@ def loss_difference(ref: np.ndarray, ours: np.ndarray) -> float:
     return float(np.max(np.abs(ours - ref) / np.abs(ref)))
 
 
-def print_goals(rows: list[dict], device: torch.device, on_h100: bool) -> None:
-    """The GPU goal lines of the issue, judged when the run was on an H100."""
-    print(f"goal: >= {GOAL_SPEEDUP}x reference tokens/s at {', '.join(GOAL_SIZES)}; "
-          f">= {GOAL_MFU:.0%} MFU at {GOAL_MFU_SIZE}")
-    if not on_h100:
-        print(f"  not judged: the goals are for one H100, this run is on {device_name(device)}")
+def print_goals(rows: list[dict], device: torch.device, judged: bool) -> None:
+    """The issue's goal lines (:data:`GOALS`), judged with each size's best variant on an H100 / H200."""
+    print("goals: " + "; ".join(f">= {v:.0%} MFU at {s}" if m == "MFU" else f">= {v}x the reference's best "
+                                f"tokens/s at {s}" for s, (m, v) in GOALS.items()))
+    if not judged:
+        print(f"  not judged: the goals are for one H100 or H200, this run is on {device_name(device)}")
         return
     by_size = {r["size"]: r for r in rows}
-    for size in GOAL_SIZES:
+    for size, (measure_name, goal) in GOALS.items():
         r = by_size.get(size)
-        verdict = "not measured" if r is None else (
-            f"{r['speedup']:.2f}x: {'met' if r['speedup'] >= GOAL_SPEEDUP else 'NOT met'}")
-        print(f"  {size} speed-up {verdict}")
-    r = by_size.get(GOAL_MFU_SIZE)
-    mfu = None if r is None else r["ours"].mfu
-    verdict = "not measured" if mfu is None else f"{mfu:.1%}: {'met' if mfu >= GOAL_MFU else 'NOT met'}"
-    print(f"  {GOAL_MFU_SIZE} MFU {verdict}")
+        if r is None:
+            print(f"  {size} {measure_name} not measured")
+            continue
+        best = r["best"]
+        value = best.mfu if measure_name == "MFU" else best.tokens_per_s / r["reference"].tokens_per_s
+        shown = "n/a" if value is None else (f"{value:.1%}" if measure_name == "MFU" else f"{value:.2f}x")
+        met = value is not None and value >= goal
+        print(f"  {size} {measure_name} {shown} ({best.path}): {'met' if met else 'NOT met'}")
 
 
 def print_anchors(sizes: list[str], device: torch.device) -> None:
@@ -413,7 +482,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: 1 on the CPU, where "
                    "more threads on a shared machine make timings erratic; torch's default on CUDA)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variants", nargs="+", default=["ours"], metavar="VARIANT",
+                   help="ways of running our step, each its own row: ours plus +pad, +ac, +fp8, +eager, "
+                   "+compile=MODE, +mb=N (default: ours)")
+    p.add_argument("--reference-micro-batch", nargs="+", type=int, default=[V1_MICRO_BATCH], metavar="N",
+                   help=f"micro-batches of the reference (default: v1's {V1_MICRO_BATCH}); speed-ups are "
+                   "against the fastest")
     args = p.parse_args(argv)
+    try:
+        args.variants = [Variant.parse(v) for v in args.variants]
+    except ValueError as err:
+        p.error(str(err))
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         p.error("--device cuda but no CUDA device is visible")
@@ -424,10 +503,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.global_batch % V1_MICRO_BATCH:
-        p.error(f"--global-batch must be a multiple of v1's micro-batch ({V1_MICRO_BATCH})")
-    if args.micro_batch is not None and (args.micro_batch < 1 or args.global_batch % args.micro_batch):
-        p.error("--micro-batch must divide --global-batch")
+    for mb in [*args.reference_micro_batch, args.micro_batch, *(v.micro_batch for v in args.variants)]:
+        if mb is not None and (mb < 1 or args.global_batch % mb):
+            p.error(f"every micro-batch must divide --global-batch ({args.global_batch}), {mb} does not")
+    if any(v.fp8 for v in args.variants):
+        if not cuda:
+            p.error("the fp8 variant needs a CUDA GPU (torchao Float8Linear)")
+        if importlib.util.find_spec("torchao") is None:
+            p.error("the fp8 variant needs torchao: pip install torchao")
     if args.steps < 1 or args.warmup < 0 or args.check_loss < 0:
         p.error("--steps must be >= 1, --warmup and --check-loss >= 0")
     return args
@@ -435,7 +518,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def benchmark_size(size: str, args: argparse.Namespace, setup: Setup, tokens: np.ndarray,
                    peak: float | None) -> dict:
-    """Both paths of one size, from the same initial weights and data (see :func:`main`)."""
+    """Every path of one size, from the same initial weights and data (see :func:`main`)."""
     device = setup.device
     cfg, lr = size_config(size, setup, args.config)
     torch.manual_seed(args.seed)
@@ -444,40 +527,58 @@ def benchmark_size(size: str, args: argparse.Namespace, setup: Setup, tokens: np
     init_state = init.state_dict()
     del init
     micro = args.micro_batch or auto_micro_batch(cfg, setup)
-    _free(device)  # each path's peak memory is its own
-    ref = measure(ReferencePath(cfg, init_state, tokens, lr, setup), setup, flops_per_token, peak)
+    refs, ours = [], []
+    for mb in args.reference_micro_batch:
+        _free(device)  # each path's peak memory is its own
+        refs.append(measure(ReferencePath(cfg, init_state, tokens, lr, setup, mb), setup, flops_per_token, peak))
+    for variant in args.variants:
+        _free(device)
+        ours.append(measure(OursPath(cfg, init_state, tokens, lr, setup, micro, variant), setup, flops_per_token, peak))
     _free(device)
-    ours = measure(OursPath(cfg, init_state, tokens, lr, setup, micro), setup, flops_per_token, peak)
-    _free(device)
-    return dict(size=size, params=n_params, reference=ref, ours=ours,
-                speedup=ours.tokens_per_s / ref.tokens_per_s,
-                loss_diff=loss_difference(ref.check_losses, ours.check_losses) if setup.check_loss else None)
+    best_ref = max(refs, key=lambda r: r.tokens_per_s)
+    diff = (lambda r: loss_difference(refs[0].check_losses, r.check_losses)) if setup.check_loss else (lambda r: None)
+    return dict(size=size, params=n_params, references=refs, variants=ours, reference=best_ref, ours=ours[0],
+                best=max(ours, key=lambda r: r.tokens_per_s), speedup=ours[0].tokens_per_s / best_ref.tokens_per_s,
+                loss_diff=diff(ours[0]), loss_diffs={r.path: diff(r) for r in ours})
 
 
-def print_size(row: dict, setup: Setup) -> None:
-    """Two table rows (reference, ours) and the loss check of one size."""
-    ref, ours = row["reference"], row["ours"]
-    for r in (ref, ours):
-        first = r is ref
-        ratio = "" if first else f"{row['speedup']:.2f}"
+def print_size(row: dict, setup: Setup, width: int = 9) -> None:
+    """The table rows of one size (references, then ours), its loss checks and memory estimates."""
+    paths = row["references"] + row["variants"]
+    cuda = setup.device.type == "cuda"
+    for r in paths:
+        first = r is paths[0]
+        ratio = "" if r in row["references"] else f"{r.tokens_per_s / row['reference'].tokens_per_s:.2f}"
         mfu = f"{r.mfu:.1%}" if r.mfu is not None else "n/a"
-        print(f"{row['size'] if first else '':>6} {_si(row['params']) if first else '':>8} {r.path:>9} "
+        est = _mem(r.estimate_bytes, setup.device) if r.estimate_bytes is not None else ""
+        print(f"{row['size'] if first else '':>6} {_si(row['params']) if first else '':>8} {r.path:>{width}} "
               f"{f'{r.micro_batch} x {r.accum}':>13} {_si(r.tokens_per_s):>9} {r.images_per_s:>9,.1f} "
-              f"{mfu:>6} {_mem(r.peak_mem_bytes, setup.device):>10} {ratio:>6}")
-    if row["loss_diff"] is not None:
-        tol = LOSS_TOLERANCE[setup.precision]
-        print(f"{'':>6} loss check, {setup.check_loss} steps: reference {ref.check_losses[0]:.5f} -> "
-              f"{ref.check_losses[-1]:.5f}, ours {ours.check_losses[0]:.5f} -> {ours.check_losses[-1]:.5f}; "
-              f"max relative difference {row['loss_diff']:.1e} "
-              f"({'within' if row['loss_diff'] <= tol else 'ABOVE'} the {setup.precision} tolerance {tol:.0e})")
+              f"{mfu:>6} {_mem(r.peak_mem_bytes, setup.device):>10} {est:>10} {ratio:>6}")
+    ref0 = row["references"][0]
+    for r in row["variants"]:
+        diff = row["loss_diffs"][r.path]
+        if diff is not None:
+            tol = LOSS_TOLERANCE[setup.precision]
+            print(f"{'':>6} loss check of {r.path}, {setup.check_loss} steps: {ref0.path} {ref0.check_losses[0]:.5f} "
+                  f"-> {ref0.check_losses[-1]:.5f}, {r.path} {r.check_losses[0]:.5f} -> {r.check_losses[-1]:.5f}; "
+                  f"max relative difference {diff:.1e} "
+                  f"({'within' if diff <= tol else 'ABOVE'} the {setup.precision} tolerance {tol:.0e})")
+        if cuda and r.estimate_bytes:
+            off = r.peak_mem_bytes / r.estimate_bytes - 1
+            print(f"{'':>6} memory of {r.path}: measured {_mem(r.peak_mem_bytes, setup.device)}, estimated "
+                  f"{_mem(r.estimate_bytes, setup.device)} ({off:+.0%}; "
+                  f"{'within' if abs(off) <= MEMORY_ESTIMATE_TOLERANCE else 'OUTSIDE'} "
+                  f"{MEMORY_ESTIMATE_TOLERANCE:.0%})")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run the benchmark and print its table.
 
     Returns:
-        One dict per size: ``size``, ``params``, ``reference`` and ``ours`` (:class:`Result`),
-        ``speedup`` (ours / reference tokens/s) and ``loss_diff`` (None without ``--check-loss``).
+        One dict per size: ``size``, ``params``, ``references`` and ``variants`` (:class:`Result`
+        lists), ``reference`` (the fastest reference), ``ours`` (the first variant), ``best`` (the
+        fastest variant), ``speedup`` (ours / reference tokens/s), ``loss_diff`` (ours) and
+        ``loss_diffs`` (by variant; None without ``--check-loss``).
     """
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -495,22 +596,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"({setup.global_batch * (setup.seq - 1):,} tokens of {args.patch_size**2 * setup.n_chan} values) "
               f"per step; {setup.warmup} warm-up + {setup.steps} timed steps"
               + (f"; loss check over {setup.check_loss} steps" if setup.check_loss else ""))
-        print(f"reference: v1-style step, micro-batch {V1_MICRO_BATCH}, blocking copy of each next batch; "
-              "ours: astropt GPT, train.py's loop (pinned, non-blocking, no host sync)")
+        print(f"reference: v1-style step, micro-batch {' / '.join(map(str, args.reference_micro_batch))}, "
+              "blocking copy of each next batch; ours: astropt GPT, train.py's loop (pinned, non-blocking, no "
+              "host sync)")
         tokens = synthetic_tokens(setup.global_batch, setup.seq, setup.patch_size, setup.n_chan, args.seed)
-        print(f"{'size':>6} {'params':>8} {'path':>9} {'micro x accum':>13} {'tokens/s':>9} "
-              f"{'images/s':>9} {'MFU':>6} {'peak mem':>10} {'x ref':>6}")
+        width = max(9, *(len(v.name) for v in args.variants), *(len(f"reference@{m}") for m in args.reference_micro_batch))
+        print(f"{'size':>6} {'params':>8} {'path':>{width}} {'micro x accum':>13} {'tokens/s':>9} "
+              f"{'images/s':>9} {'MFU':>6} {'peak mem':>10} {'est mem':>10} {'x ref':>6}")
         rows = []
         for size in args.sizes:
             rows.append(benchmark_size(size, args, setup, tokens, peak))
-            print_size(rows[-1], setup)
+            print_size(rows[-1], setup, width)
     finally:
         torch.set_num_threads(threads_before)
     if device.type != "cuda":
         print("peak mem on the CPU: the process's peak resident set so far (it never decreases)")
     print_anchors(args.sizes, device)
-    on_h100 = device.type == "cuda" and "H100" in torch.cuda.get_device_name(device).upper()
-    print_goals(rows, device, on_h100)
+    name = torch.cuda.get_device_name(device).upper() if device.type == "cuda" else ""
+    print_goals(rows, device, "H100" in name or "H200" in name)
     return rows
 
 

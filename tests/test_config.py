@@ -270,3 +270,31 @@ def test_missing_folder_inputs_are_named(default, tmp_path):
     (tmp_path / "stamps").mkdir()
     (tmp_path / "cat.csv").write_text("id\n1\n")
     assert input_problems(load_config(default)) == []
+
+
+def test_gpu_memory_is_checked_before_any_job(default):
+    """With resources.train.*.gpu_mem_gb, a run that cannot fit its GPUs is refused at load,
+    naming the size and what fits; FSDP with activation checkpointing makes 6.5B fit."""
+    paper = _deep_merge(default, yaml.safe_load((ROOT / "config/paper.yaml").read_text()))
+    paper["resources"]["train"]["default"]["gpu_mem_gb"] = 80
+    load_config(paper)  # the paper's sizes fit an 80 GB card as configured (2100M: ~58 GB)
+    big = copy.deepcopy(paper)
+    big["sizes"] = [*big["sizes"], "6.5B"]
+    big["resources"]["train"]["sizes"]["6.5B"] = {"nodes": 2, "gpus": 8, "cpus": 64, "mem_mb": 512000}
+    big["train"]["sizes"]["6.5B"] = {"micro_batch": 10, "grad_accum": 32}
+    with pytest.raises(ConfigError) as err:
+        load_config(big)
+    message = str(err.value)
+    assert "config key 'resources.train' of size 6.5B: size 6.5B needs about 155.3 GB" in message
+    assert "train.sizes.6.5B.parallel: fsdp" in message and "2100M" not in message
+    big["train"]["sizes"]["6.5B"].update(parallel="fsdp", activation_checkpointing=True)
+    cfg = load_config(big)
+    assert cfg.train_config("6.5B").parallel == "fsdp" and cfg.train_config("2100M").parallel == "ddp"
+    assert cfg.size_spec("6.5B").model.n_embd == 4096
+    small = copy.deepcopy(paper)
+    small["resources"]["train"]["sizes"]["2100M"]["gpu_mem_gb"] = 40  # a 40 GB card
+    with pytest.raises(ConfigError, match=r"size 2100M needs about 58\.3 GB .* 40 GB declared"):
+        load_config(small)
+    cpu = copy.deepcopy(default)
+    cpu["resources"]["train"]["default"]["gpu_mem_gb"] = 1  # no GPU asked for: nothing to check
+    load_config(cpu)

@@ -1,4 +1,4 @@
-"""The DDP launcher (astropt/launch.py): host lists, torchrun arguments, exit statuses.
+"""The multi-rank launcher (astropt/launch.py): host lists, torchrun arguments, exit statuses.
 
 Run: python -m pytest tests/test_launch.py -q
 """
@@ -40,14 +40,16 @@ def test_torchrun_args_single_and_multi_node():
 
 
 @pytest.mark.slow
-def test_ddp_ranks_stop_together_on_one_ranks_signal(micro_tokens, tiny_spec, tiny_train, tmp_path):
-    """Two gloo ranks under astropt.launch; SIGUSR1 reaches one rank only: both stop at the
-    same step, the launcher exits 75, and the rerun resumes to the uninterrupted result."""
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_ranks_stop_together_on_one_ranks_signal(micro_tokens, tiny_spec, tiny_train, tmp_path, parallel):
+    """Two gloo ranks under astropt.launch, DDP or FSDP; SIGUSR1 reaches one rank only: both stop
+    at the same step (under FSDP gathering the state together), the launcher exits 75, and the
+    rerun resumes to the uninterrupted result."""
     import dataclasses
 
     cfg = dataclasses.replace(tiny_train, steps=400, grad_accum=2, micro_batch=8, log_interval=5,
-                              checkpoint_interval=100, eval_interval=100)
-    out = tmp_path / "ddp"
+                              checkpoint_interval=100, eval_interval=100, parallel=parallel)
+    out = tmp_path / parallel
     cmd = [sys.executable, "-m", "astropt.launch", "--nproc-per-node=2", "--", "-m", "astropt.train",
            "--spec", json.dumps(spec_to_json(tiny_spec, cfg)),
            "--train-tokens", str(micro_tokens / "train" / "index.parquet"),  # the manifests, as the rule passes them

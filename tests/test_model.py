@@ -52,9 +52,14 @@ def test_preset_param_counts_match_paper(name, expected, decimals):
 
 
 def test_presets_shape_and_lr():
-    assert set(PRESETS) == set(PRESET_LR)
-    for cfg in PRESETS.values():
+    from astropt.compute import SIZE_PRESETS, param_count
+    from astropt.config import parse_size_name
+
+    assert set(SIZE_PRESETS) == set(PRESET_LR) and set(PRESETS) < set(SIZE_PRESETS)
+    for name, cfg in SIZE_PRESETS.items():
         assert (cfg.n_chan, cfg.patch_size, cfg.block_size, cfg.input_dim) == (3, 16, 1024, 768)
+        if name not in PRESETS:  # beyond the paper: named by its parameter count
+            assert param_count(cfg.to_dict()) == pytest.approx(parse_size_name(name), rel=0.01)
     assert PRESET_LR["89M"] == 6e-4 and PRESET_LR["2100M"] == 1.6e-4
 
 
