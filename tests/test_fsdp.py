@@ -124,7 +124,7 @@ def test_checkpointing_and_padded_positions_learn_the_same(micro_tokens, tiny_sp
     ckpt = _single(tiny_spec, dataclasses.replace(cfg, activation_checkpointing=True), micro_tokens, tmp_path / "ac")
     padded = _single(tiny_spec, dataclasses.replace(cfg, pad_positions=True), micro_tokens, tmp_path / "pad")
     pd.testing.assert_frame_equal(ckpt[CURVE], plain[CURVE], rtol=1e-6)
-    pd.testing.assert_frame_equal(padded[CURVE], plain[CURVE], rtol=1e-5)
+    pd.testing.assert_frame_equal(padded[CURVE], plain[CURVE], rtol=1e-4)  # other matmul shapes: other rounding
     assert padded["tokens_seen"].iloc[-1] == 15 * 16 * 15  # trained positions: still block_size - 1
 
 
