@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from astropt.io import atomic_write
+from astropt.io import atomic_write, duration
 
 __all__ = ["Hub", "RemoteFile", "VerifiedCache", "file_digest", "first_line", "VERIFIED_SIDECAR"]
 
@@ -113,11 +113,6 @@ def _size(n: float) -> str:
     return f"{int(n)} B"
 
 
-def _duration(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
-
-
 class VerifiedCache:
     """The sidecar of files already verified: ``{path: [size, mtime_ns, hash]}``, thread-safe."""
 
@@ -173,7 +168,7 @@ class _Progress:
             self.files_done += 1
             rate = self.streamed / max(time.perf_counter() - self.t0, 1e-9)
             left = max(self.total - self.bytes_done, 0)
-            eta = _duration(left / rate) if rate > 0 else ("0s" if left == 0 else "?")
+            eta = duration(left / rate) if rate > 0 else ("0s" if left == 0 else "?")
             self.log(
                 f"{self.prefix}: [{min(self.files_done, self.n_files)}/{self.n_files}] files; "
                 f"{_size(min(self.bytes_done, self.total))} of {_size(self.total)}, {rate / 1e6:.1f} MB/s, ETA {eta}"

@@ -1,5 +1,6 @@
 """Files and logs of a workflow job: writing a file atomically (to a temporary file beside
-it, then renaming that over it), plain JSON from NumPy values, and a workflow script's log.
+it, then renaming that over it), plain JSON from NumPy values, a workflow script's log, and
+durations as progress lines show them.
 
 Example::
 
@@ -19,7 +20,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "script_log", "to_jsonable"]
+__all__ = ["atomic_write", "duration", "script_log", "to_jsonable"]
+
+
+def duration(seconds: float) -> str:
+    """A duration for a progress line: ``"45s"``, ``"12m05s"``, ``"3h07m"``."""
+    s = int(round(max(0.0, seconds)))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:

@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 
 from astropt.config import REJECTED_COLUMNS
 from astropt.images import ReadOptions, is_fits, read_stamps
-from astropt.io import atomic_write
+from astropt.io import atomic_write, duration
 from astropt.patches import image_to_tokens
 from astropt.shards import (
     SHARD_FORMAT,
@@ -161,15 +161,6 @@ def _in_order(tasks, fn, workers: int):
             if nxt is not None:
                 pending.append(pool.submit(fn, *nxt))
             yield result
-
-
-def _fmt_s(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f}min"
-    return f"{seconds / 3600:.1f}h"
 
 
 def _count_reasons(reasons: list[str]) -> dict[str, int]:
@@ -393,7 +384,7 @@ class _Progress:
             rate = done / dt if dt > 0 else float("inf")
             self.log(
                 f"  {done}/{total} galaxies ({100 * done / total:.0f}%), {rate:.0f}/s, "
-                f"ETA {_fmt_s((total - done) / rate)}, {self.rejected} rejected"
+                f"ETA {duration((total - done) / rate)}, {self.rejected} rejected"
             )
             while self.next_log <= done / total:
                 self.next_log += 0.1

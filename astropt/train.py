@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from astropt.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
 from astropt.config import LATER_TRAIN_KEYS, SizeSpec, TrainConfig, spec_from_json, spec_to_json  # noqa: F401 (re-exported)
 from astropt.hardware import peak_flops, peak_memory_gb
-from astropt.io import atomic_write
+from astropt.io import atomic_write, duration
 from astropt.loader import BatchGatherer
 from astropt.model import GPT
 from astropt.patches import normalise
@@ -237,13 +237,6 @@ def provenance(cfg: TrainConfig, device: torch.device, bf16: bool) -> dict:
         "host": platform.node(),
         "dtype": "bfloat16 autocast" if bf16 else "float32",
     }
-
-
-def _format_eta(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 @dataclass
@@ -672,8 +665,8 @@ def log_step(run: Run, state: LoopState, lr: float, do_eval: bool) -> None:
         + (f" | val loss {val_loss:.4f}" if do_eval else "")
         + f" | lr {lr:.2e} | {tok_s / 1e3:.1f}k tokens/s"
         + (f" | MFU {100 * mfu:.1f}%" if run.peak else "")
-        + f" | elapsed {_format_eta(elapsed)}"
-        + f" | ETA {_format_eta(eta)}"
+        + f" | elapsed {duration(elapsed)}"
+        + f" | ETA {duration(eta)}"
     )
     state.window_loss.zero_()
     state.window_steps, state.window_t0, state.window_step0 = 0, now, state.step
@@ -769,7 +762,7 @@ def finish(run: Run, state: LoopState) -> pd.DataFrame:
     atomic_write(run.out_dir / "metrics.csv", lambda p: metrics.to_csv(p, index=False))
     run.last.unlink(missing_ok=True)
     run.say(f"[{spec.name}] done: final val loss {record.final_val_loss:.5f}, {run.n_params:,} parameters, "
-            f"{_format_eta(record.elapsed_s)} of training")
+            f"{duration(record.elapsed_s)} of training")
     return metrics
 
 
