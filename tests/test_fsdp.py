@@ -145,3 +145,15 @@ def test_padded_positions_give_the_same_loss_and_gradients(tiny_spec):
     torch.testing.assert_close(padded, loss)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, plain[name], msg=name)
+
+
+@pytest.mark.slow
+def test_fsdp_with_torch_compile(micro_tokens, tiny_spec, tiny_train, tmp_path):
+    """config/paper.yaml compiles (train.compile): the compiled FSDP model (2 ranks) learns what
+    one plain process learns."""
+    cfg = dataclasses.replace(tiny_train, steps=10, grad_accum=2, micro_batch=8, eval_interval=5)
+    single = _single(tiny_spec, cfg, micro_tokens, tmp_path / "single")
+    _ranks(tiny_spec, dataclasses.replace(cfg, parallel="fsdp", compile=True), micro_tokens, tmp_path / "compiled")
+    compiled = pd.read_csv(tmp_path / "compiled" / "metrics.csv")
+    np.testing.assert_allclose(compiled["train_loss"], single["train_loss"], rtol=1e-4)
+    np.testing.assert_allclose(compiled["val_loss"].dropna(), single["val_loss"].dropna(), rtol=1e-4)
