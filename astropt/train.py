@@ -545,7 +545,7 @@ def start(run: Run, state: LoopState) -> None:
         f"peak lr {spec.lr:g}, {cfg.steps} steps, device {run.device}, "
         f"{'bf16 autocast' if run.use_bf16 else 'float32'}, norm '{cfg.norm}'"
     )
-    run.say(f"[{spec.name}] plan: {_plan(spec, cfg, run.global_batch, run.device, dist.world, run.peak)}")
+    run.say(f"[{spec.name}] plan: {_plan(run)}")
     run.gather = BatchGatherer(run.train_split.tokens, cfg.micro_batch, run.device)
     run.net.train()
     state.t_start = state.window_t0 = time.perf_counter()
@@ -798,16 +798,22 @@ def run_record(run: Run, state: LoopState, metrics: pd.DataFrame) -> RunRecord:
 # --------------------------------------------------------------------------- CLI
 
 
-def _plan(spec: SizeSpec, cfg: TrainConfig, global_batch: int, device: torch.device, world: int,
-          peak: float | None) -> str:
-    """The run's FLOPs and estimated time, logged before its first step (astropt.compute)."""
-    from astropt.compute import run_cost
+def _plan(run: Run) -> str:
+    """The run's FLOPs and estimated time, and on GPUs its estimated peak memory per GPU (to
+    hold against ``peak_mem_gb`` in metrics.csv), logged before its first step (astropt.compute)."""
+    from astropt.compute import memory_estimate, run_cost
 
-    cost = run_cost(spec.model.to_dict(), cfg.steps, global_batch,
-                    peak_tflops=peak / 1e12 if peak else None, threads=cfg.threads)
-    if device.type == "cuda":
+    spec, cfg, world = run.spec, run.cfg, run.dist.world
+    cost = run_cost(spec.model.to_dict(), cfg.steps, run.global_batch,
+                    peak_tflops=run.peak / 1e12 if run.peak else None, threads=cfg.threads)
+    if run.device.type == "cuda":
+        memory = memory_estimate(
+            spec.model.to_dict(), cfg.micro_batch, parallel="fsdp" if run.sharded else "ddp",
+            dtype="bfloat16" if run.use_bf16 else "float32", ranks=world,
+            checkpointing=cfg.activation_checkpointing, pad_positions=cfg.pad_positions)
         when = (f"about {cost.gpu_hours / world * 60:.3g} min on {world} GPU(s) at an assumed "
-                f"{cost.mfu:.0%} MFU of {cost.gpu_peak_flops / 1e12:.0f} TFLOP/s each")
+                f"{cost.mfu:.0%} MFU of {cost.gpu_peak_flops / 1e12:.0f} TFLOP/s each; about "
+                f"{memory.total_gb:.1f} GB per GPU")
     else:
         when = f"at least {cost.cpu_hours * 60:.3g} min on {cost.threads} CPU thread(s)"
     return f"{cost.flops:.3g} FLOPs for {cost.tokens:,} tokens; {when}"

@@ -287,3 +287,16 @@ def test_ddp_two_ranks_match_one_process(micro_tokens, tiny_spec, tiny_train, tm
     ddp = pd.read_csv(tmp_path / "ddp" / "metrics.csv")
     np.testing.assert_allclose(ddp["train_loss"], single["train_loss"], rtol=1e-4)
     np.testing.assert_allclose(ddp["val_loss"].dropna(), single["val_loss"].dropna(), rtol=1e-4)
+
+
+def test_gpu_plan_names_the_estimated_memory_per_gpu():
+    """On GPUs the plan line carries memory_estimate's figure, to hold against peak_mem_gb."""
+    from types import SimpleNamespace
+
+    from astropt.compute import PRESETS, memory_estimate
+
+    run = SimpleNamespace(spec=T.SizeSpec("309M", PRESETS["309M"], 3e-4), dist=T.Dist(0, 0, 8),
+                          cfg=T.TrainConfig(steps=30000, micro_batch=20, grad_accum=16, parallel="fsdp"),
+                          global_batch=320, peak=989e12, device=torch.device("cuda"), sharded=True, use_bf16=True)
+    expected = memory_estimate(PRESETS["309M"].to_dict(), 20, parallel="fsdp", ranks=8).total_gb
+    assert T._plan(run).endswith(f"on 8 GPU(s) at an assumed 40% MFU of 989 TFLOP/s each; about {expected:.1f} GB per GPU")
