@@ -323,8 +323,13 @@ def test_huggingface_source_through_the_workflow(tmp_path):
         cfg = tmp_path / "hf.yaml"
         cfg.write_text(yaml.safe_dump(config))
         targets = ("results/tokens/rejected.csv", "results/probes/30K.csv", "results/figures/examples.png")
-        proc = snakemake("--cores", "2", f"--configfile={cfg}", *targets, cwd=work, env=env, timeout=900)
+        # Kept scripts: what every script job's temporary copy under .snakemake/scripts holds
+        # while it runs (and after a kill), checked for the token below.
+        proc = snakemake("--cores", "2", f"--configfile={cfg}", "--skip-script-cleanup", *targets, cwd=work, env=env,
+                         timeout=900)
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+        # The token reached the download (HF_TOKEN, not the config the scripts carry).
+        assert all(r.authorized for r in hub.requests if r.server == "hub")
         third = "data/train-00002-of-00003.parquet"
         third_served, third_size = hub.bytes_served(third), (st.root / third).stat().st_size
         # Changing only operational keys (workers, retries, the token) reruns nothing.
@@ -351,7 +356,9 @@ def test_huggingface_source_through_the_workflow(tmp_path):
     probes = pd.read_csv(work / "results/probes/30K.csv")
     assert set(probes["property"]) == {"redshift", "mag_r_desi"}
     assert (work / "results/figures/examples.png").stat().st_size > 10_000
-    # The access token is never written anywhere Snakemake keeps things, nor logged.
+    # The access token is never written anywhere Snakemake keeps things, nor logged, nor in a
+    # script job's copy (a killed job leaves it).
+    assert list(work.joinpath(".snakemake", "scripts").glob("*.py"))
     for path in [*work.joinpath(".snakemake").rglob("*"), *work.joinpath("logs").rglob("*.log")]:
         if path.is_file():
             text = path.read_bytes()

@@ -27,6 +27,12 @@ if workflow.is_main_process and (missing := input_problems(CFG)):
 # at fault in its errors): the snakemake-workflows convention.
 config.update(CFG.raw)
 validate(config, "../schemas/config.schema.yaml", set_default=True)
+# Snakemake pickles `config` into every script job's temporary copy under .snakemake/scripts
+# (a killed job leaves it there): a Hub token in the config goes to the jobs as HF_TOKEN
+# instead, through this process's environment (the download runs where Snakemake runs).
+if (config["data"].get("huggingface") or {}).get("token"):
+    os.environ.update(HF_TOKEN=config["data"]["huggingface"]["token"])
+    config["data"]["huggingface"]["token"] = None
 
 SIZES = CFG.sizes
 # Training seeds: every size is trained once per seed (train.seeds), each run its own job.
