@@ -664,20 +664,26 @@ def _check_resources(cfg: Config, problems: list[str]) -> None:
 
 def _check_gpu_memory(cfg: Config, problems: list[str]) -> None:
     """Every GPU training run fits the GPU memory its resources declare (``gpu_mem_gb``)."""
+    for s in cfg.sizes:
+        if why := gpu_memory_refusal(cfg, s):
+            problems.append(f"config key 'resources.train' of size {s}: {why}")
+
+
+def gpu_memory_refusal(cfg: Config, size: str) -> str | None:
+    """Why a size's training run cannot fit the GPU memory ``resources.train`` declares for it
+    (:func:`astropt.compute.memory_refusal`); None when it fits, runs on the CPU or no
+    ``gpu_mem_gb`` is set. Also for a size a target asks for outside ``sizes``."""
     from astropt.compute import memory_refusal
 
-    for s in cfg.sizes:
-        res = cfg.resources("train", s)
-        if res.gpus < 1 or res.gpu_mem_gb is None:
-            continue
-        tc = cfg.train_config(s)
-        why = memory_refusal(
-            s, cfg.size_spec(s).model.to_dict(), tc.micro_batch, tc.grad_accum, parallel=tc.parallel,
-            dtype="float32" if tc.dtype == "float32" else "bfloat16", ranks=res.gpus * res.nodes,
-            checkpointing=tc.activation_checkpointing, pad_positions=tc.pad_positions, gpu_mem_gb=res.gpu_mem_gb,
-        )
-        if why:
-            problems.append(f"config key 'resources.train' of size {s}: {why}")
+    res = cfg.resources("train", size)
+    if res.gpus < 1 or res.gpu_mem_gb is None:
+        return None
+    tc = cfg.train_config(size)
+    return memory_refusal(
+        size, cfg.size_spec(size).model.to_dict(), tc.micro_batch, tc.grad_accum, parallel=tc.parallel,
+        dtype="float32" if tc.dtype == "float32" else "bfloat16", ranks=res.gpus * res.nodes,
+        checkpointing=tc.activation_checkpointing, pad_positions=tc.pad_positions, gpu_mem_gb=res.gpu_mem_gb,
+    )
 
 
 def _check_budgets(cfg: Config) -> list[str]:

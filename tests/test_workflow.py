@@ -94,6 +94,21 @@ def test_size_outside_the_config_is_costed_and_refused_on_cpu():
     assert _jobs(ok.stdout)["train"] == 3  # the default's three seeds
 
 
+def test_size_outside_the_config_that_cannot_fit_its_gpus_is_refused():
+    """config/paper.yaml declares 80 GB GPUs: the 6.5B preset asked for as a target, on the
+    default's one GPU under DDP, is refused before any job, naming FSDP; with FSDP, activation
+    checkpointing and 16 GPUs its training job is planned, with the sharded spec."""
+    target = "results/models/6.5B/seed0/ckpt.pt"
+    proc = snakemake("-n", "--forceall", "--configfile=config/paper.yaml", target)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "size 6.5B needs about 201.0 GB" in out and "parallel: fsdp" in out
+    ok = snakemake("-n", "--forceall", "-p", "--configfile=config/paper.yaml", target, "--config",
+                   "train={sizes: {6.5B: {micro_batch: 10, grad_accum: 32, parallel: fsdp, activation_checkpointing: true}}}",
+                   "resources={train: {sizes: {6.5B: {nodes: 2, gpus: 8, cpus: 64, mem_mb: 512000}}}}")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert '"parallel": "fsdp"' in ok.stdout and '"activation_checkpointing": true' in ok.stdout
+
+
 def test_paper_2100M_is_one_job_on_two_nodes():
     """Multi-node: one srun task per node running astropt.launch; SLURM gets the nodes,
     one task each and 8 GPUs per node."""

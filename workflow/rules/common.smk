@@ -11,7 +11,9 @@ from snakemake.utils import validate
 # `pip install --no-deps -e .` in the conda environment of environment.yml), so the parse and
 # every job (local or on SLURM) import it without path changes.
 try:
-    from astropt.config import SPLITS, ConfigError, input_problems, known_sizes, load_config, repo_file
+    from astropt.config import (
+        SPLITS, ConfigError, gpu_memory_refusal, input_problems, known_sizes, load_config, repo_file,
+    )
 except ImportError as err:
     sys.exit(f"The astropt library is not importable ({err}): install it with `pip install --no-deps -e .`")
 
@@ -139,7 +141,8 @@ _COST_CHECKED = set()
 def check_run_cost(size, budget=None):
     """While the DAG is built (so `snakemake -n` shows it), once per size and budget: warn when
     a target asks for a size outside the config's `sizes`, with its cost, and refuse a run that
-    would train on the CPU for longer than `train.max_cpu_hours` (astropt.compute.cpu_refusal)."""
+    would train on the CPU for longer than `train.max_cpu_hours` (astropt.compute.cpu_refusal)
+    or not fit its GPUs' declared memory (`gpu_mem_gb`; the config check covers `sizes`)."""
     key = (size, budget.label if budget else "")
     if key in _COST_CHECKED:
         return
@@ -153,6 +156,8 @@ def check_run_cost(size, budget=None):
             f"target needs it; one training run: {cost.describe()}",
             file=sys.stderr,
         )
+        if too_big := gpu_memory_refusal(CFG, size):
+            raise ValueError(too_big)
     why = cpu_refusal(size, cost, CFG.raw["train"]["max_cpu_hours"])
     # torch (to look for a GPU) only for a run that is long enough to be refused
     if why and CFG.resources("train", size).gpus == 0:
