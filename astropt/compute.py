@@ -367,31 +367,30 @@ def memory_refusal(size: str, model: Mapping[str, Any], micro_batch: int, grad_a
     exceeds :data:`USABLE_GPU_FRACTION` of ``gpu_mem_gb``. The message names the size and
     what would fit: a smaller micro-batch, FSDP, activation checkpointing, more GPUs."""
     limit = gpu_mem_gb * USABLE_GPU_FRACTION
+    setting = dict(parallel=parallel, dtype=dtype, ranks=ranks, checkpointing=checkpointing,
+                   pad_positions=pad_positions)
 
-    def need(**change) -> MemoryEstimate:
-        kw = dict(parallel=parallel, dtype=dtype, ranks=ranks, checkpointing=checkpointing,
-                  pad_positions=pad_positions)
-        kw.update(change)
-        mb = kw.pop("micro_batch", micro_batch)
-        return memory_estimate(model, mb, **kw)
+    def need(mb: int = micro_batch, **change) -> MemoryEstimate:
+        """The estimate with some settings changed."""
+        return memory_estimate(model, mb, **{**setting, **change})
 
     est = need()
     if est.total_gb <= limit:
         return None
     key = f"train.sizes.{size}"
     fixes = []
-    fitting = [mb for mb in range(micro_batch - 1, 0, -1) if need(micro_batch=mb).total_gb <= limit]
+    fitting = next((mb for mb in range(micro_batch - 1, 0, -1) if need(mb).total_gb <= limit), None)
     if fitting:
-        fixes.append(f"{key}.micro_batch: {fitting[0]} (and grad_accum raised to keep the global batch of "
-                     f"{micro_batch * grad_accum} galaxies; {need(micro_batch=fitting[0]).total_gb:.1f} GB)")
+        fixes.append(f"{key}.micro_batch: {fitting} (and grad_accum raised to keep the global batch of "
+                     f"{micro_batch * grad_accum} galaxies; {need(fitting).total_gb:.1f} GB)")
     if parallel == "ddp" and ranks > 1 and need(parallel="fsdp").total_gb <= limit:
         fixes.append(f"{key}.parallel: fsdp ({need(parallel='fsdp').total_gb:.1f} GB)")
     if not checkpointing and need(checkpointing=True).total_gb <= limit:
         fixes.append(f"{key}.activation_checkpointing: true ({need(checkpointing=True).total_gb:.1f} GB)")
     if not fixes:  # more GPUs under FSDP, at this micro-batch or at 1
         more = next(((r, mb) for mb in dict.fromkeys((micro_batch, 1)) for r in (2 ** k for k in range(11))
-                     if r > ranks and need(parallel="fsdp", checkpointing=True, ranks=r, micro_batch=mb).total_gb
-                     <= limit), None)
+                     if r > ranks and need(mb, parallel="fsdp", checkpointing=True, ranks=r).total_gb <= limit),
+                    None)
         fixes.append(
             f"{key}.parallel: fsdp with activation_checkpointing: true on {more[0]} GPUs (resources.train.sizes."
             f"{size}){f' and {key}.micro_batch: 1' if more[1] != micro_batch else ''}"

@@ -133,8 +133,9 @@ class TrainConfig:
 
 
 #: Training settings added after runs existed, by their default: they enter the train rule's
-#: spec (its params) and the run's fingerprint only when set otherwise, so that upgrading
-#: neither reruns finished training jobs nor restarts interrupted ones.
+#: spec (its params) only when set otherwise, so that upgrading reruns no finished training
+#: job. They change how a step is computed, not what is learned, so the run's fingerprint
+#: leaves them out (FSDP's checkpoint layout enters it: astropt.train.run_fingerprint).
 LATER_TRAIN_KEYS = {"parallel": "ddp", "activation_checkpointing": False, "pad_positions": False}
 
 

@@ -143,15 +143,15 @@ class Variant:
 
     @classmethod
     def parse(cls, text: str) -> "Variant":
+        flags = {"pad": {"pad": True}, "ac": {"checkpointing": True}, "fp8": {"fp8": True}, "eager": {"compile": False}}
         head, *options = text.split("+")
         if head != "ours":
             raise ValueError(f"variant {text!r} must start with 'ours'")
         kw: dict = {}
         for opt in options:
             key, _, value = opt.partition("=")
-            if (key, bool(value)) in (("pad", False), ("ac", False), ("fp8", False), ("eager", False)):
-                kw.update({"pad": {"pad": True}, "ac": {"checkpointing": True}, "fp8": {"fp8": True},
-                           "eager": {"compile": False}}[key])
+            if key in flags and not value:
+                kw.update(flags[key])
             elif key == "compile" and value:
                 kw.update(compile=True, compile_mode=value)
             elif key == "mb" and value.isdigit() and int(value) > 0:
