@@ -159,21 +159,13 @@ def _positive_levels(values, name: str) -> np.ndarray:
     return v
 
 
-def _factor(reps: np.ndarray, means: np.ndarray, var: np.ndarray, counts: np.ndarray, ci_level: float,
-            noise_runs: int | None = None) -> float:
-    """The t-calibration factor of a statistic's bootstrap replicates (:mod:`astropt.resample`):
-    each cell's share of the variance from a regression of the replicates on the resampled cell
-    means, Welch-Satterthwaite degrees of freedom over the cells' ``m - 1``. ``noise_runs``: the
-    statistic also holds the mean of this many new runs' noise (pooled within-cell variance)."""
-    from astropt.resample import calibration_factor, group_shares, satterthwaite
+def _interval(point: float, reps: np.ndarray, boot: dict, ci_level: float, bounds=(-math.inf, math.inf),
+              noise_runs: int | None = None) -> list[float] | None:
+    """The t-calibrated percentile interval of a statistic's bootstrap replicates (:mod:`astropt.resample`)."""
+    from astropt.resample import calibrated_interval, t_factor
 
-    shares = group_shares(reps, means)
-    with np.errstate(invalid="ignore"):
-        v = shares**2 * var / counts
-        if noise_runs:
-            v = v + (counts - 1) / max(float(np.sum(counts - 1)), 1.0) / noise_runs * var
-    nu = satterthwaite([(vi, ni - 1) for vi, ni in zip(v, counts) if ni > 1])
-    return calibration_factor(nu, ci_level)
+    f, _ = t_factor(reps, boot["means"], boot["var"], boot["counts"], ci_level, noise_runs)
+    return calibrated_interval(point, reps, ci_level, f, bounds)[0]
 
 
 def fit_grid(
@@ -185,7 +177,6 @@ def fit_grid(
     n_boot: int = N_BOOT,
     seed: int = 0,
     ci_level: float = CI_LEVEL,
-    delta: float = HUBER_DELTA,
     frontier_C: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Fit ``L = E + A / N^alpha + B / D^beta`` to every run of a grid, with bootstrap intervals.
@@ -199,7 +190,6 @@ def fit_grid(
         n_boot: Bootstrap resamples (0: no intervals).
         seed: Seed of the bootstrap.
         ci_level: Interval level.
-        delta: Huber delta on log residuals.
         frontier_C: Compute values (FLOPs) where to give the compute-optimal frontier.
 
     Returns:
@@ -215,28 +205,20 @@ def fit_grid(
         ValueError: On mismatched lengths, non-positive values, fewer than 5 runs or a
             ``frontier_C`` that is not positive.
     """
-    out, state = _fit_grid(N, D, L, cells, n_boot=n_boot, seed=seed, ci_level=ci_level, delta=delta,
-                           frontier_C=frontier_C)
-    if frontier_C is not None:
-        out["frontier"] = _frontier(out, state, _positive_levels(frontier_C, "frontier_C"), ci_level)
+    C = None if frontier_C is None else _positive_levels(frontier_C, "frontier_C")
+    out, state = _fit_grid(N, D, L, cells, n_boot=n_boot, seed=seed, ci_level=ci_level)
+    if C is not None:
+        out["frontier"] = _frontier(out, state, C, ci_level)
     return out
 
 
-def _fit_grid(N, D, L, cells, *, n_boot: int, seed: int, ci_level: float, delta: float,
-              frontier_C=None) -> tuple[dict[str, Any], dict[str, Any]]:
+def _fit_grid(N, D, L, cells, *, n_boot: int, seed: int, ci_level: float, delta: float = HUBER_DELTA) -> tuple[dict[str, Any], dict[str, Any]]:
     """:func:`fit_grid`'s result and its bootstrap: ``{"boot": (n_boot, 8) replicates of
     :data:`_NAMED` or None, "means", "var", "counts"}`` (resampled cell means of log L, the
     cells' variances of log L and run counts)."""
-    from astropt.resample import (
-        calibrated_interval,
-        group_codes,
-        group_variances,
-        resample_within_groups,
-    )
+    from astropt.resample import group_codes, group_variances, resample_within_groups
 
     N, D, L = _check_runs(N, D, L, min_runs=5)
-    if frontier_C is not None:
-        _positive_levels(frontier_C, "frontier_C")
     codes, labels = group_codes(list(_default_cells(N, D) if cells is None else cells))
     x, y = np.log(np.stack([N, D])), np.log(L)
     n_N, n_D = len(np.unique(N)), len(np.unique(D))
@@ -263,21 +245,15 @@ def _fit_grid(N, D, L, cells, *, n_boot: int, seed: int, ci_level: float, delta:
         Y, means = resample_within_groups(y, codes, n_boot, rng)
         # each resample refitted from the point estimate and its own best grid starts (a
         # warm start alone stays where the near-L1 Huber loss has a kink)
-        boot = np.array([_named_vector(_minimise(x, Yb, [p, *_grid_starts(x, Yb, delta, keep=2)], delta)) for Yb in Y])
+        boot = np.array([list(_named(_minimise(x, Yb, [p, *_grid_starts(x, Yb, delta, keep=2)], delta)).values()) for Yb in Y])
         var, counts = group_variances(y, codes)
         state = {"boot": boot, "means": means, "var": var, "counts": counts}
     boot = state["boot"]
     for i, name in enumerate(_NAMED):
         value = point[name]
         out[name] = None if name in unidentified else value
-        ci = None
-        if boot is not None and name not in unidentified:
-            reps = boot[:, i]
-            ok = np.isfinite(reps)
-            if ok.sum() > 2:
-                f = _factor(reps, state["means"], state["var"], state["counts"], ci_level)
-                ci, _ = calibrated_interval(value, reps[ok], ci_level, f, bounds=_CI_BOUNDS[name])
-        out[f"{name}_ci"] = ci
+        identified = boot is not None and name not in unidentified and np.isfinite(boot[:, i]).sum() > 2
+        out[f"{name}_ci"] = _interval(value, boot[:, i], state, ci_level, _CI_BOUNDS[name]) if identified else None
     identified = [i for i, name in enumerate(_NAMED) if name not in unidentified]
     out["boot_failed"] = int((~np.isfinite(boot[:, identified]).all(axis=1)).sum()) if boot is not None else 0
     return out, state
@@ -294,8 +270,6 @@ def _frontier(out: dict, state: dict, C: np.ndarray, ci_level: float) -> dict[st
     ``N_hi``, ``D_lo``, ``D_hi`` are None without resamples (an entry None where the
     replicates gave no interval). None when ``a``, ``b`` or ``G`` is not identified.
     """
-    from astropt.resample import calibrated_interval
-
     if any(out.get(k) is None for k in ("a", "b", "G")):
         return None
     lnC6 = np.log(C / 6)
@@ -312,10 +286,7 @@ def _frontier(out: dict, state: dict, C: np.ndarray, ci_level: float) -> dict[st
     lo, hi = [], []
     for j in range(len(C)):
         reps = curves[:, j]
-        ci = None
-        if np.isfinite(reps).sum() > 2:
-            f = _factor(reps, state["means"], state["var"], state["counts"], ci_level)
-            ci, _ = calibrated_interval(float(lnN[j]), reps[np.isfinite(reps)], ci_level, f)
+        ci = _interval(float(lnN[j]), reps, state, ci_level) if np.isfinite(reps).sum() > 2 else None
         lo.append(math.exp(ci[0]) if ci else None)
         hi.append(math.exp(ci[1]) if ci else None)
     res.update({"N_lo": lo, "N_hi": hi,
@@ -328,11 +299,6 @@ _NAMED = ("A", "B", "E", "alpha", "beta", "a", "b", "G")
 # where the intervals are clipped: the t-calibrated ends of a skewed bootstrap can pass them
 _CI_BOUNDS = {"A": (0.0, math.inf), "B": (0.0, math.inf), "E": (0.0, math.inf), "G": (0.0, math.inf),
               "alpha": _BOUNDS[3], "beta": _BOUNDS[4], "a": (0.0, 1.0), "b": (0.0, 1.0)}
-
-
-def _named_vector(p: np.ndarray) -> np.ndarray:
-    d = _named(p)
-    return np.array([d[k] for k in _NAMED])
 
 
 def _named(p: np.ndarray) -> dict[str, float]:
@@ -447,7 +413,7 @@ def _level_entry(C: float, N: np.ndarray, W: np.ndarray, ybar: np.ndarray, boot:
                  ci_level: float) -> tuple[dict[str, Any], np.ndarray | None]:
     """One IsoFLOP level: its profile, parabola and minimum with the bootstrap's interval.
     Returns the entry and the resamples' ``ln N_opt`` (NaN where not bracketed; None without)."""
-    from astropt.resample import calibrated_interval
+    from astropt.resample import calibrated_interval, t_factor
 
     lnN = np.log(N)
     e: dict[str, Any] = {"C": float(C), "N": N.tolist(), "D": (C / (6 * N)).tolist(), "L": np.exp(W @ ybar).tolist(),
@@ -479,7 +445,7 @@ def _level_entry(C: float, N: np.ndarray, W: np.ndarray, ybar: np.ndarray, boot:
         tail = 100 * (1 - ci_level) / 2
         ends, inner = np.percentile(reps, [tail, 100 - tail]), lnB[sB == 0]
         if len(inner) > 2 and inner.min() <= ends[0] and ends[1] <= inner.max():
-            f = _factor(lnB, boot["means"], boot["var"], boot["counts"], ci_level)
+            f, _ = t_factor(lnB, boot["means"], boot["var"], boot["counts"], ci_level)
             ci, _ = calibrated_interval(m + float(v), reps, ci_level, f)
             e["N_opt_ci"] = [math.exp(ci[0]), math.exp(ci[1])]
         else:
@@ -505,8 +471,6 @@ def _masked_slope(x: np.ndarray, Y: np.ndarray) -> np.ndarray:
 def _exponents(levels: list[dict], lnB: list, boot: dict | None, ci_level: float) -> dict[str, Any]:
     """``a`` (slope of ln N_opt on ln C over the levels with a bracketed minimum), ``b = 1 - a``
     and their intervals; each resample's slope uses those of the same levels it brackets."""
-    from astropt.resample import calibrated_interval
-
     # a level whose interval is unbounded or passes its sizes is left out: its minimum may lie
     # beyond them, and kept only when noise moved the vertex inwards it would flatten a
     J = [i for i, e in enumerate(levels) if e["N_opt"] is not None and (boot is None or (
@@ -530,8 +494,7 @@ def _exponents(levels: list[dict], lnB: list, boot: dict | None, ci_level: float
         out["reason"] = (f"in {100 * failed:.0f} % of resamples fewer than 2 of these levels have a minimum "
                          "inside the sizes: a has no interval")
         return out
-    f = _factor(reps, boot["means"], boot["var"], boot["counts"], ci_level)
-    ci, _ = calibrated_interval(a, reps[np.isfinite(reps)], ci_level, f)
+    ci = _interval(a, reps, boot, ci_level)
     if ci:
         out.update(a_ci=ci, b_ci=[1 - ci[1], 1 - ci[0]])
     return out
@@ -661,7 +624,6 @@ def holdout_corner(
     n_boot: int = N_BOOT,
     seed: int = 0,
     ci_level: float = CI_LEVEL,
-    delta: float = HUBER_DELTA,
 ) -> dict[str, Any]:
     """Hold out the cell of largest compute ``C = 6 N D`` (all its runs), fit the others with
     :func:`fit_grid`, and compare the held-out runs with the law's prediction.
@@ -686,7 +648,7 @@ def holdout_corner(
         ValueError: On mismatched lengths, values that are not finite and positive, or a cell
             of several (N, D) pairs.
     """
-    from astropt.resample import calibrated_interval
+    from astropt.resample import pooled_noise
 
     N, D, L = _check_runs(N, D, L)
     codes, labels, cellN, cellD = _cell_values(N, D, cells)
@@ -704,7 +666,7 @@ def holdout_corner(
         return out
     rest_cells = None if cells is None else [c for c, r in zip(cells, rest) if r]
     fit, state = _fit_grid(N[rest], D[rest], L[rest], rest_cells, n_boot=n_boot, seed=seed,
-                           ci_level=ci_level, delta=delta)
+                           ci_level=ci_level)
     missing = sorted({why for k, why in fit["unidentified"].items() if k in PARAMS})
     if missing:
         out["reason"] = f"the other cells do not identify the law ({'; '.join(missing)}): no prediction"
@@ -720,10 +682,8 @@ def holdout_corner(
     A, B, E, alpha, beta = (boot[:, _NAMED.index(k)] for k in PARAMS)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         base = np.log(E + A / out["N"] ** alpha + B / out["D"] ** beta)
-    reps = base + _noise(np.log(L[rest]), codes[rest], m, len(base), np.random.default_rng((seed, 1)))
-    ok = np.isfinite(reps)
-    f = _factor(np.where(ok, reps, np.nan), state["means"], state["var"], state["counts"], ci_level, noise_runs=m)
-    ci, _ = calibrated_interval(math.log(predicted), reps[ok], ci_level, f)
+    reps = base + pooled_noise(np.log(L[rest]), codes[rest], m, len(base), np.random.default_rng((seed, 1)))
+    ci = _interval(math.log(predicted), reps, state, ci_level, noise_runs=m)
     if ci is None:
         out["reason"] = "every refit failed: no prediction interval"
         return out
@@ -732,37 +692,35 @@ def holdout_corner(
     return out
 
 
-def _noise(y: np.ndarray, codes: np.ndarray, m: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` means of ``m`` draws from the pooled within-cell deviations of ``y`` (each cell's
-    deviations inflated by ``sqrt(k / (k - 1))``, as :mod:`astropt.resample` does)."""
-    dev = []
-    for g in np.unique(codes):
-        v = y[codes == g]
-        if len(v) > 1:
-            dev.append((v - v.mean()) * math.sqrt(len(v) / (len(v) - 1)))
-    pool = np.concatenate(dev)
-    return pool[rng.integers(0, len(pool), size=(n, m))].mean(axis=1)
+def _runs_text(n: int) -> str:
+    return f"{n} run{'s' if n != 1 else ''}"
 
 
-def _corner_verdict(h: dict, n_cells: int, labelled: bool) -> str:
-    """The held-out corner's comparison in one sentence, a miss stated plainly."""
-    pct = f"{100 * h['ci_level']:g} %"
-    runs = f"{h['n_runs']} run{'s' if h['n_runs'] != 1 else ''}"
-    lo, hi = h["pi"]
-    where = f"the {pct} prediction interval [{lo:.4g}, {hi:.4g}] for the mean of {runs}"
-    obs = h["observed"]
-    cell = f"cell {h['cell']} " if labelled else "cell "
-    head = (f"the law fitted on the other {n_cells} cells predicts {h['predicted']:.4g} for the largest-compute {cell}"
-            f"(N = {h['N']:.3g}, D = {h['D']:.3g}, C = {h['C']:.3g} FLOPs); its {runs} averaged {obs:.4g}")
+def interval_verdict(head: str, obs: float, pi: Sequence[float], predicted: float, ci_level: float, n_runs: int,
+                     above: str, below: str) -> str:
+    """``head`` and where the observed mean ``obs`` falls against the prediction interval ``pi``
+    in one sentence, a miss stated plainly (``above`` / ``below``: what a miss on that side means)."""
+    lo, hi = pi
+    where = f"the {100 * ci_level:g} % prediction interval [{lo:.4g}, {hi:.4g}] for the mean of {_runs_text(n_runs)}"
     if lo <= obs <= hi:
-        half = 100 * (hi - lo) / 2 / h["predicted"]
+        half = 100 * (hi - lo) / 2 / predicted
         weak = f" (a weak test: the interval spans ±{half:.0f} % of the prediction)" if half > 10 else ""
         return f"{head}, inside {where}: the law passes this test{weak}"
     side = "above" if obs > hi else "below"
     gap = obs / hi - 1 if side == "above" else 1 - obs / lo
-    missed = ("a higher loss than the law predicts: the gains from size and data fall off at this compute"
-              if side == "above" else "a lower loss than the law predicts: the gains are larger than extrapolated")
-    return f"{head}, {side} {where} by {100 * gap:.1f} %: MISSED, {missed}"
+    return f"{head}, {side} {where} by {100 * gap:.1f} %: MISSED, {above if side == 'above' else below}"
+
+
+def _corner_verdict(h: dict, n_cells: int, labelled: bool) -> str:
+    """The held-out corner's comparison in one sentence, a miss stated plainly."""
+    cell = f"cell {h['cell']} " if labelled else "cell "
+    head = (f"the law fitted on the other {n_cells} cells predicts {h['predicted']:.4g} for the largest-compute {cell}"
+            f"(N = {h['N']:.3g}, D = {h['D']:.3g}, C = {h['C']:.3g} FLOPs); its {_runs_text(h['n_runs'])} averaged "
+            f"{h['observed']:.4g}")
+    return interval_verdict(
+        head, h["observed"], h["pi"], h["predicted"], h["ci_level"], h["n_runs"],
+        "a higher loss than the law predicts: the gains from size and data fall off at this compute",
+        "a lower loss than the law predicts: the gains are larger than extrapolated")
 
 
 def grid_study(runs, *, n_boot: int = N_BOOT, seed: int = 0, ci_level: float = CI_LEVEL, log=print) -> dict[str, Any]:

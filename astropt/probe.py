@@ -161,28 +161,31 @@ class ProbeResult:
 
     Attributes:
         protocol: A key of :data:`PROTOCOL_METRICS`.
-        n: Galaxies used (after dropping missing targets and outliers).
         scores: Metric name -> :class:`Estimate`, for every metric of the protocol.
         reason: ``""``, or why the scores are NaN, or a note about the fit.
-        kept: How many galaxies were given, missing and clipped (:class:`Kept`).
+        kept: How many galaxies were given, missing and clipped (:class:`Kept`); ``n`` of
+            them were used.
     """
 
     protocol: str
-    n: int
     scores: dict[str, Estimate]
-    reason: str = ""
-    kept: Kept | None = None
+    reason: str
+    kept: Kept
+
+    @property
+    def n(self) -> int:
+        return self.kept.n
 
     @classmethod
-    def skipped(cls, protocol: str, n: int, reason: str, kept: Kept | None = None) -> ProbeResult:
+    def skipped(cls, protocol: str, reason: str, kept: Kept) -> ProbeResult:
         """A result with NaN for every metric of ``protocol``, saying why."""
         nan = Estimate(float("nan"))
-        return cls(protocol, int(n), {m: nan for m in PROTOCOL_METRICS[protocol]}, reason, kept)
+        return cls(protocol, {m: nan for m in PROTOCOL_METRICS[protocol]}, reason, kept)
 
     def records(self, prop: str) -> list[dict]:
         """Rows of the long table (:data:`PROBE_COLUMNS`), one per metric, in the order of
         :data:`PROTOCOL_METRICS`."""
-        kept = self.kept or Kept(self.n, self.n)
+        kept = self.kept
         return [
             {
                 "property": prop,
@@ -191,7 +194,7 @@ class ProbeResult:
                 "value": self.scores[metric].value,
                 "ci_low": self.scores[metric].ci_low,
                 "ci_high": self.scores[metric].ci_high,
-                "n": self.n,
+                "n": kept.n,
                 "n_total": kept.n_total,
                 "n_missing": kept.n_missing,
                 "n_clipped": kept.n_clipped,
@@ -202,11 +205,11 @@ class ProbeResult:
 
 
 class _Skip(Exception):
-    """A property that cannot be probed: NaN scores, with ``reason`` (and the counts so far)."""
+    """A property that cannot be probed: NaN scores, with ``reason`` and the counts so far."""
 
-    def __init__(self, n: int, reason: str, kept: Kept | None = None):
+    def __init__(self, reason: str, kept: Kept):
         super().__init__(reason)
-        self.n, self.reason, self.kept = int(n), reason, kept
+        self.reason, self.kept = reason, kept
 
 
 def _join(*notes: str) -> str:
@@ -346,8 +349,8 @@ def _clip_of(mad_clip, protocol: str) -> float:
     return math.inf if mad_clip is None else float(mad_clip)
 
 
-def _finite_rows(X, y) -> tuple[np.ndarray, np.ndarray]:
-    """Check shapes; keep the rows whose target and embedding are finite."""
+def _finite_rows(X, y) -> tuple[np.ndarray, np.ndarray, int]:
+    """Check shapes; keep the rows whose target and embedding are finite (and say how many were given)."""
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if X.ndim != 2:
@@ -355,7 +358,7 @@ def _finite_rows(X, y) -> tuple[np.ndarray, np.ndarray]:
     if y.ndim != 1 or len(y) != len(X):
         raise ValueError(f"y must have shape ({len(X)},) to match X {X.shape}, got {y.shape}")
     keep = np.isfinite(y) & np.isfinite(X).all(axis=1)
-    return X[keep], y[keep]
+    return X[keep], y[keep], len(y)
 
 
 def _regression_target(X, y, mad_clip: float, min_rows: int) -> tuple[np.ndarray, np.ndarray, str, Kept]:
@@ -367,11 +370,10 @@ def _regression_target(X, y, mad_clip: float, min_rows: int) -> tuple[np.ndarray
     Raises:
         _Skip: Fewer than ``min_rows`` rows, or a constant target.
     """
-    n_total = len(np.asarray(y).reshape(-1))
-    X, y = _finite_rows(X, y)
+    X, y, n_total = _finite_rows(X, y)
     missing = n_total - len(y)
     if len(y) < min_rows:
-        raise _Skip(len(y), f"only {len(y)} finite rows (< {min_rows})", Kept(len(y), n_total, missing))
+        raise _Skip(f"only {len(y)} finite rows (< {min_rows})", Kept(len(y), n_total, missing))
     note = ""
     med = np.median(y)
     if np.isfinite(mad_clip) and mad_clip > 0:
@@ -384,13 +386,13 @@ def _regression_target(X, y, mad_clip: float, min_rows: int) -> tuple[np.ndarray
             note = "MAD is 0: no outlier clipping"
     kept = Kept(len(y), n_total, missing, n_total - missing - len(y))
     if len(y) < min_rows:
-        raise _Skip(len(y), f"only {len(y)} rows after outlier clipping (< {min_rows})", kept)
+        raise _Skip(f"only {len(y)} rows after outlier clipping (< {min_rows})", kept)
     q25, q75 = np.percentile(y, [25, 75])
     scale = q75 - q25
     if not scale > 0:
         scale = np.std(y)
         if not scale > 0:
-            raise _Skip(len(y), "target is constant (IQR and std are 0)", kept)
+            raise _Skip("target is constant (IQR and std are 0)", kept)
         note = _join(note, "IQR is 0: normalised by std")
     return X, (y - med) / scale, note, kept
 
@@ -432,10 +434,10 @@ def paper_probe(X, y, mad_clip: float | None = 3.0, n_boot: int = 1000, seed: in
     try:
         X, z, note, kept = _regression_target(X, y, _clip_of(mad_clip, "paper"), MIN_ROWS)
     except _Skip as skip:
-        return ProbeResult.skipped("paper", skip.n, skip.reason, skip.kept)
+        return ProbeResult.skipped("paper", skip.reason, skip.kept)
     n_train = len(z) // 2
     pred = LinearRegression().fit(X[:n_train], z[:n_train]).predict(X[n_train:])
-    return ProbeResult("paper", len(z), _regression_scores(z[n_train:], pred, n_boot, seed), note, kept)
+    return ProbeResult("paper", _regression_scores(z[n_train:], pred, n_boot, seed), note, kept)
 
 
 def _strongest_penalty_note(chosen: list[float], strongest: float, name: str) -> str:
@@ -480,14 +482,14 @@ def ridge_cv_probe(
     try:
         X, z, note, kept = _regression_target(X, y, _clip_of(mad_clip, "ridge_cv"), max(MIN_ROWS, 2 * folds))
     except _Skip as skip:
-        return ProbeResult.skipped("ridge_cv", skip.n, skip.reason, skip.kept)
+        return ProbeResult.skipped("ridge_cv", skip.reason, skip.kept)
     pred = np.empty_like(z)
     alphas = []
     for train, test in KFold(folds, shuffle=True, random_state=seed).split(X):
         pred[test], alpha = ridge_loo(X[train], z[train], X[test])
         alphas.append(alpha)
     note = _join(note, _strongest_penalty_note(alphas, RIDGE_ALPHAS[-1], "ridge alpha"))
-    return ProbeResult("ridge_cv", len(z), _regression_scores(z, pred, n_boot, seed), note, kept)
+    return ProbeResult("ridge_cv", _regression_scores(z, pred, n_boot, seed), note, kept)
 
 
 def ridge_loo(X: np.ndarray, y: np.ndarray, X_new: np.ndarray, alphas: np.ndarray = RIDGE_ALPHAS
@@ -559,6 +561,12 @@ def _choose_C(X, y, folds: int, seed: int) -> float:
     return float(LOGISTIC_CS[np.argmin(loss)])
 
 
+def _check_class_count(min_class_count: int, folds: int, key: str = "") -> None:
+    if min_class_count < 2 * folds:
+        raise ValueError(f"{key}min_class_count ({min_class_count}) must be at least 2 x {key}folds ({2 * folds}) "
+                         "so that every inner and outer training fold holds both classes")
+
+
 def logistic_cv_probe(
     X, y, folds: int = 5, n_boot: int = 1000, seed: int = 0, min_class_count: int = 20
 ) -> ProbeResult:
@@ -587,13 +595,8 @@ def logistic_cv_probe(
     Raises:
         ValueError: On bad shapes, values other than 0 / 1, or ``min_class_count < 2 * folds``.
     """
-    if min_class_count < 2 * folds:
-        raise ValueError(
-            f"min_class_count ({min_class_count}) must be at least 2 x folds ({2 * folds}) "
-            "so that every inner and outer training fold holds both classes"
-        )
-    n_total = len(np.asarray(y).reshape(-1))
-    X, y = _finite_rows(X, y)
+    _check_class_count(min_class_count, folds)
+    X, y, n_total = _finite_rows(X, y)
     kept = Kept(len(y), n_total, n_total - len(y))
     bad = np.setdiff1d(np.unique(y), [0.0, 1.0])
     if len(bad):
@@ -603,7 +606,7 @@ def logistic_cv_probe(
     if counts.min() < min_class_count:
         cls = int(np.argmin(counts))
         return ProbeResult.skipped(
-            "logistic_cv", len(y), f"class {cls} has {counts[cls]} galaxies (< min_class_count {min_class_count})",
+            "logistic_cv", f"class {cls} has {counts[cls]} galaxies (< min_class_count {min_class_count})",
             kept,
         )
     prob = np.empty(len(y))
@@ -630,7 +633,7 @@ def logistic_cv_probe(
         "accuracy": weighted_accuracy(y, (prob >= 0.5).astype(np.int64)),
         "roc_auc": weighted_roc_auc(y, prob),
     }
-    return ProbeResult("logistic_cv", len(y), bootstrap(metrics, len(y), n_boot, seed), note, kept)
+    return ProbeResult("logistic_cv", bootstrap(metrics, len(y), n_boot, seed), note, kept)
 
 
 # ---------------------------------------------------------------------------------------
@@ -666,10 +669,8 @@ def numeric_properties(
     names = []
     for name in metadata.columns:
         col = metadata[name]
-        if name in exclude or not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
-            continue
-        if pd.api.types.is_complex_dtype(col):
-            continue
+        if name in exclude or not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_complex_dtype(col):
+            continue  # (booleans are numeric)
         values = col.to_numpy(dtype=np.float64, na_value=np.nan)
         values = values[np.isfinite(values)]
         if len(values) and values.min() < values.max():
@@ -702,11 +703,7 @@ def _probe_targets(ids, X, metadata, properties, flags, folds: int, min_class_co
         raise ValueError(
             f"ids (shape {ids.shape}) must list one id per row of X (shape {X.shape})"
         )
-    if min_class_count < 2 * folds:
-        raise ValueError(
-            f"probe.min_class_count ({min_class_count}) must be at least 2 x probe.folds "
-            f"({2 * folds}) so that every inner and outer training fold holds both classes"
-        )
+    _check_class_count(min_class_count, folds, "probe.")
     table = _metadata_by_id(metadata)
     missing_mask = ~pd.Index(ids).isin(table.index)
     if missing_mask.any():
@@ -901,26 +898,23 @@ def aggregate_runs(
     rng = np.random.default_rng(seed)
     rows = []
     for i, base in first.iterrows():
-        v = values[i]
-        ok = np.isfinite(v)
-        stacked = _run_draws(draws, names, base, keys)
-        D = stacked[ok] if ok.any() else np.empty((0, 0))
-        mean = float(v[ok].mean()) if ok.any() else float("nan")
-        sd = float(v[ok].std(ddof=1)) if ok.sum() > 1 else float("nan")
-        ci, nu = None, float("nan")
-        if ok.any() and D.size and np.isfinite(D).any():
-            rep = resample_runs(D, n_boot, rng)
+        ok = np.isfinite(values[i])
+        v, k, nan = values[i][ok], int(ok.sum()), float("nan")
+        D = _run_draws(draws, names, base, keys)[ok]
+        mean, lo, hi = (float(v.mean()), float(v.min()), float(v.max())) if k else (nan, nan, nan)
+        sd = float(v.std(ddof=1)) if k > 1 else nan
+        ci, nu = None, nan
+        if D.size and np.isfinite(D).any():
             gal = float(np.nanvar(np.nanmean(D, axis=0)))
-            nu = satterthwaite([(gal, math.inf), (sd * sd / ok.sum() if ok.sum() > 1 else 0.0, ok.sum() - 1)])
-            ci, _ = calibrated_interval(mean, rep, ci_level, calibration_factor(nu, ci_level))
+            nu = satterthwaite([(gal, math.inf), (sd * sd / k, k - 1)])  # one run: sd NaN, ignored
+            ci, _ = calibrated_interval(mean, resample_runs(D, n_boot, rng), ci_level, calibration_factor(nu, ci_level))
+        ci = ci or [nan, nan]
         reasons = list(dict.fromkeys(r for r in (tables[n]["reason"].iloc[i] for n in names)
                                      if isinstance(r, str) and r))
         rows.append({
-            **{k: base[k] for k in keys}, "value": mean,
-            "ci_low": ci[0] if ci else float("nan"), "ci_high": ci[1] if ci else float("nan"),
-            "run_sd": sd, "run_min": float(v[ok].min()) if ok.any() else float("nan"),
-            "run_max": float(v[ok].max()) if ok.any() else float("nan"), "n_runs": int(ok.sum()),
-            "ci_dof": nu, **{k: base[k] for k in ("n", "n_total", "n_missing", "n_clipped")},
+            **{k_: base[k_] for k_ in keys}, "value": mean, "ci_low": ci[0], "ci_high": ci[1],
+            "run_sd": sd, "run_min": lo, "run_max": hi, "n_runs": k,
+            "ci_dof": nu, **{c: base[c] for c in ("n", "n_total", "n_missing", "n_clipped")},
             "reason": " | ".join(reasons),
         })
     return pd.DataFrame.from_records(rows, columns=AGGREGATE_COLUMNS)

@@ -172,6 +172,32 @@ def calibrated_interval(
     return [float(max(lo, bounds[0])), float(min(hi, bounds[1]))], [bool(lower_open), bool(upper_open)]
 
 
+def t_factor(replicates, means, var, counts, ci_level: float, noise_runs: float | None = None) -> tuple[float, float]:
+    """The t-calibration factor of a statistic's bootstrap replicates and its Satterthwaite df: each
+    group's share of the variance from :func:`group_shares`, df over the groups' ``m - 1``.
+    ``noise_runs``: the statistic also holds the mean of this many new runs' noise (pooled
+    within-group variance)."""
+    if len(replicates) != len(means):
+        raise ValueError(f"t_factor needs one replicate per resample ({len(means)}, NaN where a refit failed), "
+                         f"got {len(replicates)}")
+    shares = group_shares(replicates, means)
+    with np.errstate(invalid="ignore"):
+        v = shares**2 * var / counts
+        if noise_runs:
+            v = v + (counts - 1) / max(float(np.sum(counts - 1)), 1.0) / noise_runs * var
+    nu = satterthwaite([(vi, ni - 1) for vi, ni in zip(v, counts) if ni > 1])
+    return calibration_factor(nu, ci_level), nu
+
+
+def pooled_noise(y: np.ndarray, codes: np.ndarray, m: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` means of ``m`` draws from the pooled within-group deviations of ``y`` (each
+    group's inflated by ``sqrt(k / (k - 1))``, as the runs are)."""
+    dev = [(v - v.mean()) * math.sqrt(len(v) / (len(v) - 1))
+           for v in (y[codes == g] for g in np.unique(codes)) if len(v) > 1]
+    pool = np.concatenate(dev) if dev else np.zeros(1)
+    return pool[rng.integers(0, len(pool), size=(n, m))].mean(axis=1)
+
+
 def resample_runs(
     draws: np.ndarray, n_boot: int, rng: np.random.Generator, inflate: bool = True
 ) -> np.ndarray:

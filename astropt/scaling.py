@@ -91,7 +91,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from astropt.chinchilla import grid_study
+from astropt.chinchilla import HUBER_DELTA, grid_study, interval_verdict  # HUBER_DELTA: Besiroglu et al.'s
 from astropt.compute import compute_table
 from astropt.config import CI_LEVEL, N_BOOT
 from astropt.io import atomic_write, to_jsonable
@@ -117,23 +117,14 @@ def model_string(variable: str = "N", law: Law = "saturating") -> str:
     return f"L = L_inf + {reducible}" if law == "saturating" else f"L = {reducible}"
 
 
-#: Formulas of the laws against parameters (kept for older readers of fit.json).
-MODEL = model_string("N", "saturating")
-POWER_LAW_MODEL = model_string("N", "power_law")
-
-
 def _as_float(value: Any) -> float:
     """A fit value that may be None (from JSON) as a float, None -> NaN."""
     return float("nan") if value is None else float(value)
 
 
-def _check_variable(variable: str) -> None:
+def _check_inputs(X: Sequence[float], L: Sequence[float], variable: str = "N") -> tuple[np.ndarray, np.ndarray]:
     if variable not in VARIABLES:
         raise ValueError(f"variable must be one of {sorted(VARIABLES)} ({VARIABLES}), got {variable!r}")
-
-
-def _check_inputs(X: Sequence[float], L: Sequence[float], variable: str = "N") -> tuple[np.ndarray, np.ndarray]:
-    _check_variable(variable)
     X = np.asarray(X, dtype=np.float64).ravel()
     L = np.asarray(L, dtype=np.float64).ravel()
     what = f"{variable} ({VARIABLES[variable]})"
@@ -632,6 +623,13 @@ def _covariance_errors(prob: _Saturating, p: np.ndarray, rss: float, dof: int) -
     return np.sqrt(np.diag(cov))
 
 
+def _bound_reasons(L_inf: float, alpha: float, L_min: float) -> list[str]:
+    """Why a saturating fit sits on a bound of its search (degenerate), if it does."""
+    return [why for hit, why in ((L_inf <= 1e-6 * L_min, "L_inf is at its lower bound 0 (no saturation detected)"),
+                                 (alpha >= ALPHA_MAX * (1 - 1e-6), f"alpha is at its upper bound {ALPHA_MAX}"),
+                                 (alpha <= 1e-5, "alpha is at its lower bound 0")) if hit]
+
+
 def _fit_saturating(X: np.ndarray, L: np.ndarray, variable: str, ci_level: float) -> dict:
     v = variable
     n = len(L)
@@ -671,13 +669,7 @@ def _fit_saturating(X: np.ndarray, L: np.ndarray, variable: str, ci_level: float
         reasons.append(f"{n} points for 3 parameters: no degrees of freedom left for errors")
     elif not np.all(np.isfinite(errs)):
         reasons.append("covariance is infinite (parameters not constrained by the data)")
-    L_min = float(L.min())
-    if L_inf <= 1e-6 * L_min:
-        reasons.append("L_inf is at its lower bound 0 (no saturation detected)")
-    if alpha >= ALPHA_MAX * (1 - 1e-6):
-        reasons.append(f"alpha is at its upper bound {ALPHA_MAX}")
-    if alpha <= 1e-5:
-        reasons.append("alpha is at its lower bound 0")
+    reasons += _bound_reasons(L_inf, alpha, float(L.min()))
 
     X_c = 10.0**log10_c if abs(log10_c) < 300 else nan
     out.update({
@@ -807,8 +799,6 @@ def predict(
 
 #: Point estimators of the laws: least squares in log L (as above) or Besiroglu et al.'s Huber.
 ESTIMATORS = ("least_squares", "huber")
-#: Huber's delta on log-loss residuals (Besiroglu et al. 2024, arXiv 2404.10102).
-HUBER_DELTA = 1e-3
 #: Starting exponents of the Huber fits: Besiroglu et al.'s grid, 0 to 2 in steps of 0.5.
 HUBER_ALPHA_STARTS = (0.0, 0.5, 1.0, 1.5, 2.0)
 #: Starting floors, ln E = ln(min L) + these (their grid spans 2 in ln E around the losses).
@@ -838,11 +828,11 @@ class _HuberFit:
     least-squares search) runs from every start of a grid and the best minimum is kept.
     """
 
-    def __init__(self, X: np.ndarray, L: np.ndarray, law: Law, delta: float = HUBER_DELTA):
+    def __init__(self, X: np.ndarray, L: np.ndarray, law: Law):
         self.u_mean = float(np.mean(np.log(X)))
         self.u = np.log(X) - self.u_mean
         self.y = np.log(L)
-        self.law, self.delta = law, delta
+        self.law = law
         self.L_min = float(np.min(L))
         lo_e = math.log(1e-8 * self.L_min)
         self.bounds = ([(0.0, ALPHA_MAX), (None, None), (lo_e, math.log(float(np.max(L))))]
@@ -858,18 +848,18 @@ class _HuberFit:
     def objective(self, p: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         if self.law == "power_law":
             pred = p[1] - p[0] * self.u
-            value, d = _huber(pred - y, self.delta)
+            value, d = _huber(pred - y, HUBER_DELTA)
             return float(value.sum()), np.array([-(d * self.u).sum(), d.sum()])
         a = p[1] - p[0] * self.u
         pred = np.logaddexp(a, p[2])
         s = np.exp(a - pred)  # share of the reducible term
-        value, d = _huber(pred - y, self.delta)
+        value, d = _huber(pred - y, HUBER_DELTA)
         return float(value.sum()), np.array([-(d * s * self.u).sum(), (d * s).sum(), (d * (1 - s)).sum()])
 
     def fit(self, y: np.ndarray | None = None, starts: Sequence[np.ndarray] | None = None
-            ) -> tuple[np.ndarray | None, list[tuple[float, np.ndarray]]]:
+            ) -> tuple[np.ndarray | None, float]:
         """Best parameters from ``starts`` (default the grid) on log losses ``y`` (default the
-        data), and every start's result ``(loss, start)``, best first."""
+        data) and their loss (None, NaN when every start failed)."""
         from scipy.optimize import minimize
 
         y = self.y if y is None else y
@@ -878,11 +868,11 @@ class _HuberFit:
             res = minimize(self.objective, p0, args=(y,), jac=True, method="L-BFGS-B", bounds=self.bounds,
                            options={"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-10})
             if np.isfinite(res.fun):
-                results.append((float(res.fun), np.asarray(res.x), np.asarray(p0)))
+                results.append((float(res.fun), np.asarray(res.x)))
         if not results:
-            return None, []
-        results.sort(key=lambda r: r[0])
-        return results[0][1], [(r[0], r[2]) for r in results]
+            return None, float("nan")
+        loss, p = min(results, key=lambda r: r[0])
+        return p, loss
 
     def params(self, p: np.ndarray | None) -> np.ndarray:
         """(alpha, log10 X_c, L_inf) of parameters ``p`` (NaN if None)."""
@@ -901,19 +891,14 @@ def _huber_entry(X: np.ndarray, L: np.ndarray, variable: str, law: Law, ci_level
     warm start converges in about 10 L-BFGS steps instead of about 300, which keeps 1,000
     refits to seconds.)"""
     h = _HuberFit(X, L, law)
-    p, ranked = h.fit()
+    p, loss = h.fit()
     alpha, log10_c, L_inf = h.params(p)
     v, nan = variable, float("nan")
     reasons = []
     if p is None:
         reasons.append("the Huber fit failed from every start")
     elif law == "saturating":
-        if L_inf <= 1e-6 * h.L_min:
-            reasons.append("L_inf is at its lower bound 0 (no saturation detected)")
-        if alpha >= ALPHA_MAX * (1 - 1e-6):
-            reasons.append(f"alpha is at its upper bound {ALPHA_MAX}")
-        if alpha <= 1e-5:
-            reasons.append("alpha is at its lower bound 0")
+        reasons += _bound_reasons(L_inf, alpha, h.L_min)
     entry = {
         "model": model_string(v, law), "variable": v,
         "alpha": alpha, "alpha_err": nan, "alpha_ci": None,
@@ -922,7 +907,7 @@ def _huber_entry(X: np.ndarray, L: np.ndarray, variable: str, law: Law, ci_level
         "ci_level": ci_level, "ci_method": "bootstrap only (Huber estimator: no analytic errors)",
         "ci_open": None, "dof": len(L) - (3 if law == "saturating" else 2),
         "fit_space": "log L", "estimator": "huber", "huber_delta": HUBER_DELTA,
-        "huber_loss": ranked[0][0] * HUBER_DELTA if ranked else nan, "huber_starts": len(h.starts()),
+        "huber_loss": loss * HUBER_DELTA, "huber_starts": len(h.starts()),
         "degenerate": bool(reasons), "reason": "; ".join(reasons),
     }
     if law == "saturating":
@@ -990,40 +975,20 @@ class _Bootstrap:
         self.logL = np.log(L)
         self.Y, self.means = resample_within_groups(self.logL, codes, n_boot, self.rng)
         self.var, self.counts = group_variances(self.logL, codes)
-        self.df_pe = float(np.sum(self.counts - 1))
         self.P = {law: _refit(X, L, self.Y, law, estimator, starts.get(law, [])) for law in laws}
 
     def factor(self, replicates: np.ndarray, ci_level: float, noise_runs: float | None = None) -> tuple[float, float]:
-        """The t-calibration factor of a statistic's replicates and its Satterthwaite df.
+        """The t-calibration factor of a statistic's replicates and its Satterthwaite df
+        (:func:`astropt.resample.t_factor`)."""
+        from astropt.resample import t_factor
 
-        ``noise_runs``: the statistic also holds the mean of this many new runs' noise (a
-        prediction), drawn from the pooled within-size deviations.
-        """
-        from astropt.resample import calibration_factor, group_shares, satterthwaite
-
-        if len(replicates) != len(self.means):
-            raise ValueError(
-                f"factor needs one replicate per resample ({len(self.means)}, NaN where a refit "
-                f"failed), got {len(replicates)}"
-            )
-        shares = group_shares(replicates, self.means)
-        with np.errstate(invalid="ignore"):
-            v = shares**2 * self.var / self.counts
-            if noise_runs:
-                v = v + (self.counts - 1) / max(self.df_pe, 1.0) / noise_runs * self.var
-        nu = satterthwaite([(vi, ni - 1) for vi, ni in zip(v, self.counts) if ni > 1])
-        return calibration_factor(nu, ci_level), nu
+        return t_factor(replicates, self.means, self.var, self.counts, ci_level, noise_runs)
 
     def noise(self, m: int) -> np.ndarray:
-        """Per resample, the mean of ``m`` draws from the pooled within-size deviations of
-        log L (inflated as the runs are)."""
-        dev = []
-        for g in range(len(self.counts)):
-            y = self.logL[self.codes == g]
-            if len(y) > 1:
-                dev.append((y - y.mean()) * math.sqrt(len(y) / (len(y) - 1)))
-        pool = np.concatenate(dev) if dev else np.zeros(1)
-        return pool[self.rng.integers(0, len(pool), size=(len(self.Y), m))].mean(axis=1)
+        """Per resample, the mean of ``m`` draws from the pooled within-size deviations of log L."""
+        from astropt.resample import pooled_noise
+
+        return pooled_noise(self.logL, self.codes, m, len(self.Y), self.rng)
 
 
 def _boot_intervals(boot: _Bootstrap, entry: dict, variable: str, law: Law, ci_level: float) -> dict:
@@ -1112,7 +1077,6 @@ def fit_runs(
     n_boot: int = N_BOOT,
     ci_level: float = CI_LEVEL,
     seed: int = 0,
-    band: Sequence[float] | None = None,
     boot_laws: Sequence[str] | str = ("power_law", "saturating"),
 ) -> dict:
     """Fit both laws to every run's loss, with analytic and bootstrap intervals.
@@ -1128,8 +1092,6 @@ def fit_runs(
         n_boot: Bootstrap resamples (0: none).
         ci_level: Level of every interval.
         seed: Seed of the resamples.
-        band: Values of X at which to give each law's bootstrap band (pointwise interval of
-            the fitted loss); default :data:`BAND_POINTS` across the data.
         boot_laws: The laws the bootstrap refits (each refit of the saturating law is a
             global fit: about 3 ms by least squares, 5 ms by Huber), or ``"preferred"``.
 
@@ -1144,7 +1106,7 @@ def fit_runs(
     Raises:
         ValueError: As :func:`fit_scaling_laws`, or for an unknown estimator or mismatched groups.
     """
-    return _fit_runs(X, L, groups, variable, estimator, n_boot, ci_level, seed, band, boot_laws)[0]
+    return _fit_runs(X, L, groups, variable, estimator, n_boot, ci_level, seed, None, boot_laws)[0]
 
 
 def _fit_runs(X, L, groups, variable, estimator, n_boot, ci_level, seed, band, boot_laws
@@ -1285,9 +1247,8 @@ def holdout_test(
         base = np.log(_law_values(P, np.array([Xh]), law)[:, 0])
         for key, runs in (("pi_run", 1), ("pi_mean", m)):
             rep = base + boot.noise(runs)
-            ok = np.isfinite(rep)
-            f, nu = boot.factor(np.where(ok, rep, np.nan), ci_level, noise_runs=runs)
-            ci, _ = calibrated_interval(math.log(predicted), rep[ok], ci_level, f)
+            f, nu = boot.factor(rep, ci_level, noise_runs=runs)
+            ci, _ = calibrated_interval(math.log(predicted), rep, ci_level, f)
             out[key] = [math.exp(v) for v in ci] if ci else None
             out[f"{key}_dof"] = nu
         out["method"] = (f"bootstrap over the other sizes' runs ({n_boot} resamples), refit plus run-to-run noise; "
@@ -1325,26 +1286,15 @@ def _t_prediction(X: np.ndarray, L: np.ndarray, Xh: float, m: int, ci_level: flo
 
 def _holdout_verdict(h: Mapping, fit: Mapping) -> str:
     """The held-out comparison in one sentence, a miss stated plainly."""
-    pct = f"{100 * h['ci_level']:g} %"
     sizes = ", ".join(dict.fromkeys(fit["data"]["group"]))
-    law = "power law" if h["law"] == "power_law" else "saturating law"
-    runs = f"{h['n_runs']} run{'s' if h['n_runs'] != 1 else ''}"
-    pi = h.get("pi_mean")
-    if not pi:
+    if not h.get("pi_mean"):
         return f"no prediction interval for {h['size']} (the fit on {sizes} has no uncertainty estimate)"
-    where = f"the {pct} prediction interval [{pi[0]:.4g}, {pi[1]:.4g}] for the mean of {runs}"
-    obs = h["observed_mean"]
+    law = "power law" if h["law"] == "power_law" else "saturating law"
     head = (f"the {law} fitted on {sizes} predicts {h['predicted']:.4g} for {h['size']}; "
-            f"its {runs} averaged {obs:.4g}")
-    half = 100 * (pi[1] - pi[0]) / 2 / h["predicted"]
-    if h["inside_mean"]:
-        weak = f" (a weak test: the interval spans ±{half:.0f} % of the prediction)" if half > 10 else ""
-        return f"{head}, inside {where}: the law passes this test{weak}"
-    side = "above" if obs > pi[1] else "below"
-    gap = (obs / pi[1] - 1) if side == "above" else (1 - obs / pi[0])
-    missed = ("a higher loss than the law predicts: the gain from size falls off" if side == "above"
-              else "a lower loss than the law predicts: the gain from size is larger than extrapolated")
-    return f"{head}, {side} {where} by {100 * gap:.1f} %: MISSED, {missed}"
+            f"its {h['n_runs']} run{'s' if h['n_runs'] != 1 else ''} averaged {h['observed_mean']:.4g}")
+    return interval_verdict(head, h["observed_mean"], h["pi_mean"], h["predicted"], h["ci_level"], h["n_runs"],
+                            "a higher loss than the law predicts: the gain from size falls off",
+                            "a lower loss than the law predicts: the gain from size is larger than extrapolated")
 
 
 def headline(entry: Mapping) -> dict:
@@ -1361,7 +1311,8 @@ def headline(entry: Mapping) -> dict:
     law = entry.get("preferred", "power_law")
     p = entry.get(law) or {}
     notes = [entry.get("preferred_why", "")] if entry.get("preferred_why") else []
-    boot = (entry.get("bootstrap") or {}).get("available", False)
+    bs = entry.get("bootstrap") or {}
+    boot = bs.get("available", False)
     key = "_boot_ci" if boot else "_ci"
     alpha_ci = p.get(f"alpha{key}")
     opened = (p.get("boot_open") if boot else p.get("ci_open")) or {}
@@ -1377,10 +1328,8 @@ def headline(entry: Mapping) -> dict:
     if not bounded:
         notes.append("its interval of alpha" + (" or L_inf" if law == "saturating" else "")
                      + " is not bounded by the data")
-    if not boot:
-        notes.append((entry.get("bootstrap") or {}).get("reason") or "no bootstrap over runs")
-    elif (entry.get("bootstrap") or {}).get("reason"):
-        notes.append(entry["bootstrap"]["reason"])
+    if not boot or bs.get("reason"):
+        notes.append(bs.get("reason") or "no bootstrap over runs")
     return {
         "law": law, "quote": bool(bounded and not rejected), "interval": ("bootstrap" if boot else "analytic") if alpha_ci else None,
         "alpha": p.get("alpha"), "alpha_ci": alpha_ci, "L_inf": p.get("L_inf"),
