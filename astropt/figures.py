@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
@@ -42,10 +43,7 @@ DPI = 150
 
 
 def _save(fig: Figure, out: str | os.PathLike) -> None:
-    out = os.fspath(out)
-    parent = os.path.dirname(out)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=DPI, bbox_inches="tight")
     fig.clear()
 
@@ -85,12 +83,7 @@ def _plain_log_axis(axis) -> None:
     if hi / lo < 3:  # well under a decade: every minor tick gets a label
         axis.set_minor_formatter(plain)
     elif hi / lo < 30:  # about a decade: label 2x, 3x and 5x only
-
-        def sparse(v: float, _: int) -> str:
-            mantissa = v / 10 ** math.floor(math.log10(v) + 1e-9)
-            return f"{v:.3g}" if round(mantissa) in (2, 3, 5) else ""
-
-        axis.set_minor_formatter(FuncFormatter(sparse))
+        axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.3g}" if _mantissa(v) in (2, 3, 5) else ""))
     else:
         axis.set_minor_formatter(NullFormatter())
 
@@ -156,11 +149,6 @@ def _law_label(fit: Mapping, law: str, variable: str) -> str | None:
     return label
 
 
-def _fit_labels(fit: Mapping, variable: str) -> tuple[str | None, str | None]:
-    """Legend labels of the saturating and the power-law line (None: nothing to draw)."""
-    return _law_label(fit, "saturating", variable), _law_label(fit, "power_law", variable)
-
-
 def _size_means(table: pd.DataFrame, column: str) -> pd.DataFrame:
     """Per size: X, the geometric mean loss of its runs and their spread (sd of log L)."""
     logs = table.assign(logL=np.log(table["val_loss"].astype(float)))
@@ -171,7 +159,7 @@ def _size_means(table: pd.DataFrame, column: str) -> pd.DataFrame:
     return agg.reset_index()
 
 
-def _draw_runs(ax, table: pd.DataFrame, column: str, colours: dict, label_means: bool = True) -> pd.DataFrame:
+def _draw_runs(ax, table: pd.DataFrame, column: str, colours: dict) -> pd.DataFrame:
     """Every run as a small point and each size's mean with its between-run spread."""
     X = table[column].to_numpy(dtype=float)
     L = table["val_loss"].to_numpy(dtype=float)
@@ -185,10 +173,9 @@ def _draw_runs(ax, table: pd.DataFrame, column: str, colours: dict, label_means:
             ax.errorbar(r.X, r.L, yerr=[[r.L - r.lo], [r.hi - r.L]], fmt="o", ms=7, mfc=colours[r.size],
                         mec="black", ecolor="black", elinewidth=1.2, capsize=4, zorder=5)
         ax.plot([], [], ls="", marker=".", ms=6, color="0.4", label="final validation loss of one run")
-        if label_means:
-            ax.errorbar([], [], yerr=[], fmt="o", ms=6, mfc="white", mec="black", ecolor="black", capsize=3,
-                        label="size mean (geometric) ± between-run sd")
-    elif label_means:
+        ax.errorbar([], [], yerr=[], fmt="o", ms=6, mfc="white", mec="black", ecolor="black", capsize=3,
+                    label="size mean (geometric) ± between-run sd")
+    else:
         ax.plot([], [], ls="", marker="o", ms=6, mfc="white", mec="black", label="final validation loss of a size")
     return means
 
@@ -225,7 +212,7 @@ def _scaling_panel(
         ax.annotate(str(r.size), (r.X, r.L), xytext=offset, ha=ha, textcoords="offset points", fontsize=8, zorder=6)
     grid = np.logspace(np.log10(X.min()) - 0.3, np.log10(X.max()) + 0.3, 200)
     if fit is not None and "error" not in fit:
-        sat_label, pl_label = _fit_labels(fit, variable)
+        sat_label, pl_label = (_law_label(fit, law, variable) for law in ("saturating", "power_law"))
         sat = fit["saturating"]
         preferred = fit.get("preferred")
         band = fit.get("band") or {}
@@ -252,8 +239,7 @@ def _scaling_panel(
     elif fit is not None:
         ax.plot([], [], " ", label=textwrap.fill(f"no fit: {fit['error']}", 58))
     _loss_limits(ax, L, fit, curves)
-    ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(0.0, -0.13), ncols=1, frameon=False,
-              borderaxespad=0)
+    _below_legend(ax, -0.13)
 
 
 def _loss_limits(ax, L: np.ndarray, fit: Mapping | None, curves=None) -> None:
@@ -316,8 +302,7 @@ def _holdout_panel(ax, table: pd.DataFrame, holdout: Mapping, colours: dict) -> 
     ax.set_xlabel("parameters N (excluding position embedding)")
     ax.set_ylabel("validation loss")
     _size_axis(ax)
-    ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(0.0, -0.13), ncols=1, frameon=False,
-              borderaxespad=0)
+    _below_legend(ax, -0.13)
 
 
 def _size_axis(ax) -> None:
@@ -333,14 +318,7 @@ def _compute_panel(ax, table: pd.DataFrame, fit: Mapping | None, colours: dict, 
 
     _scaling_panel(ax, table, "flops", "C", fit, colours, curves=metrics)
     ax.set_xlabel("training compute C (FLOPs)")
-    c_lo, c_hi = ax.get_xlim()
-
-    def flops(v: float, _: int) -> str:  # 2x and 5x labelled too when under 2 decades
-        m, e = _mantissa(v), math.floor(math.log10(v) + 1e-9)
-        return f"${m}{{\\times}}10^{{{e}}}$" if c_hi / c_lo < 100 and m in (2, 5) else ""
-
-    ax.xaxis.set_minor_formatter(FuncFormatter(flops))
-    ax.tick_params(axis="x", which="minor", labelsize=8)
+    _flops_axis(ax)
     ax.set_title("Final validation loss vs training compute", fontsize=11)
     ax.set_ylabel("validation loss")
     names = [s for s in sizes if any(str(k).split("/")[0] == s for k in (metrics or {}))]
@@ -386,15 +364,12 @@ def plot_scaling(
     Raises:
         ValueError: If a column is missing from ``table`` or a metrics table.
     """
-    from matplotlib import colormaps
-
     _require(table, ["size", "params", "val_loss"], "scaling table")
     fits = _scaling_fits(table, fit)
     holdout = (fit or {}).get("holdout") if isinstance(fit, Mapping) else None
     show_holdout = bool(holdout and holdout.get("predicted") is not None and holdout.get("fit"))
     sizes = list(dict.fromkeys(table.sort_values("params", kind="stable")["size"]))
-    cmap = colormaps["viridis"]
-    colours = {s: cmap(i / max(len(sizes) - 1, 1) * 0.9) for i, s in enumerate(sizes)}
+    colours = _size_colours(sizes)
     compute = "flops" in table.columns
     n_panels = 1 + show_holdout + compute
     fig = Figure(figsize=(6.3 * n_panels, 6.6), layout="constrained")
@@ -527,8 +502,6 @@ def plot_downstream(
     if not drawn:
         have = sorted(set(zip(summary["protocol"], summary["metric"])))
         raise ValueError(f"the downstream summary has none of the panels {list(panels)}; it has {have}")
-    from matplotlib import colormaps
-
     props = list(dict.fromkeys(summary["property"]))
     cmap = colormaps["tab10" if len(props) <= 10 else "tab20"]
     colours = {prop: cmap(i % cmap.N) for i, prop in enumerate(props)}
@@ -627,21 +600,14 @@ def plot_umap(
     nrows = math.ceil(len(names) / ncols)
     fig = Figure(figsize=(3.6 * ncols, 3.2 * nrows + (0.4 if title else 0)), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    pad = 0.03 * (coords.max(axis=0) - coords.min(axis=0))
-    extent = (
-        coords[:, 0].min() - pad[0],
-        coords[:, 0].max() + pad[0],
-        coords[:, 1].min() - pad[1],
-        coords[:, 1].max() + pad[1],
-    )
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    pad = 0.03 * (hi - lo)
+    extent = (lo[0] - pad[0], hi[0] + pad[0], lo[1] - pad[1], hi[1] + pad[1])
     for ax, name in zip(axes, names):
         c = pd.to_numeric(values[name], errors="coerce").to_numpy(dtype=float)
         ok = np.isfinite(c)
         ax.set_title(name, fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_xlim(extent[0], extent[1])
-        ax.set_ylim(extent[2], extent[3])
+        ax.set(xticks=[], yticks=[], xlim=extent[:2], ylim=extent[2:])
         if not ok.any():
             ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)
             continue
@@ -681,18 +647,14 @@ def plot_loss_curves(metrics: Mapping[str, pd.DataFrame], out: str | os.PathLike
             one size share its colour, one line each.
         out: PNG path.
     """
-    from matplotlib import colormaps
-
-    cmap = colormaps["viridis"]
-    sizes = list(dict.fromkeys(str(name).split("/")[0] for name in metrics))
-    n = max(len(sizes), 1)
+    colours = _size_colours(list(dict.fromkeys(str(name).split("/")[0] for name in metrics)))
     fig = Figure(figsize=(11, 4.3), layout="constrained")
     ax_tr, ax_va = fig.subplots(1, 2, sharex=True, sharey=True)
     labelled = set()
     for name, df in metrics.items():
         _require(df, ["tokens_seen", "train_loss", "val_loss"], f"metrics of size {name!r}")
         size = str(name).split("/")[0]
-        color = cmap(sizes.index(size) / max(n - 1, 1) * 0.9)
+        color = colours[size]
         runs = sum(str(k).split("/")[0] == size for k in metrics)
         label = None if size in labelled else (size if runs == 1 else f"{size} ({runs} runs)")
         labelled.add(size)
@@ -814,20 +776,9 @@ def _flops_text(C: float) -> str:
     return f"${m}{{\\times}}10^{{{e}}}$"
 
 
-def _size_colours(table: pd.DataFrame) -> dict:
-    """Each size's colour (viridis, smallest first), as in :func:`plot_scaling`."""
-    from matplotlib import colormaps
-
-    sizes = list(dict.fromkeys(table.sort_values("params", kind="stable")["size"]))
-    cmap = colormaps["viridis"]
-    return {s: cmap(i / max(len(sizes) - 1, 1) * 0.9) for i, s in enumerate(sizes)}
-
-
-def _compute_cmap():
-    """Colours of compute levels: plasma without its pale yellow end."""
-    from matplotlib import colormaps
-
-    return ListedColormap(colormaps["plasma"](np.linspace(0.0, 0.85, 256)))
+def _size_colours(sizes: Sequence[str]) -> dict:
+    """Each size's colour: viridis over ``sizes`` in order (smallest first)."""
+    return {s: colormaps["viridis"](i / max(len(sizes) - 1, 1) * 0.9) for i, s in enumerate(sizes)}
 
 
 def _notes(ax, notes: Sequence[str], centre: bool = False) -> None:
@@ -858,9 +809,9 @@ def _grid_part(grid: Mapping, key: str) -> Mapping:
     return {"reason": grid["reason"]} if grid.get("reason") else {}
 
 
-def _below_legend(ax) -> None:
+def _below_legend(ax, y: float = -0.11) -> None:
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(0.0, -0.11), ncols=1, frameon=False,
+        ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(0.0, y), ncols=1, frameon=False,
                   borderaxespad=0)
 
 
@@ -973,7 +924,7 @@ def _draw_isoflop(fig: Figure | None, table: pd.DataFrame, grid: Mapping) -> Fig
     ax.set_yscale("log")
     Cs = [float(lv["C"]) for lv in levels]
     norm = LogNorm(min(Cs) / (1.5 if len(Cs) == 1 else 1), max(Cs) * (1.5 if len(Cs) == 1 else 1))
-    cmap = _compute_cmap()
+    cmap = ListedColormap(colormaps["plasma"](np.linspace(0.0, 0.85, 256)))  # without its pale yellow end
     pct = f"{100 * (iso.get('ci_level') or a3.get('ci_level') or 0.95):g} %"
     losses, dashed, marked = [], False, False
     for i, lv in enumerate(levels):
@@ -1093,30 +1044,6 @@ def _frontier_approach2(ax, key: str, exp_name: str, opt: str, iso: Mapping, lev
             + (f": {iso['reason']}" if iso.get("reason") else "")]
 
 
-def _frontier_panel(ax, key: str, exp_name: str, what: str, values: np.ndarray, *, C_runs: np.ndarray,
-                    n_cells: int, C_all: np.ndarray, a3: Mapping, iso: Mapping, levels: list, pct: str,
-                    pct2: str) -> None:
-    """One panel of :func:`_draw_frontier`: ``key``'s (N or D, the exponent ``exp_name``)
-    compute-optimal ``what`` against compute, over the grid's runs (``values``, at ``C_runs``)."""
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    if len(values):
-        ax.scatter(C_runs, values, s=14, color="0.78", edgecolors="none", zorder=1, gid=f"runs:{key}",
-                   label=f"grid runs ({len(values)} runs, {n_cells} cells): {key} against 6ND")
-    opt = f"{key}_{{opt}}"
-    notes = _frontier_approach3(ax, key, exp_name, opt, a3, C_all, pct)
-    notes += _frontier_approach2(ax, key, exp_name, opt, iso, levels, pct2)
-    ax.set_xlabel("compute C = 6ND (FLOPs)")
-    _flops_axis(ax)
-    ax.set_ylabel(f"compute-optimal {what} ${opt}$")
-    ax.set_title(f"Compute-optimal {what} vs compute", fontsize=11)
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _human(v)))
-    ax.grid(True, which="major", alpha=0.3)
-    ax.grid(True, which="minor", alpha=0.1)
-    _notes(ax, notes)
-    _below_legend(ax)
-
-
 def _draw_frontier(fig: Figure | None, table: pd.DataFrame, grid: Mapping) -> Figure:
     """:func:`plot_frontier`'s figure: axes 0 ``N_opt(C)``, axes 1 ``D_opt(C)``."""
     _require(table, ["params", "tokens_seen"], "grid table")
@@ -1134,8 +1061,23 @@ def _draw_frontier(fig: Figure | None, table: pd.DataFrame, grid: Mapping) -> Fi
     C_all = np.concatenate([C_runs, C_min]) if len(C_runs) or C_min else np.array([1.0, 10.0])
     n_cells = len(set(zip(N, D)))
     for ax, key, exp_name, what, values in ((axes[0], "N", "a", "parameters", N), (axes[1], "D", "b", "tokens", D)):
-        _frontier_panel(ax, key, exp_name, what, values, C_runs=C_runs, n_cells=n_cells, C_all=C_all, a3=a3,
-                        iso=iso, levels=levels, pct=pct, pct2=pct2)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        if len(values):
+            ax.scatter(C_runs, values, s=14, color="0.78", edgecolors="none", zorder=1, gid=f"runs:{key}",
+                       label=f"grid runs ({len(values)} runs, {n_cells} cells): {key} against 6ND")
+        opt = f"{key}_{{opt}}"
+        notes = _frontier_approach3(ax, key, exp_name, opt, a3, C_all, pct)
+        notes += _frontier_approach2(ax, key, exp_name, opt, iso, levels, pct2)
+        ax.set_xlabel("compute C = 6ND (FLOPs)")
+        _flops_axis(ax)
+        ax.set_ylabel(f"compute-optimal {what} ${opt}$")
+        ax.set_title(f"Compute-optimal {what} vs compute", fontsize=11)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _human(v)))
+        ax.grid(True, which="major", alpha=0.3)
+        ax.grid(True, which="minor", alpha=0.1)
+        _notes(ax, notes)
+        _below_legend(ax)
     return fig
 
 
@@ -1229,7 +1171,7 @@ def _draw_loss_tokens(fig: Figure | None, table: pd.DataFrame, grid: Mapping) ->
     ax.set_yscale("log")
     a3 = _grid_part(grid, "approach3")
     h = _grid_part(grid, "holdout")
-    colours = _size_colours(table)
+    colours = _size_colours(list(dict.fromkeys(table.sort_values("params", kind="stable")["size"])))
     held = _holdout_mask(table, h)
     rest = table[~held]
     notes, values = [], list(table["val_loss"].astype(float))
@@ -1275,9 +1217,7 @@ def _draw_loss_tokens(fig: Figure | None, table: pd.DataFrame, grid: Mapping) ->
         _loss_limits(ax, np.asarray(values, dtype=float), None)
     _size_axis(ax)
     _notes(ax, notes)
-    handles, labels = ax.get_legend_handles_labels()
-    ax.legend(handles, labels, fontsize=7.5, loc="upper left", bbox_to_anchor=(0.0, -0.11), ncols=1, frameon=False,
-              borderaxespad=0)
+    _below_legend(ax)
     return fig
 
 

@@ -198,21 +198,18 @@ def plot_predictions(
         lim = float(np.percentile(finite, 99.5)) if finite.size else 1.0
         lim = lim if lim > 0 else 1.0
         cmap = "gray" if show_obs.ndim == 2 else None
+        vmin, vmax = (0, 255 if eight_bit else 1) if cmap else (None, None)
         a_obs, a_pred, a_diff = axes[i]
-        a_obs.imshow(show_obs, interpolation="nearest", cmap=cmap, vmin=0 if cmap else None,
-                     vmax=(255 if eight_bit else 1) if cmap else None)
-        a_pred.imshow(show_pred, interpolation="nearest", cmap=cmap, vmin=0 if cmap else None,
-                      vmax=(255 if eight_bit else 1) if cmap else None)
+        for ax, shown in ((a_obs, show_obs), (a_pred, show_pred)):
+            ax.imshow(shown, interpolation="nearest", cmap=cmap, vmin=vmin, vmax=vmax)
         im = a_diff.imshow(np.ma.masked_invalid(diff), interpolation="nearest", cmap=DIFF_CMAP, vmin=-lim, vmax=lim)
         cbar = fig.colorbar(im, ax=a_diff, shrink=0.85, pad=0.02)
         cbar.ax.tick_params(labelsize=6)
         box = _first_patch_box(predicted[i], patch_size)
-        for ax in (a_pred, a_diff):
-            if box is not None:
-                ax.add_patch(Rectangle(box, patch_size, patch_size, fill=False, ec="gold", lw=1.0, ls="--"))
+        for ax in (a_pred, a_diff) if box is not None else ():
+            ax.add_patch(Rectangle(box, patch_size, patch_size, fill=False, ec="gold", lw=1.0, ls="--"))
         for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
         a_obs.set_title(f"{ids[i]}: observed", fontsize=7)
         loss = f" (loss {float(losses[i]):.4f})" if losses is not None else ""
         a_pred.set_title(f"predicted{loss}", fontsize=7)

@@ -97,10 +97,6 @@ def _rho(rho, p) -> str:
 # --------------------------------------------------------------------------- the document
 
 
-def _runs_word(n: int) -> str:
-    return f"{n} run{'s' if n != 1 else ''}"
-
-
 def size_table(losses: pd.DataFrame) -> pd.DataFrame:
     """One row per size from the runs' table (:func:`astropt.runs.load_sidecars`): its
     runs, their mean final loss (and best loss), between-run sd, min and max, FLOPs per run,
@@ -114,16 +110,18 @@ def size_table(losses: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index().sort_values("params", ignore_index=True)
 
 
-def _model_section(losses: pd.DataFrame) -> list[Block]:
-    sizes = size_table(losses)
-    several = sizes["runs"].max() > 1
+def _loss_text(r) -> str:
+    """A size's final loss: the mean of its runs, ± their sd when there are several."""
+    return fmt(r.val_loss, 4) + (f" ± {fmt(r.val_sd, 2)}" if r.runs > 1 else "")
+
+
+def _model_section(losses: pd.DataFrame, sizes: pd.DataFrame, several: bool) -> list[Block]:
     rows = []
     for r in sizes.itertuples():
-        loss = fmt(r.val_loss, 4) + (f" ± {fmt(r.val_sd, 2)}" if r.runs > 1 else "")
         spread = f"{fmt(r.val_min, 4)} to {fmt(r.val_max, 4)}" if r.runs > 1 else "-"
         rows.append([
             str(r.size), f"{int(r.params):,}", str(r.runs), fmt_count(r.tokens_seen), fmt_count(r.flops),
-            loss, spread, fmt(r.best_val_loss, 4),
+            _loss_text(r), spread, fmt(r.best_val_loss, 4),
             fmt(r.gpu_hours, 3) if r.gpu_hours > 0 else "-",  # NaN (not recorded) or 0 (CPU)
             fmt(r.elapsed_s / 3600, 3),
         ])
@@ -144,7 +142,7 @@ def _model_section(losses: pd.DataFrame) -> list[Block]:
 
 
 def _prov(row, key: str) -> str:
-    value = getattr(row, key, None) if hasattr(row, key) else None
+    value = getattr(row, key, None)
     return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else str(value)
 
 
@@ -395,7 +393,8 @@ def _compute_line(losses: pd.DataFrame) -> str:
         cost = f"{fmt(wall.sum() / 3600, 3)} wall-clock hours (no GPU)"
     else:
         cost = "its cost not recorded (released weights)"
-    return f"Training compute: {fmt_count(losses['flops'].sum())} FLOPs in all ({_runs_word(len(losses))}), {cost}."
+    runs = f"{len(losses)} run{'s' if len(losses) != 1 else ''}"
+    return f"Training compute: {fmt_count(losses['flops'].sum())} FLOPs in all ({runs}), {cost}."
 
 
 def build_summary(
@@ -431,20 +430,16 @@ def build_summary(
         raise ValueError(f"no probe table for the largest size {large['size']!r}; have {sorted(probes)}")
     largest = probes[str(large["size"])]
     n_sizes = len(sizes)
-
-    def loss_of(r) -> str:
-        return fmt(r.val_loss, 4) + (f" ± {fmt(r.val_sd, 2)}" if r.runs > 1 else "")
-
     head = [provenance_line(losses)]
     several = sizes["runs"].max() > 1
     if n_sizes > 1:
         head.append(
-            f"Final validation loss{' (mean ± sd of runs)' if several else ''}: {loss_of(small)} ({small['size']}) "
-            f"to {loss_of(large)} ({large['size']}) over {n_sizes} sizes, {fmt_count(small.params)} to "
+            f"Final validation loss{' (mean ± sd of runs)' if several else ''}: {_loss_text(small)} ({small['size']}) "
+            f"to {_loss_text(large)} ({large['size']}) over {n_sizes} sizes, {fmt_count(small.params)} to "
             f"{fmt_count(large.params)} parameters ({fmt(large.params / small.params, 3)}x)."
         )
     else:
-        head.append(f"Final validation loss of {large['size']}: {loss_of(large)} (one size: no scaling fit).")
+        head.append(f"Final validation loss of {large['size']}: {_loss_text(large)} (one size: no scaling fit).")
     if n_sizes > 1:
         head.append(law_line("parameters", fit.get("params") or {}, n_sizes))
         head.append(law_line("compute", fit.get("compute") or {}, n_sizes))
@@ -468,7 +463,7 @@ def build_summary(
     if context:
         blocks.append(Block("p", " ".join(context.values())))
     blocks += [Block("ul", items=head)]
-    blocks += _model_section(losses)
+    blocks += _model_section(losses, sizes, several)
     blocks += _fit_section(fit, fit_table)
     n_runs = int(sizes.loc[sizes["size"] == large["size"], "runs"].iloc[0])
     blocks += _probe_section(str(large["size"]), largest, downstream, str(small["size"]), n_runs)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from astropt.chinchilla import _BOUNDS
+from astropt.chinchilla import _CI_BOUNDS as _LIMITS  # where each interval is clipped
 from astropt.config import CI_LEVEL
 
 #: The variables a law can be fitted against: symbol -> what it is.
@@ -45,6 +45,7 @@ TABLE_COLUMNS = [
 
 _LAW_NAMES = {"saturating": "saturating", "power_law": "power law"}
 _TABLE_VARIABLES = {"N": "N (parameters)", "C": "C (training FLOPs)"}
+_SIDES = ("lower", "upper")
 
 
 def _fits_of(fits: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -104,16 +105,14 @@ def fit_table(fits: Mapping[str, Any]) -> pd.DataFrame:
                 ci = p.get(f"{key}_ci") or [None, None]
                 row.update({col: p.get(key), f"{col}_err": p.get(f"{key}_err"),
                             f"{col}_lo": ci[0], f"{col}_hi": ci[1]})
-                for end, is_open in zip(("lower", "upper"), (p.get("ci_open") or {}).get(key, [False, False])):
-                    if is_open:
-                        opened.append(f"{col} {end}")
+                opened += [f"{col} {end}" for end, o in zip(_SIDES, (p.get("ci_open") or {}).get(key, [False, False]))
+                          if o]
                 if p.get(f"{key}_ci") is None and p.get(f"{key}_err") is not None and not row["degenerate"]:
                     opened.append(f"{col} unbounded")  # e.g. Fieller's set of a flat power law
                 boot_ci = p.get(f"{key}_boot_ci") or [None, None]
                 row.update({f"{col}_boot_lo": boot_ci[0], f"{col}_boot_hi": boot_ci[1]})
-                for end, is_open in zip(("lower", "upper"), (p.get("boot_open") or {}).get(key, [False, False])):
-                    if is_open:
-                        boot_opened.append(f"{col} {end}")
+                boot_opened += [f"{col} {end}" for end, o in zip(_SIDES, (p.get("boot_open") or {}).get(key, [False, False]))
+                               if o]
             row["open_ends"] = "; ".join(opened)
             row["boot_open_ends"] = "; ".join(boot_opened)
             rows.append(row)
@@ -135,6 +134,12 @@ def _fmt_number(x: float, decimals: int) -> str:
     return f"{x:.{decimals}f}" if abs(x) < 1e6 else f"{x:.3g}"
 
 
+def _ends(lo: float, hi: float, d: int, col: str, opened: str, dagger: str) -> str:
+    """``[lo, hi]``, an end named in ``opened`` (``"alpha lower"``) marked with ``dagger``."""
+    return "[" + ", ".join(_fmt_number(e, d) + (dagger if f"{col} {side}" in opened else "")
+                           for e, side in zip((lo, hi), _SIDES)) + "]"
+
+
 def _cell(row: Mapping[str, Any], col: str, pm: str, dagger: str, dash: str, gap: str = " ") -> str:
     """``value ± err [lo, hi]`` for one parameter of a table row."""
     value = row.get(col)
@@ -148,10 +153,7 @@ def _cell(row: Mapping[str, Any], col: str, pm: str, dagger: str, dash: str, gap
         text += f" {pm} {_fmt_number(err, d)}"
     lo, hi = row.get(f"{col}_lo"), row.get(f"{col}_hi")
     if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
-        opened = row.get("open_ends", "")
-        ends = [_fmt_number(e, d) + (dagger if f"{col} {side}" in opened else "")
-                for e, side in ((lo, "lower"), (hi, "upper"))]
-        text += f"{gap}[{ends[0]}, {ends[1]}]"
+        text += gap + _ends(lo, hi, d, col, row.get("open_ends", ""), dagger)
     elif f"{col} unbounded" in row.get("open_ends", ""):
         text += f"{gap}[unbounded]"
     return text
@@ -167,10 +169,7 @@ def _boot_cell(row: Mapping[str, Any], col: str, dagger: str, dash: str) -> str:
     err = float(err) if err is not None and np.isfinite(err) and err > 0 else (hi - lo) / 4
     value = row.get(col)
     d = _decimals(float(value) if value is not None and np.isfinite(value) else float(hi), err)
-    opened = row.get("boot_open_ends") or ""
-    ends = [_fmt_number(e, d) + (dagger if f"{col} {side}" in opened else "")
-            for e, side in ((lo, "lower"), (hi, "upper"))]
-    return f"[{ends[0]}, {ends[1]}]"
+    return _ends(lo, hi, d, col, row.get("boot_open_ends") or "", dagger)
 
 
 def _table_rows(
@@ -243,15 +242,8 @@ def table_markdown(table: pd.DataFrame) -> str:
         Markdown text ending in a newline.
     """
     body, notes, any_open = _table_rows(table, "±", "†", "–")
-    level = _level(table)
-    header = TABLE_HEADER
-
-    def line(cells):
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
-    lines = [line(header), "|" + "---|" * len(header), *(line(r) for r in body)]
-    lines.append("")
-    lines.append(_caption(table, level))
+    lines = [_md_line(TABLE_HEADER), "|" + "---|" * len(TABLE_HEADER), *map(_md_line, body), "",
+             _caption(table, _level(table))]
     if any_open:
         lines.append("† interval end at a bound of the search (0 ≤ L∞ ≤ max L, 0 < α ≤ 5, log10 X_c within "
                      "30 decades of the data): the data set no limit there.")
@@ -286,20 +278,16 @@ def _caption(table: pd.DataFrame, level: str, latex: bool = False) -> str:
     return text
 
 
+def _md_line(cells) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+_LATEX_ESCAPES = str.maketrans({**{ch: "\\" + ch for ch in "&%$#_{}"}, "~": "\\textasciitilde{}",
+                                "^": "\\textasciicircum{}", "\\": "\\textbackslash{}"})
+
+
 def _latex_escape(text: str) -> str:
-    out = []
-    for ch in text:
-        if ch in "&%$#_{}":
-            out.append("\\" + ch)
-        elif ch == "~":
-            out.append("\\textasciitilde{}")
-        elif ch == "^":
-            out.append("\\textasciicircum{}")
-        elif ch == "\\":
-            out.append("\\textbackslash{}")
-        else:
-            out.append(ch)
-    return "".join(out)
+    return text.translate(_LATEX_ESCAPES)
 
 
 def table_latex(table: pd.DataFrame) -> str:
@@ -374,12 +362,6 @@ def _num(x: float, ref: float, tex: bool) -> str:
         return f"{mant}\\times10^{{{int(exp)}}}" if tex else f"{mant}e{int(exp)}"
     d = int(min(max(1 - math.floor(math.log10(ref)), 0), 6)) if ref > 0 and math.isfinite(ref) else 3
     return f"{x:.{d}f}"
-
-
-# Where a parameter's interval is clipped: an end there means that the runs set no limit.
-_LIMITS = {"A": (0.0, None), "B": (0.0, None), "E": (0.0, None), "G": (0.0, None),
-           "alpha": (_BOUNDS[3][0], _BOUNDS[3][1]), "beta": (_BOUNDS[4][0], _BOUNDS[4][1]), "a": (0.0, 1.0),
-           "b": (0.0, 1.0)}
 
 
 def _val(value: float, ci: Sequence[float] | None, tex: bool, key: str | None = None) -> str:
@@ -508,12 +490,8 @@ def grid_markdown(grid: dict) -> str:
     if not fit or "unidentified" not in fit:
         why = (fit or {}).get("error") or (fit or {}).get("reason") or grid.get("reason") or "no grid fit"
         return "\n".join([*lines, f"No fit: {why}", ""])
-
-    def line(cells):
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
-    lines += [line(["", "approach 3: parametric fit", "approach 2: IsoFLOP profiles", "approaches"]),
-              "|---|---|---|---|", *(line(r) for r in _grid_rows(fit, iso, tex=False)), "",
+    lines += [_md_line(["", "approach 3: parametric fit", "approach 2: IsoFLOP profiles", "approaches"]),
+              "|---|---|---|---|", *map(_md_line, _grid_rows(fit, iso, tex=False)), "",
               _grid_caption(fit, iso, tex=False), ""]
     if iso:
         lines += ["**IsoFLOP levels** (approach 2):", "", *(f"- {t}" for t in _level_lines(iso, tex=False)), ""]
