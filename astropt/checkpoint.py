@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 from pathlib import Path
@@ -67,16 +68,12 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 
     atomic_write(path, write)
     # make the rename itself durable (best effort; not possible on every platform)
-    try:
+    with contextlib.suppress(OSError):
         dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
@@ -119,18 +116,13 @@ def clean_state_dict(sd: dict[str, Any]) -> dict[str, Any]:
     """
     out = {}
     for key, value in sd.items():
-        stripped = True
-        while stripped:
-            stripped = False
-            for prefix in _PREFIXES:
-                if key.startswith(prefix):
-                    key = key[len(prefix):]
-                    stripped = True
+        while key.startswith(_PREFIXES):
+            key = key.split(".", 1)[1]  # each prefix is one dotted segment
         out[key] = value
     return out
 
 
-def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> GPT:
+def load_model(path: str | os.PathLike) -> GPT:
     """Build a :class:`~astropt.model.GPT` from a checkpoint of this project or AstroPT v1.
 
     Only ``model_args`` and ``model`` are used; optimizer state, step count and
@@ -138,7 +130,6 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> GPT:
 
     Args:
         path: The checkpoint file.
-        map_location: Where to put the weights.
 
     Returns:
         The model with the checkpoint's weights, in eval mode.
@@ -148,7 +139,7 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> GPT:
         ValueError: The file is unreadable, lacks ``model_args`` / ``model``, or
             its weights do not fit the model its ``model_args`` describe.
     """
-    return model_from_checkpoint(load_checkpoint(path, map_location=map_location), source=path)
+    return model_from_checkpoint(load_checkpoint(path), source=path)
 
 
 def model_from_checkpoint(ckpt: dict, source: str | os.PathLike = "checkpoint") -> GPT:
@@ -158,15 +149,14 @@ def model_from_checkpoint(ckpt: dict, source: str | os.PathLike = "checkpoint") 
         ckpt: The dict :func:`load_checkpoint` returned.
         source: Where it came from, for error messages.
     """
-    path = source
     for key in ("model_args", "model"):
         if key not in ckpt:
             raise ValueError(
-                f"{path} has no '{key}' entry, so it is not an AstroPT model checkpoint "
+                f"{source} has no '{key}' entry, so it is not an AstroPT model checkpoint "
                 f"(keys found: {sorted(ckpt)})"
             )
     if not isinstance(ckpt["model_args"], dict):
-        raise ValueError(f"{path}: 'model_args' must be a dict, got {type(ckpt['model_args'])}")
+        raise ValueError(f"{source}: 'model_args' must be a dict, got {type(ckpt['model_args'])}")
     config = GPTConfig.from_dict(ckpt["model_args"])
     # Build, then adopt the loaded tensors as the parameters (they already sit where
     # map_location put them). A large model is built on the meta device, without memory or
@@ -184,6 +174,6 @@ def model_from_checkpoint(ckpt: dict, source: str | os.PathLike = "checkpoint") 
         model.load_state_dict(clean_state_dict(ckpt["model"]), strict=True, assign=True)
     except RuntimeError as e:
         raise ValueError(
-            f"{path}: weights don't match the model its model_args describe ({config}): {e}"
+            f"{source}: weights don't match the model its model_args describe ({config}): {e}"
         ) from e
     return model.eval()

@@ -76,45 +76,26 @@ class GPTConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def _preset(n_layer: int, n_head: int, n_embd: int) -> GPTConfig:
-    return GPTConfig(
-        n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_chan=3, patch_size=16, block_size=1024
-    )
-
-
-# The paper's sweep (configs at v1.0.0); names are the paper's size labels.
-PRESETS: dict[str, GPTConfig] = {
-    "1M": _preset(4, 8, 128),
-    "5M": _preset(6, 8, 256),
-    "12M": _preset(6, 8, 384),
-    "21M": _preset(6, 8, 512),
-    "89M": _preset(12, 12, 768),
-    "309M": _preset(24, 16, 1024),
-    "830M": _preset(16, 8, 2048),
-    "2100M": _preset(26, 32, 2560),
-}
-
+# The paper's sweep (configs at v1.0.0), by its size labels: (n_layer, n_head, n_embd, peak learning rate).
+_PAPER = {"1M": (4, 8, 128, 1e-3), "5M": (6, 8, 256, 1e-3), "12M": (6, 8, 384, 1e-3), "21M": (6, 8, 512, 1e-3),
+          "89M": (12, 12, 768, 6e-4), "309M": (24, 16, 1024, 3e-4), "830M": (16, 8, 2048, 3e-4),
+          "2100M": (26, 32, 2560, 1.6e-4)}
 # Beyond the paper: a 7B-class shape (Llama-7B's depth and width, AstroPT's 4x MLP and patch
 # head) for a cluster that trains with FSDP (``train.parallel: fsdp``). Its learning rate is
 # extrapolated from the paper's (2100M: 1.6e-4), not tuned.
-LARGE_PRESETS: dict[str, GPTConfig] = {
-    "6.5B": _preset(32, 32, 4096),
-}
+_LARGE = {"6.5B": (32, 32, 4096, 1.2e-4)}
+
+
+def _presets(table: dict) -> dict[str, GPTConfig]:
+    return {name: GPTConfig(n_layer=L, n_head=h, n_embd=d, n_chan=3, patch_size=16, block_size=1024)
+            for name, (L, h, d, _) in table.items()}
+
+
+PRESETS, LARGE_PRESETS = _presets(_PAPER), _presets(_LARGE)
 #: Every built-in size: the paper's and the larger ones (``sizes`` may name any of them).
 SIZE_PRESETS: dict[str, GPTConfig] = {**PRESETS, **LARGE_PRESETS}
-
-# Peak learning rates of the sweep.
-PRESET_LR: dict[str, float] = {
-    "1M": 1e-3,
-    "5M": 1e-3,
-    "12M": 1e-3,
-    "21M": 1e-3,
-    "89M": 6e-4,
-    "309M": 3e-4,
-    "830M": 3e-4,
-    "2100M": 1.6e-4,
-    "6.5B": 1.2e-4,
-}
+#: Peak learning rates of the sweep.
+PRESET_LR: dict[str, float] = {name: row[3] for name, row in {**_PAPER, **_LARGE}.items()}
 
 
 #: An optimistic CPU training throughput per thread (fp32 matmuls with AVX2 / AVX-512).

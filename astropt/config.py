@@ -271,22 +271,15 @@ class Config:
     def size_spec(self, name: str) -> SizeSpec:
         """Architecture and LR of a size, adapted to this config's patches and image size."""
         custom = self.raw["custom_sizes"]
+        tokens = dict(n_chan=self.data["n_chan"], patch_size=self.tokens["patch_size"], block_size=self.n_tokens)
         if name in custom:
-            c = custom[name]
-            arch, lr = (c["n_layer"], c["n_head"], c["n_embd"]), c["lr"]
+            shape = dict(custom[name])
+            lr = shape.pop("lr")
+            model = GPTConfig(**shape, **tokens)
         elif name in SIZE_PRESETS:
-            p = SIZE_PRESETS[name]
-            arch, lr = (p.n_layer, p.n_head, p.n_embd), PRESET_LR[name]
+            model, lr = dataclasses.replace(SIZE_PRESETS[name], **tokens), PRESET_LR[name]
         else:
             raise ConfigError(f"config key 'sizes': unknown size {name!r}; {_known_sizes(custom)}")
-        model = GPTConfig(
-            n_layer=arch[0],
-            n_head=arch[1],
-            n_embd=arch[2],
-            n_chan=self.data["n_chan"],
-            patch_size=self.tokens["patch_size"],
-            block_size=self.n_tokens,
-        )
         return SizeSpec(name=name, model=model, lr=float(lr))
 
     def train_config(self, name: str, seed: int | None = None, budget: Budget | None = None) -> TrainConfig:
@@ -295,10 +288,9 @@ class Config:
         token budget (default: ``train.steps``). Another budget's schedule is scaled to its
         steps: the cosine decay ends at its last step (a set ``decay_steps`` is scaled in
         proportion); the warm-up stays ``train.warmup_steps``."""
-        train = {k: v for k, v in self.raw["train"].items() if k not in ("sizes", "seeds", "budgets")}
-        tc = TrainConfig.from_dict(
+        tc = TrainConfig.from_dict(  # keys that are no TrainConfig field (sizes, seeds...) are dropped
             {
-                **train,
+                **self.raw["train"],
                 **self.raw["train"]["sizes"].get(name, {}),
                 "seed": self.seeds[0] if seed is None else int(seed),
                 "data_seed": self.seed,
@@ -312,19 +304,14 @@ class Config:
             tc.steps = budget.steps
         return tc
 
-    def tokens_per_step(self, name: str) -> int:
-        """Training tokens of one optimiser step of a size: global batch x trained positions
-        (each galaxy's ``block_size - 1`` next-patch predictions)."""
-        tc = self.train_config(name)
-        return tc.micro_batch * tc.grad_accum * (self.n_tokens - 1)
-
     def budgets(self, name: str) -> list[Budget]:
         """The token budgets a size is trained for (``train.budgets``), fewest tokens first;
         the default budget (``train.steps``) is always among them."""
         listed = self.raw["train"]["budgets"]
         if isinstance(listed, dict):
             listed = listed.get(name, listed.get("default", []))
-        per_step, default_steps = self.tokens_per_step(name), self.train_config(name).steps
+        tc = self.train_config(name)  # tokens per step: global batch x the block_size - 1 trained positions
+        per_step, default_steps = tc.micro_batch * tc.grad_accum * (self.n_tokens - 1), tc.steps
         steps = {default_steps}
         for entry in listed or []:
             steps.add(budget_steps(entry, default_steps, per_step))
@@ -352,8 +339,7 @@ class Config:
         res = self.raw["resources"]
         if rule not in PER_SIZE_RULES:
             return Resources(**res["default"])
-        merged = {**res[rule]["default"], **res[rule]["sizes"].get(size, {})}
-        return Resources(**merged)
+        return Resources(**{**res[rule]["default"], **res[rule]["sizes"].get(size, {})})
 
 
 # --------------------------------------------------------------------------- loading
@@ -611,10 +597,8 @@ def _check_outputs(cfg: Config, problems: list[str]) -> None:
             f"config key 'train.seeds': the released weights are one run per size; "
             f"{raw['train']['seeds']} asks for {len(raw['train']['seeds'])} (use one seed with models.source released)"
         )
-    for key in ("umap.sizes",):
-        for s in raw["umap"]["sizes"] or []:
-            if s not in raw["sizes"]:
-                problems.append(f"config key '{key}': {s!r} is not one of sizes {raw['sizes']}")
+    problems += [f"config key 'umap.sizes': {s!r} is not one of sizes {raw['sizes']}"
+                 for s in raw["umap"]["sizes"] or [] if s not in raw["sizes"]]
     shown = raw["figures"]["predictions"]["size"]
     if shown is not None and shown not in raw["sizes"]:
         problems.append(f"config key 'figures.predictions.size': {shown!r} is not one of sizes {raw['sizes']}")
@@ -645,6 +629,8 @@ def _check_resources(cfg: Config, problems: list[str]) -> None:
                 problems.append(f"config key 'resources.{rule}.sizes.{s}': unknown size {s!r}")
     for s in raw["sizes"]:
         if s in custom or s in SIZE_PRESETS:
+            if cfg.resources("embed", s).nodes > 1:
+                problems.append(f"config key 'resources.embed' of size {s}: only training runs on several nodes (nodes must be 1)")
             res = cfg.resources("train", s)
             ranks = max(res.gpus, 1) * res.nodes
             if res.nodes > 1 and res.gpus < 1:
@@ -656,18 +642,9 @@ def _check_resources(cfg: Config, problems: list[str]) -> None:
                     f"config key '{key}': {accum} is not divisible "
                     f"by the {ranks} ranks ({res.gpus} GPUs x {res.nodes} node(s)) of size {s} (resources.train)"
                 )
-    for s in raw["sizes"]:
-        if (s in custom or s in SIZE_PRESETS) and cfg.resources("embed", s).nodes > 1:
-            problems.append(f"config key 'resources.embed' of size {s}: only training runs on several nodes (nodes must be 1)")
-    if not problems and raw["models"]["source"] == "trained":
-        _check_gpu_memory(cfg, problems)
-
-
-def _check_gpu_memory(cfg: Config, problems: list[str]) -> None:
-    """Every GPU training run fits the GPU memory its resources declare (``gpu_mem_gb``)."""
-    for s in cfg.sizes:
-        if why := gpu_memory_refusal(cfg, s):
-            problems.append(f"config key 'resources.train' of size {s}: {why}")
+    if not problems and raw["models"]["source"] == "trained":  # every GPU run fits its declared gpu_mem_gb
+        problems += [f"config key 'resources.train' of size {s}: {why}"
+                     for s in cfg.sizes if (why := gpu_memory_refusal(cfg, s))]
 
 
 def gpu_memory_refusal(cfg: Config, size: str) -> str | None:
@@ -718,33 +695,19 @@ def _check_budgets(cfg: Config) -> list[str]:
     return problems
 
 
-def _embed_split_size(raw: dict) -> tuple[int, str] | None:
-    """The number of galaxies of the embedded split where the config alone fixes it (synthetic
-    data), with the key that sets it; None where only the data can tell."""
-    split, data = raw["embed"]["split"], raw["data"]
-    if data["source"] != "synthetic":
-        return None
-    key = {"train": "n_train", "validation": "n_val", "test": "n_test"}[split]
-    return int(data["synthetic"][key]), f"data.synthetic.{key}"
-
-
 def _check_split_size(raw: dict) -> list[str]:
-    """The embedded split must hold enough galaxies for the probes' folds; otherwise every probe
-    would come out empty, after the training has run."""
-    known = _embed_split_size(raw)
-    if known is None:
+    """The embedded split must hold enough galaxies for the probes' folds, where the config alone
+    fixes its size (synthetic data); otherwise every probe would come out empty, after the training has run."""
+    split, folds = raw["embed"]["split"], raw["probe"]["folds"]
+    key = {"train": "n_train", "validation": "n_val", "test": "n_test"}[split]
+    n, need = int(raw["data"]["synthetic"][key]), max(PROBE_MIN_ROWS, 2 * folds)
+    if raw["data"]["source"] != "synthetic" or n >= need:
         return []
-    n, key = known
-    folds = raw["probe"]["folds"]
-    need = max(PROBE_MIN_ROWS, 2 * folds)
-    problems = []
-    if n < need:
-        problems.append(
-            f"config key '{key}': {n} galaxies in the '{raw['embed']['split']}' split (embed.split) are too few for "
-            f"the probes ({folds}-fold cross-validation with 2 galaxies per fold, and {PROBE_MIN_ROWS} to fit one: "
-            f"at least {need}); give it more galaxies or lower probe.folds"
-        )
-    return problems
+    return [
+        f"config key 'data.synthetic.{key}': {n} galaxies in the '{split}' split (embed.split) are too few for "
+        f"the probes ({folds}-fold cross-validation with 2 galaxies per fold, and {PROBE_MIN_ROWS} to fit one: "
+        f"at least {need}); give it more galaxies or lower probe.folds"
+    ]
 
 
 def input_problems(cfg: Config) -> list[str]:

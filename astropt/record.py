@@ -88,31 +88,18 @@ class RunRecord:
 
     def write(self, path: str | os.PathLike) -> None:
         """Write :meth:`to_json` to ``path`` atomically (:func:`astropt.io.atomic_write`)."""
-        text = self.to_json()
-        atomic_write(path, lambda tmp: tmp.write_text(text))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "run record") -> "RunRecord":
-        """A record from a ``ckpt.json`` dict; fields it lacks are None, keys it has beyond them are ignored.
-
-        Raises:
-            ValueError: If it lacks a field every version of the file holds (``size``,
-                ``params``, ``steps``, ``tokens_seen``, ``flops``, the losses, ``model_args``,
-                ``lr``, ``train``).
-        """
-        required = [f.name for f in fields(cls) if f.default is MISSING]
-        missing = [name for name in required if name not in data]
-        if missing:
-            raise ValueError(f"{source} is not a run record (ckpt.json): no {', '.join(missing)}")
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+        atomic_write(path, lambda tmp: tmp.write_text(self.to_json()))
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "RunRecord":
-        """Read a ``ckpt.json`` written by ``train`` or ``released_model``, this version or an older one.
+        """Read a ``ckpt.json`` written by ``train`` or ``released_model``, this version or an older one:
+        fields it lacks are None, keys it has beyond them are ignored.
 
         Raises:
             FileNotFoundError: If ``path`` does not exist.
-            ValueError: If it is not JSON or not a run record (see :meth:`from_dict`).
+            ValueError: If it is not JSON, or not a run record: not an object, or lacking a field every
+                version of the file holds (``size``, ``params``, ``steps``, ``tokens_seen``, ``flops``,
+                the losses, ``model_args``, ``lr``, ``train``).
         """
         path = Path(path)
         try:
@@ -121,4 +108,7 @@ class RunRecord:
             raise ValueError(f"{path} is not JSON: {err}") from err
         if not isinstance(data, dict):
             raise ValueError(f"{path} is not a run record (ckpt.json): expected an object, got {type(data).__name__}")
-        return cls.from_dict(data, source=str(path))
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in data]
+        if missing:
+            raise ValueError(f"{path} is not a run record (ckpt.json): no {', '.join(missing)}")
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})

@@ -53,11 +53,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +72,7 @@ import torch
 import torch.nn.functional as F
 
 from astropt.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
-from astropt.config import LATER_TRAIN_KEYS, SizeSpec, TrainConfig, spec_from_json, spec_to_json  # noqa: F401 (re-exported)
+from astropt.config import LATER_TRAIN_KEYS, SizeSpec, TrainConfig, spec_from_json
 from astropt.hardware import peak_flops, peak_memory_gb
 from astropt.io import atomic_write, duration
 from astropt.loader import BatchGatherer
@@ -107,7 +110,6 @@ class Checkpointed(Exception):
 
     def __init__(self, step: int, signame: str) -> None:
         super().__init__(f"stopped by {signame} at step {step}; resumable state in last.pt")
-        self.step, self.signame = step, signame
 
 
 class StopRequest:
@@ -127,14 +129,9 @@ class StopRequest:
 
     @property
     def name(self) -> str:
-        import signal
-
         return signal.Signals(self.signum).name if self.signum else ""
 
     def __enter__(self) -> "StopRequest":
-        import signal
-        import threading
-
         if threading.current_thread() is threading.main_thread():  # handlers only there
             for name in self.SIGNALS:
                 sig = getattr(signal, name, None)
@@ -143,8 +140,6 @@ class StopRequest:
         return self
 
     def __exit__(self, *exc) -> None:
-        import signal
-
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
@@ -179,15 +174,9 @@ def sample_indices(position: int, count: int, n: int, seed: int) -> np.ndarray:
     return out
 
 
-_PERM_CACHE: dict[tuple[int, int, int], np.ndarray] = {}
-
-
+@functools.lru_cache(maxsize=1)  # one epoch at a time is enough
 def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-    key = (n, seed, epoch)
-    if key not in _PERM_CACHE:
-        _PERM_CACHE.clear()  # one epoch at a time is enough
-        _PERM_CACHE[key] = np.random.default_rng([seed, epoch]).permutation(n)
-    return _PERM_CACHE[key]
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 def data_identity(split) -> str:
@@ -380,7 +369,6 @@ def train(
                 if state.step % cfg.log_interval == 0 or do_eval or do_ckpt:
                     log_step(run, state, lr, do_eval)
                 if do_ckpt:
-                    state.elapsed = state.elapsed_before + (time.perf_counter() - state.t_start)
                     save_last(run, state)
                 if not last_step and _stop_agreed(run):
                     stop_at_boundary(run, state, saved=do_ckpt)  # raises Checkpointed
@@ -675,6 +663,7 @@ def log_step(run: Run, state: LoopState, lr: float, do_eval: bool) -> None:
 def save_last(run: Run, state: LoopState) -> None:
     """Checkpoint: write the resumable state to ``last.pt`` (atomically). Called on every rank
     (under FSDP gathering the state is a collective); rank 0 writes."""
+    state.elapsed = state.elapsed_before + (time.perf_counter() - state.t_start)
     if not (run.dist.main or run.sharded):
         return
     model, optimizer = full_state(run)
@@ -683,12 +672,8 @@ def save_last(run: Run, state: LoopState) -> None:
     save_checkpoint(
         run.last,
         {
-            "model": model,
-            "model_args": run.spec.model.to_dict(),
+            **_v1_checkpoint(run, state, model),
             "optimizer": optimizer,
-            "iter_num": state.step,
-            "best_val_loss": state.best_val,
-            "config": {"size": run.spec.name, "lr": run.spec.lr, **run.cfg.to_dict()},
             "fingerprint": run.fingerprint,
             "metrics": state.rows,
             "elapsed_s": state.elapsed,
@@ -698,6 +683,12 @@ def save_last(run: Run, state: LoopState) -> None:
             "window": {"loss_sum": float(state.window_loss), "steps": state.window_steps},
         },
     )
+
+
+def _v1_checkpoint(run: Run, state: LoopState, model: dict) -> dict:
+    """The AstroPT v1 checkpoint keys (``ckpt.pt``; ``last.pt`` adds its own)."""
+    return {"model": model, "model_args": run.spec.model.to_dict(), "iter_num": state.step,
+            "best_val_loss": state.best_val, "config": {"size": run.spec.name, "lr": run.spec.lr, **run.cfg.to_dict()}}
 
 
 def _stop_agreed(run: Run) -> bool:
@@ -728,7 +719,6 @@ def stop_at_boundary(run: Run, state: LoopState, saved: bool) -> None:
             f"stopping for {run.stop.name or 'a stop signal'}); the last good checkpoint ({run.last}) is kept"
         )
     if not saved:
-        state.elapsed = state.elapsed_before + (time.perf_counter() - state.t_start)
         save_last(run, state)
     if dist.world > 1:
         torch.distributed.barrier()
@@ -747,16 +737,7 @@ def finish(run: Run, state: LoopState) -> pd.DataFrame:
     if not run.dist.main:
         return metrics
     spec = run.spec
-    save_checkpoint(
-        run.out_dir / "ckpt.pt",
-        {
-            "model": model,
-            "model_args": spec.model.to_dict(),
-            "iter_num": state.step,
-            "best_val_loss": state.best_val,
-            "config": {"size": spec.name, "lr": spec.lr, **run.cfg.to_dict()},
-        },
-    )
+    save_checkpoint(run.out_dir / "ckpt.pt", _v1_checkpoint(run, state, model))
     record = run_record(run, state, metrics)
     record.write(run.out_dir / "ckpt.json")
     atomic_write(run.out_dir / "metrics.csv", lambda p: metrics.to_csv(p, index=False))

@@ -62,6 +62,16 @@ def correctness(out: Path, steps: int = 300) -> None:
     print(f"embeddings on GPU: {X.shape}, finite: {np.isfinite(X).all()}")
 
 
+def _step(model, cmodel, opt, x) -> None:
+    """One bf16 training step of the compiled model ``cmodel`` (of ``model``) on the batch ``x``."""
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        _, loss = cmodel(x[:, :-1], x[:, 1:])
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def throughput(sizes: list[str], batches: list[int], steps: int = 20) -> None:
     dev = torch.device("cuda")
     print(f"{'size':>6} {'batch':>5} {'tokens/s':>12} {'MFU':>6} {'peak GiB':>9}")
@@ -74,21 +84,12 @@ def throughput(sizes: list[str], batches: list[int], steps: int = 20) -> None:
             T = model.config.block_size
             x = torch.randn(B, T, model.config.input_dim, device=dev)
             torch.cuda.reset_peak_memory_stats()
-
-            def step():
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    _, loss = cmodel(x[:, :-1], x[:, 1:])
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-
             for _ in range(5):
-                step()
+                _step(model, cmodel, opt, x)
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             for _ in range(steps):
-                step()
+                _step(model, cmodel, opt, x)
             torch.cuda.synchronize()
             tok_s = steps * B * (T - 1) / (time.perf_counter() - t0)
             mfu = model.flops_per_token(T - 1) * tok_s / PEAK_FLOPS

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from astropt.checkpoint import load_checkpoint, load_model
-from astropt.train import spec_to_json, train
+from astropt.config import spec_to_json
+from astropt.train import train
 
 from conftest import ROOT
 from slurm_cluster import _children as descendants  # every process below a pid, from /proc

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from astropt.launch import expand_hostlist, torchrun_args
-from astropt.train import EXIT_CHECKPOINTED, spec_to_json
+from astropt.config import spec_to_json
+from astropt.train import EXIT_CHECKPOINTED
 
 from conftest import ROOT
 

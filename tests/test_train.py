@@ -20,9 +20,10 @@ import torch
 
 import astropt.train as T
 from astropt.checkpoint import load_checkpoint, load_model
+from astropt.config import spec_to_json
 from astropt.record import RunRecord
 from astropt.shards import load_tokens
-from astropt.train import METRIC_COLUMNS, NonFiniteLossError, lr_at, sample_indices, spec_to_json, train
+from astropt.train import METRIC_COLUMNS, NonFiniteLossError, lr_at, sample_indices, train
 
 from conftest import ROOT
 
