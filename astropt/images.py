@@ -151,19 +151,15 @@ def _load(source: Path | bytes, image_size: int | None, opts: ReadOptions) -> tu
 
     ``source`` is a file, or the encoded bytes of a PNG/JPEG stored in a parquet shard.
     ``note`` is "" or what was done to keep it ("cropped", "resized", "NaN zeroed", joined by
-    ", "). Raises :class:`Reject` with the reason otherwise.
+    ", "). Raises :class:`Reject` with the reason otherwise, or what PIL raises on a corrupt
+    image (:func:`read_stamp` lists that as "unreadable: <type>: <message>").
     """
     if isinstance(source, Path) and not source.is_file():
         raise Reject("missing file")
     if isinstance(source, Path) and is_fits(source.name):
         img = _decode_fits(source)
-    else:
-        try:
-            img = _decode_pil(io.BytesIO(source) if isinstance(source, bytes) else source, opts.n_chan)
-        except Reject:
-            raise
-        except Exception as exc:  # PIL raises many types on corrupt data (OSError, SyntaxError, ...)
-            raise Reject(f"unreadable: {type(exc).__name__}: {exc}".replace("\n", " ")) from None
+    else:  # PIL raises many types on corrupt data (OSError, SyntaxError, ...): read_stamp's "unreadable"
+        img = _decode_pil(io.BytesIO(source) if isinstance(source, bytes) else source, opts.n_chan)
     if img.shape[2] != opts.n_chan:
         raise Reject(f"unexpected band count: {img.shape[2]} (expected {opts.n_chan})")
     notes = []
@@ -188,23 +184,15 @@ def _load(source: Path | bytes, image_size: int | None, opts: ReadOptions) -> tu
             raise Reject(f"wrong size: {W}x{H} px, expected {S}x{S}{small}")
         img = _resize(img, S)
         notes.append("resized")
-    if opts.dtype == "uint8":
-        if img.dtype != np.uint8:  # FITS data stored as uint8: only exact 0..255 integers
-            if img.min() < 0 or img.max() > 255 or not np.array_equal(img, np.round(img)):
-                raise Reject(
-                    f"values do not fit uint8 (range {img.min():.4g} to {img.max():.4g}, "
-                    "integers 0-255 needed): store as float16 or float32"
-                )
-            img = img.astype(np.uint8)
-    elif img.dtype == np.uint8:
-        img = img.astype(opts.dtype)  # 0..255 kept exactly
-    else:
-        if opts.dtype == "float16":
-            peak = float(np.abs(img).max())
-            if peak > _FLOAT16_MAX:
-                raise Reject(f"values exceed float16 range (max |x| = {peak:.4g} > 65504): store as float32")
-        img = img.astype(opts.dtype, copy=False)
-    return img, ", ".join(notes)
+    if opts.dtype == "uint8" and img.dtype != np.uint8:  # FITS data as uint8: only exact 0..255 integers
+        if img.min() < 0 or img.max() > 255 or not np.array_equal(img, np.round(img)):
+            raise Reject(
+                f"values do not fit uint8 (range {img.min():.4g} to {img.max():.4g}, "
+                "integers 0-255 needed): store as float16 or float32"
+            )
+    if opts.dtype == "float16" and img.dtype != np.uint8 and (peak := float(np.abs(img).max())) > _FLOAT16_MAX:
+        raise Reject(f"values exceed float16 range (max |x| = {peak:.4g} > 65504): store as float32")
+    return img.astype(opts.dtype, copy=False), ", ".join(notes)  # 8-bit values 0..255 kept exactly
 
 
 def read_stamp(

@@ -1,6 +1,6 @@
 """Files and logs of a workflow job: writing a file atomically (to a temporary file beside
-it, then renaming that over it), plain JSON from NumPy values, a workflow script's log, and
-durations as progress lines show them.
+it, then renaming that over it), plain JSON from NumPy values, a workflow script's log,
+progress lines and the durations they show, and an ordered process pool.
 
 Example::
 
@@ -11,22 +11,71 @@ Example::
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures as cf
 import math
 import os
 import socket
 import sys
+import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "duration", "script_log", "to_jsonable"]
+__all__ = ["Progress", "atomic_write", "duration", "in_order", "script_log", "tmp_suffix", "to_jsonable"]
 
 
 def duration(seconds: float) -> str:
     """A duration for a progress line: ``"45s"``, ``"12m05s"``, ``"3h07m"``."""
     s = int(round(max(0.0, seconds)))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+
+
+class Progress:
+    """Progress lines about every 10 % of ``total`` galaxies: count, rate, ETA and, once
+    :meth:`update` is given rejects, the rejects so far."""
+
+    def __init__(self, total: int, log: Callable[[str], Any]) -> None:
+        self.total, self.log = total, log
+        self.t0, self.done, self.next_log, self.rejected = time.perf_counter(), 0, 0.1, None
+
+    def update(self, n: int, n_rejected: int | None = None) -> None:
+        self.done += n
+        if n_rejected is not None:
+            self.rejected = (self.rejected or 0) + n_rejected
+        done, total = self.done, self.total
+        if done / total >= self.next_log or done == total:
+            rate = done / max(time.perf_counter() - self.t0, 1e-9)
+            rejected = "" if self.rejected is None else f", {self.rejected} rejected"
+            self.log(f"  {done}/{total} galaxies ({100 * done / total:.0f}%), {rate:.0f}/s, "
+                     f"ETA {duration((total - done) / rate)}{rejected}")
+            while self.next_log <= done / total:
+                self.next_log += 0.1
+
+
+def in_order(tasks: Iterable[tuple], fn: Callable[..., Any], workers: int) -> Iterator[Any]:
+    """``fn(*task)`` for each task, in order, on ``workers`` processes, at most ``2 * workers``
+    results held at once (so a huge split never piles up in memory)."""
+    if workers <= 1:
+        for task in tasks:
+            yield fn(*task)
+        return
+    with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+        tasks = iter(tasks)
+        pending = collections.deque(pool.submit(fn, *t) for _, t in zip(range(2 * workers), tasks))
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(tasks, None)
+            if nxt is not None:
+                pending.append(pool.submit(fn, *nxt))
+            yield result
+
+
+def tmp_suffix() -> str:
+    """A temporary file's suffix, ``.tmp-<host>-<pid>-<random>``: unique to the call across
+    threads, processes and nodes sharing a folder (see :func:`atomic_write`)."""
+    return f".tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
@@ -51,7 +100,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = path.with_name(path.name + tmp_suffix())
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -49,22 +49,6 @@ __all__ = [
 # Spiral order
 # ---------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=64)
-def _spiral_order_cached(n: int) -> np.ndarray:
-    grid = np.arange(n * n, dtype=np.int64).reshape(n, n)
-    walk = []  # outside-in clockwise walk over the rings, starting top-left
-    while grid.size:
-        walk.append(grid[0, :])  # top row, left -> right
-        walk.append(grid[1:, -1])  # right column, top -> bottom
-        if grid.shape[0] > 1:
-            walk.append(grid[-1, :-1][::-1])  # bottom row, right -> left
-        if grid.shape[1] > 1:
-            walk.append(grid[1:-1, 0][::-1])  # left column, bottom -> top
-        grid = grid[1:-1, 1:-1]
-    order = np.concatenate(walk)[::-1].copy()  # reversed: centre first
-    order.setflags(write=False)
-    return order
-
-
 def spiral_order(n: int) -> np.ndarray:
     """Raster indices of an ``n x n`` patch grid in AstroPT v1's centre-out spiral order.
 
@@ -83,7 +67,20 @@ def spiral_order(n: int) -> np.ndarray:
     """
     if int(n) != n or n < 1:
         raise ValueError(f"spiral_order needs a positive integer grid side, got {n!r}")
-    return _spiral_order_cached(int(n))
+    n = int(n)
+    grid = np.arange(n * n, dtype=np.int64).reshape(n, n)
+    walk = []  # outside-in clockwise walk over the rings, starting top-left
+    while grid.size:
+        walk.append(grid[0, :])  # top row, left -> right
+        walk.append(grid[1:, -1])  # right column, top -> bottom
+        if grid.shape[0] > 1:
+            walk.append(grid[-1, :-1][::-1])  # bottom row, right -> left
+        if grid.shape[1] > 1:
+            walk.append(grid[1:-1, 0][::-1])  # left column, bottom -> top
+        grid = grid[1:-1, 1:-1]
+    order = np.concatenate(walk)[::-1].copy()  # reversed: centre first
+    order.setflags(write=False)  # cached: no caller may change it
+    return order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,6 +88,13 @@ def spiral_order(n: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 def _permute(x: ArrayLike, axes: tuple[int, ...]) -> ArrayLike:
     return x.permute(*axes) if isinstance(x, torch.Tensor) else np.transpose(x, axes)
+
+
+def _reorder(tokens: ArrayLike, index: np.ndarray) -> ArrayLike:
+    """``tokens[..., index, :]``; for a tensor the index goes to its device (copied: it may be read-only)."""
+    if isinstance(tokens, torch.Tensor):
+        return tokens[..., torch.from_numpy(index.copy()).to(tokens.device), :]
+    return tokens[..., index, :]
 
 
 def patchify(images: ArrayLike, patch_size: int) -> ArrayLike:
@@ -188,10 +192,7 @@ def image_to_tokens(image: ArrayLike, patch_size: int) -> ArrayLike:
     H, W = image.shape[-3], image.shape[-2]
     if H != W:
         raise ValueError(f"Spiral order needs a square image, got height {H} and width {W}")
-    order = spiral_order(H // patch_size)
-    if isinstance(tokens, torch.Tensor):
-        return tokens[..., torch.from_numpy(order.copy()).to(tokens.device), :]
-    return tokens[..., order, :]
+    return _reorder(tokens, spiral_order(H // patch_size))
 
 
 def tokens_to_image(tokens: ArrayLike, patch_size: int, n_chan: int = 3) -> ArrayLike:
@@ -212,11 +213,7 @@ def tokens_to_image(tokens: ArrayLike, patch_size: int, n_chan: int = 3) -> Arra
     side = math.isqrt(T)
     if side * side != T:
         raise ValueError(f"{T} tokens do not form a square spiral grid")
-    inverse = np.argsort(spiral_order(side))
-    if isinstance(tokens, torch.Tensor):
-        raster = tokens[..., torch.from_numpy(inverse).to(tokens.device), :]
-    else:
-        raster = tokens[..., inverse, :]
+    raster = _reorder(tokens, np.argsort(spiral_order(side)))
     return unpatchify(raster, patch_size, (side, side), n_chan)
 
 

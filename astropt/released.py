@@ -62,11 +62,10 @@ from astropt.record import RunRecord
 from astropt.model import PRESET_LR, PRESETS, GPT, GPTConfig
 
 __all__ = [
-    "ReleasedWeightsError", "DEFAULT_REPO", "DEFAULT_PATH", "size_digits", "repo_file",
+    "ReleasedWeightsError", "DEFAULT_PATH", "size_digits", "repo_file",
     "paper_schedule", "fetch_checkpoint", "read_checkpoint", "convert_checkpoint", "released_model",
 ]
 
-DEFAULT_REPO = "Smith42/astroPT"
 REPO_TYPE = "model"
 PAPER_STEPS = 30_000
 """Optimiser steps of the released checkpoints (``030000_ckpt.pt``)."""
@@ -159,20 +158,19 @@ def fetch_checkpoint(size: str, settings: dict, log: Callable[[str], Any] = prin
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a (v1) checkpoint with ``torch.load(weights_only=True)``, memory-mapped where possible.
+    """Load a (v1) checkpoint with ``torch.load(weights_only=True)``, memory-mapped where possible
+    (:func:`astropt.checkpoint.load_checkpoint`).
 
     Raises:
+        FileNotFoundError: If ``path`` does not exist.
         ValueError: If it is not a readable checkpoint dict of tensors and plain data.
     """
     from astropt.checkpoint import load_checkpoint
 
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a zip-format file (cannot be mapped), or unreadable: load_checkpoint explains
+        return load_checkpoint(path, mmap=True)
+    except (ValueError, OSError):  # not a zip file (cannot be mapped), or unreadable: load_checkpoint explains
         return load_checkpoint(path)
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path} is not a readable AstroPT checkpoint: expected a dict, got {type(ckpt).__name__}")
-    return ckpt
 
 
 def _as_float(value: Any) -> float | None:
@@ -252,17 +250,17 @@ def convert_checkpoint(
         flops = float(tokens * GPT(config).flops_per_token(seq))
     train_config = {"size": size, "lr": lr, **schedule, "source": "released", "image_transpose": True}
     v1_config = ckpt.get("config")
+    val = best if best is not None else float("nan")
     out_ckpt = {
         "model": state,
         "model_args": config.to_dict(),
         "iter_num": steps,
-        "best_val_loss": best if best is not None else float("nan"),
+        "best_val_loss": val,
         "config": train_config,
         "released": {**provenance, "model_args": dict(ckpt["model_args"])},
     }
     if isinstance(v1_config, dict):
         out_ckpt["v1_config"] = v1_config
-    val = best if best is not None else float("nan")
     sidecar = RunRecord(
         size=size, params=n_params, steps=steps, tokens_seen=int(tokens), flops=flops,
         final_val_loss=val, best_val_loss=val,

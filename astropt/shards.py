@@ -27,8 +27,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from astropt.io import atomic_write
+from astropt.io import atomic_write, tmp_suffix
 
 __all__ = [
     "SHARD_FORMAT",
@@ -290,7 +288,7 @@ class ShardWriter:
 
     def __init__(self, shard_dir: Path, row_shape: tuple[int, int], dtype) -> None:
         self.shard_dir, self.row_shape, self.dtype = Path(shard_dir), tuple(row_shape), np.dtype(dtype)
-        self.tmp_suffix = f".tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.tmp_suffix = tmp_suffix()
         self.record: dict[str, Any] = {}
         self._npy: Path | None = None
         self._mm: np.ndarray | None = None
@@ -411,14 +409,14 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(shape), np.dtype(dtype)
 
 
-def load_tokens(split_dir: str | os.PathLike, max_open: int | None = None) -> TokenSplit:
+def load_tokens(split_dir: str | os.PathLike) -> TokenSplit:
     """Open a split written by the tokenise jobs and :func:`astropt.tokenise.merge_token_groups`,
     given as its folder or its manifest ``index.parquet`` (the ``token_index`` rule's output,
     which the ``train`` and ``embed`` rules name as their inputs).
 
     Every shard's header is checked against ``meta.json``; the shards are memory-mapped
-    (read-only) when first read, at most ``max_open`` at a time (default: as many as the
-    process's open-file limit allows, which is raised towards its hard limit if needed).
+    (read-only) when first read, at most as many at a time as the process's open-file limit
+    allows (which is raised towards its hard limit if needed).
 
     Raises:
         FileNotFoundError: If the folder, its index, meta or a shard is missing.
@@ -448,8 +446,7 @@ def load_tokens(split_dir: str | os.PathLike, max_open: int | None = None) -> To
             raise ValueError(f"token shard {path} is {shape} {got}, {needed[1]} lists {(s['n'], *row_shape)} {dtype}")
         paths.append(path)
         lengths.append(s["n"])
-    tokens = ShardedTokens.open(paths, lengths, row_shape, dtype,
-                                max_open=max_open or _open_file_budget(len(paths)))
+    tokens = ShardedTokens.open(paths, lengths, row_shape, dtype, max_open=_open_file_budget(len(paths)))
     expect = np.concatenate([np.arange(n) for n in lengths]) if lengths else np.zeros(0)
     if len(index) != len(tokens):
         raise ValueError(f"{split_dir}: index.parquet lists {len(index)} galaxies but the shards hold {len(tokens)}")

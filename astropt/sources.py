@@ -62,10 +62,7 @@ def stamp_id(name: str) -> str | None:
         ``"J1234+5678"``, or ``None`` if the name does not end in one of :data:`IMAGE_SUFFIXES`.
     """
     lower = name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if lower.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return None
+    return next((name[: -len(s)] for s in IMAGE_SUFFIXES if lower.endswith(s) and len(name) > len(s)), None)
 
 
 def scan_stamps(image_dir: str | Path) -> pd.DataFrame:
@@ -396,14 +393,16 @@ def folder_catalogue(
 
 
 def write_folder_source(
-    image_dir: str | Path, catalogue: str | Path, out_metadata: str | Path, **kwargs: Any
+    image_dir: str | Path, catalogue: str | Path, out_metadata: str | Path, out_rejected: str | Path | None = None,
+    **kwargs: Any,
 ) -> pd.DataFrame:
     """Run :func:`folder_catalogue` and write its tables (atomically: temp file, then rename).
 
     Args:
         image_dir: Folder of stamps.
         catalogue: CSV or parquet catalogue.
-        out_metadata: The metadata parquet to write; ``rejected.csv`` is written beside it.
+        out_metadata: The metadata parquet to write.
+        out_rejected: The rejected table's CSV (``None``: ``rejected.csv`` beside ``out_metadata``).
         **kwargs: Passed to :func:`folder_catalogue` (``id_column``, ``seed``, ``log``, ...).
 
     Returns:
@@ -412,7 +411,8 @@ def write_folder_source(
     meta, rejected = folder_catalogue(image_dir, catalogue, **kwargs)
     out = Path(out_metadata)
     atomic_write(out, lambda p: meta.to_parquet(p, index=False))
-    atomic_write(out.with_name("rejected.csv"), lambda p: rejected.to_csv(p, index=False))
+    rejected_csv = out.with_name("rejected.csv") if out_rejected is None else out_rejected
+    atomic_write(rejected_csv, lambda p: rejected.to_csv(p, index=False))
     return meta
 
 
@@ -453,15 +453,11 @@ def download(
         pd.DataFrame(columns=REJECTED_COLUMNS).to_csv(out_rejected, index=False)
         return meta
     if source == "folder":
-        meta = write_folder_source(
-            params["images"], params["catalogue"], out_metadata, id_column=params["id_column"],
+        return write_folder_source(
+            params["images"], params["catalogue"], out_metadata, out_rejected, id_column=params["id_column"],
             path_column=params["path_column"], split_column=params["split_column"],
             val_fraction=params["val_fraction"], test_fraction=params["test_fraction"], seed=seed, log=log,
         )
-        written = Path(out_metadata).with_name("rejected.csv")
-        if written != Path(out_rejected):
-            written.replace(out_rejected)
-        return meta
     if source == "huggingface":
         from astropt.hf import download_huggingface  # only here: it brings the Hub client
 

@@ -55,7 +55,6 @@ Example::
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import os
 import time
 from dataclasses import dataclass
@@ -66,7 +65,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, special, stats
 
-from astropt.io import atomic_write
+from astropt.io import Progress, atomic_write, in_order
 
 __all__ = ["SyntheticConfig", "generate", "sample_properties", "render_batch"]
 
@@ -149,35 +148,28 @@ def _half_light_radius(bt: np.ndarray, re_b: np.ndarray, re_d: np.ndarray) -> np
     return 0.5 * (lo + hi)
 
 
-def _draws(seed: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-galaxy uniforms (N, 6) and normals (N, 8), galaxy i from SeedSequence([seed, i, 0])."""
-    u = np.empty((stop - start, _N_UNIFORM))
-    g = np.empty((stop - start, _N_NORMAL))
-    for k, i in enumerate(range(start, stop)):
-        rng = np.random.default_rng(np.random.SeedSequence([seed, i, 0]))
-        u[k] = rng.random(_N_UNIFORM)
-        g[k] = rng.standard_normal(_N_NORMAL)
-    return u, g
+_DRAWS = {  # stream k -> each galaxy's draws from SeedSequence([seed, i, k]): (Generator method, shape)
+    0: (("random", (_N_UNIFORM,)), ("standard_normal", (_N_NORMAL,))),
+    2: (("random", (_N_SCENE_U,)), ("random", (_MAX_STARS, 4)), ("standard_normal", (_N_SCENE_G,))),
+}
 
 
-def _scene_draws(seed: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-galaxy scene draws from SeedSequence([seed, i, 2]), always the same count.
+def _draws(seed: int, idx, stream: int) -> list[np.ndarray]:
+    """The random numbers of galaxies ``idx`` from stream 0 or 2, always the same count per galaxy.
 
-    Returns:
-        Uniforms ``(N, _N_SCENE_U)`` (columns: 0-8 neighbour, 9-14 artefact, 15 star count),
-        star uniforms ``(N, _MAX_STARS, 4)`` (x, y, magnitude, colour) and normals
-        ``(N, _N_SCENE_G)`` (vote scatter: featured, edge-on, artefact, spiral winding). Draws
-        are sequential, so a column appended at the end leaves the earlier ones unchanged.
+    Stream 0 (properties): uniforms ``(N, 6)`` and normals ``(N, 8)``. Stream 2 (scene): uniforms
+    ``(N, _N_SCENE_U)`` (columns: 0-8 neighbour, 9-14 artefact, 15 star count), star uniforms
+    ``(N, _MAX_STARS, 4)`` (x, y, magnitude, colour) and normals ``(N, _N_SCENE_G)`` (vote
+    scatter: featured, edge-on, artefact, spiral winding). Draws are sequential, so a column
+    appended at the end leaves the earlier ones unchanged.
     """
-    u = np.empty((len(idx), _N_SCENE_U))
-    s = np.empty((len(idx), _MAX_STARS, 4))
-    g = np.empty((len(idx), _N_SCENE_G))
+    layout = _DRAWS[stream]
+    out = [np.empty((len(idx), *shape)) for _, shape in layout]
     for k, i in enumerate(idx):
-        rng = np.random.default_rng(np.random.SeedSequence([seed, int(i), 2]))
-        u[k] = rng.random(_N_SCENE_U)
-        s[k] = rng.random((_MAX_STARS, 4))
-        g[k] = rng.standard_normal(_N_SCENE_G)
-    return u, s, g
+        rng = np.random.default_rng(np.random.SeedSequence([seed, int(i), stream]))
+        for arr, (method, shape) in zip(out, layout):
+            arr[k] = getattr(rng, method)(shape)
+    return out
 
 
 def _star_count(cfg: SyntheticConfig, u: np.ndarray) -> np.ndarray:
@@ -225,7 +217,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def _star_formation(logm: np.ndarray, u: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """log sSFR and the r-band bulge-to-total ratio of galaxies of log stellar mass ``logm``."""
     # Star formation: quenched fraction rises with mass; SF sequence sSFR falls with mass.
-    p_quenched = 1.0 / (1.0 + np.exp(-(logm - 10.6) / 0.25))
+    p_quenched = _sigmoid((logm - 10.6) / 0.25)
     quenched = u[:, 1] < p_quenched
     ssfr = np.where(
         quenched,
@@ -235,7 +227,7 @@ def _star_formation(logm: np.ndarray, u: np.ndarray, g: np.ndarray) -> tuple[np.
 
     # Bulge-to-total (r band): high for quenched / massive galaxies.
     logit_bt = 1.6 * (-(ssfr + 10.6)) + 1.0 * (logm - 10.5) - 0.4 + 0.5 * g[:, 2]
-    bt = np.clip(1.0 / (1.0 + np.exp(-logit_bt)), 0.02, 0.98)
+    bt = np.clip(_sigmoid(logit_bt), 0.02, 0.98)
     return ssfr, bt
 
 
@@ -300,7 +292,7 @@ def _scene(cfg: SyntheticConfig, idx: np.ndarray, r50_px: np.ndarray, re_cap: fl
     """The scene around the target, from its own stream (k = 2): a neighbour, an artefact and
     stars. Returns the flags ``has_nb``, ``has_art``, ``n_stars``, ``has_saturated``, the vote
     scatter ``gs`` and the private rendering columns ``private`` (``_nb_*``, ``_art_*``)."""
-    us, ustar, gs = _scene_draws(cfg.seed, idx)
+    us, ustar, gs = _draws(cfg.seed, idx, 2)
     has_nb = us[:, 0] < cfg.neighbour_fraction
     nb_r = (0.22 + 0.20 * us[:, 1]) * cfg.image_size  # 14-27 px from the centre at 64 px
     nb_angle = 2 * np.pi * us[:, 2]
@@ -365,7 +357,7 @@ def sample_properties(cfg: SyntheticConfig, start: int = 0, stop: int | None = N
         rendering columns starting with ``_`` (fluxes in nanomaggies, radii in pixels, ...).
     """
     stop = cfg.n_train + cfg.n_val + cfg.n_test if stop is None else stop
-    u, g = _draws(cfg.seed, start, stop)
+    u, g = _draws(cfg.seed, range(start, stop), 0)
     z = cfg.z_min + (cfg.z_max - cfg.z_min) * u[:, 0]
     logm = np.clip(cfg.logm_mean + cfg.logm_sigma * g[:, 0], 9.0, 11.8)
     ssfr, bt = _star_formation(logm, u, g)
@@ -575,7 +567,7 @@ def render_batch(props: pd.DataFrame, cfg: SyntheticConfig) -> np.ndarray:
 
     # Flux images in nanomaggies per pixel, bands (g, r, z); (B, H, W) each.
     planes = []
-    for j, band in enumerate(_BANDS):
+    for band in _BANDS:
         fb = props[f"_flux_bulge_{band}"].to_numpy(np.float32)[:, None, None]
         fd = props[f"_flux_disc_{band}"].to_numpy(np.float32)[:, None, None]
         img = fb * bulge
@@ -600,7 +592,7 @@ def render_batch(props: pd.DataFrame, cfg: SyntheticConfig) -> np.ndarray:
     n_stars = props["n_stars"].to_numpy()
     stars = None
     if n_stars.any():
-        _, ustar, _ = _scene_draws(cfg.seed, idx)
+        _, ustar, _ = _draws(cfg.seed, idx, 2)
         stars = _star_planes(_stars(cfg, ustar, n_stars), cfg, psf_sigma_px)
 
     for j in range(3):
@@ -661,18 +653,6 @@ def _check_config(cfg: SyntheticConfig) -> int:
     return n_all
 
 
-def _rendered(cfg: SyntheticConfig, bounds: list[tuple[int, int]], image_dir: str):
-    """Each chunk's public metadata, in order, rendered on ``cfg.workers`` processes."""
-    if cfg.workers <= 1:
-        for s, e in bounds:
-            yield _render_chunk(cfg, s, e, image_dir)
-        return
-    with cf.ProcessPoolExecutor(max_workers=cfg.workers) as pool:
-        futures = [pool.submit(_render_chunk, cfg, s, e, image_dir) for s, e in bounds]
-        for fut in futures:
-            yield fut.result()
-
-
 def generate(out_dir: Path, cfg: SyntheticConfig, log: Callable[[str], Any] = print) -> pd.DataFrame:
     """Generate the synthetic galaxy set: PNG stamps plus a metadata table.
 
@@ -715,15 +695,10 @@ def generate(out_dir: Path, cfg: SyntheticConfig, log: Callable[[str], Any] = pr
     )
     t0 = time.perf_counter()
     parts: list[pd.DataFrame] = []
-    done, next_log = 0, 0.1
-    for part in _rendered(cfg, bounds, str(image_dir)):
+    progress = Progress(n_all, log)
+    for part in in_order([(cfg, s, e, str(image_dir)) for s, e in bounds], _render_chunk, cfg.workers):
         parts.append(part)
-        done += len(part)
-        if done / n_all >= next_log or done == n_all:
-            rate = done / max(time.perf_counter() - t0, 1e-9)
-            log(f"  {done}/{n_all} galaxies ({100 * done / n_all:.0f}%), {rate:.0f}/s, ETA {(n_all - done) / rate:.0f}s")
-            while next_log <= done / n_all:
-                next_log += 0.1
+        progress.update(len(part))
 
     meta = pd.concat(parts, ignore_index=True)
     atomic_write(out_dir / "metadata.parquet", lambda p: meta.to_parquet(p, index=False))

@@ -37,8 +37,6 @@ Example::
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures as cf
 import hashlib
 import json
 import time
@@ -52,7 +50,7 @@ import pyarrow.parquet as pq
 
 from astropt.config import REJECTED_COLUMNS
 from astropt.images import ReadOptions, is_fits, read_stamps
-from astropt.io import atomic_write, duration
+from astropt.io import Progress, atomic_write, in_order
 from astropt.patches import image_to_tokens
 from astropt.shards import (
     SHARD_FORMAT,
@@ -145,34 +143,19 @@ def _tokenise_chunk(
     return np.zeros((0, T, patch_size * patch_size * opts.n_chan), np.dtype(opts.dtype)), reasons, notes
 
 
-def _in_order(tasks, fn, workers: int):
-    """``fn(*task)`` for each task, in order, on ``workers`` processes, at most ``2 * workers``
-    results held at once (so a huge split never piles up in memory)."""
-    if workers <= 1:
-        for task in tasks:
-            yield fn(*task)
-        return
-    with cf.ProcessPoolExecutor(max_workers=workers) as pool:
-        tasks = iter(tasks)
-        pending = collections.deque(pool.submit(fn, *t) for _, t in zip(range(2 * workers), tasks))
-        while pending:
-            result = pending.popleft().result()
-            nxt = next(tasks, None)
-            if nxt is not None:
-                pending.append(pool.submit(fn, *nxt))
-            yield result
+_REASON_COUNTS = {  # count key (in the order the part's .json lists them) -> how its reasons start
+    "n_missing": "missing file",
+    "n_unreadable": ("unreadable", "unsupported", "no image data"),
+    "n_wrong_size": "wrong size",
+    "n_wrong_bands": "unexpected band count",
+    "n_nan": "NaN pixels",
+    "n_out_of_range": "values",
+    "n_duplicate": "duplicate id",
+}
 
 
 def _count_reasons(reasons: list[str]) -> dict[str, int]:
-    return {
-        "n_missing": sum(r == "missing file" for r in reasons),
-        "n_unreadable": sum(r.startswith(("unreadable", "unsupported", "no image data")) for r in reasons),
-        "n_wrong_size": sum(r.startswith("wrong size") for r in reasons),
-        "n_wrong_bands": sum(r.startswith("unexpected band count") for r in reasons),
-        "n_nan": sum(r.startswith("NaN pixels") for r in reasons),
-        "n_out_of_range": sum(r.startswith("values") for r in reasons),
-        "n_duplicate": sum(r.startswith("duplicate id") for r in reasons),
-    }
+    return {key: sum(r.startswith(start) for r in reasons) for key, start in _REASON_COUNTS.items()}
 
 
 def _check_options(fit: str, nan: str, dtype: str, n_chan: int, shard_size: int) -> None:
@@ -368,28 +351,6 @@ def _work_units(job: _Job, todo: list[tuple[int, str]], chunk_size: int) -> tupl
     return tasks, plan
 
 
-class _Progress:
-    """Progress lines about every 10 % of a job's galaxies: rate, ETA and rejects so far."""
-
-    def __init__(self, total: int, log) -> None:
-        self.total, self.log = total, log
-        self.t0, self.done, self.next_log, self.rejected = time.perf_counter(), 0, 0.1, 0
-
-    def update(self, n: int, n_rejected: int) -> None:
-        self.done += n
-        self.rejected += n_rejected
-        done, total = self.done, self.total
-        if done / total >= self.next_log or done == total:
-            dt = time.perf_counter() - self.t0
-            rate = done / dt if dt > 0 else float("inf")
-            self.log(
-                f"  {done}/{total} galaxies ({100 * done / total:.0f}%), {rate:.0f}/s, "
-                f"ETA {duration((total - done) / rate)}, {self.rejected} rejected"
-            )
-            while self.next_log <= done / total:
-                self.next_log += 0.1
-
-
 def _keep_or_reject(job: _Job, writer: ShardWriter, result: tuple, unit: tuple) -> int:
     """Write one chunk's tokens into the open shard and list its galaxies in the shard's record
     (kept, fixed, or rejected with the reason); returns the number rejected."""
@@ -418,9 +379,9 @@ def _tokenise_shards(job: _Job, todo: list[tuple[int, str]], records: dict[int, 
     """Tokenise the shards ``todo`` on ``workers`` processes, in order, each written as soon as
     its last chunk is in; their records are added to ``records``."""
     tasks, plan = _work_units(job, todo, chunk_size)
-    progress = _Progress(sum(len(job.rows_of(k)) for k, _ in todo), log)
+    progress = Progress(sum(len(job.rows_of(k)) for k, _ in todo), log)
     with ShardWriter(job.shard_dir, job.row_shape, job.store) as writer:
-        for result, unit in zip(_in_order(tasks, _tokenise_chunk, workers), plan):
+        for result, unit in zip(in_order(tasks, _tokenise_chunk, workers), plan):
             n_rejected = _keep_or_reject(job, writer, result, unit)
             k, _, a, b, _ = unit
             if b == job.rows_of(k).stop:  # the shard's last chunk: write it now
@@ -439,16 +400,10 @@ def _write_part(job: _Job, out_dir: Path, records: dict[int, dict], n_todo_shard
         columns=["id", "split", "shard", "row"],
     ).astype({"shard": np.int64, "row": np.int64})
     rejected = [tuple(x) for k in mine for x in records[k]["rejected"]]
-    fixed = {n: sum(records[k]["fixed"][n] for k in mine) for n in FIX_NOTES}
-    counts = {
-        "n_total": n_mine,
-        "n_galaxies": len(index),
-        "n_rejected": len(rejected),
-        **_count_reasons([r for _, _, r in rejected]),
-        "n_cropped": fixed["cropped"],
-        "n_resized": fixed["resized"],
-        "n_nan_zeroed": fixed["NaN zeroed"],
-    }
+    counts = {"n_total": n_mine, "n_galaxies": len(index), "n_rejected": len(rejected),
+              **_count_reasons([r for _, _, r in rejected])}
+    for note in FIX_NOTES:  # n_cropped, n_resized, n_nan_zeroed
+        counts[f"n_{note.lower().replace(' ', '_')}"] = sum(records[k]["fixed"][note] for k in mine)
     if counts["n_rejected"] > max_reject_fraction * max(n_mine, 1):
         first = "; ".join(f"{g} ({r})" for g, _, r in rejected[:5])
         raise RuntimeError(
@@ -593,16 +548,8 @@ def tokenise_part(
     rows = meta[meta["split"] == split].reset_index(drop=True)
     if rows.empty:
         raise ValueError(f"{metadata}: no galaxies in split {split!r} (splits present: {sorted(meta['split'].unique())})")
-    settings = TokeniseSettings(
-        patch_size=tokens["patch_size"],
-        image_size=image_size,
-        n_chan=n_chan,
-        fit=tokens["fit"],
-        nan=tokens["nan"],
-        dtype=tokens["dtype"],
-        shard_size=tokens["shard_size"],
-        image_column=image_column,
-    )
+    settings = TokeniseSettings(**{k: tokens[k] for k in ("patch_size", "fit", "nan", "dtype", "shard_size")},
+                                image_size=image_size, n_chan=n_chan, image_column=image_column)
     return tokenise_group(
         rows, Path(metadata).parent, Path(out_dir), settings, group=group, groups=groups, workers=workers,
         max_reject_fraction=max_reject_fraction, split=split, log=log,
