@@ -26,7 +26,7 @@ import math
 import os
 import textwrap
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -701,7 +701,7 @@ def _displayable(img: np.ndarray) -> np.ndarray:
 
 
 def plot_examples(
-    image_root,
+    stamp: Callable[[int], np.ndarray],
     metadata: pd.DataFrame,
     out: str | os.PathLike,
     n: int = 16,
@@ -711,21 +711,16 @@ def plot_examples(
     """Plot a grid of example stamps, each captioned with its id and a few truths.
 
     Args:
-        image_root: Folder that ``metadata["image_path"]`` is relative to, or a callable
-            giving the (H, W, C) stamp of a metadata row position (e.g. rebuilt from tokens,
-            which serves FITS and any band count; float data are scaled for display).
-        metadata: One row per galaxy with ``id``, ``columns`` and, when ``image_root`` is
-            a folder, ``image_path``.
+        stamp: The (H, W, C) stamp of a metadata row position (the workflow rebuilds it from
+            the tokens, which serves FITS and any band count; float data are scaled for display).
+        metadata: One row per galaxy with ``id`` and ``columns``.
         out: PNG path.
         n: Stamps to show (fewer if the table is shorter), drawn at random without
             replacement and shown in table order.
         columns: Truths in the captions (2 decimals; short names for the usual ones).
         seed: Seeds the choice of stamps.
     """
-    from PIL import Image
-
-    from_files = not callable(image_root)
-    _require(metadata, ["id", *(["image_path"] if from_files else []), *columns], "the metadata table")
+    _require(metadata, ["id", *columns], "the metadata table")
     n = min(n, len(metadata))
     if n < 1:
         raise ValueError("plot_examples needs at least one galaxy in the metadata table")
@@ -738,11 +733,7 @@ def plot_examples(
         ax.set_axis_off()
     for ax, pos in zip(axes, rows):
         row = metadata.iloc[pos]
-        if from_files:
-            with Image.open(os.path.join(os.fspath(image_root), row["image_path"])) as im:
-                img = np.asarray(im.convert("RGB"))
-        else:
-            img = _displayable(image_root(int(pos)))
+        img = _displayable(stamp(int(pos)))
         ax.imshow(img, interpolation="nearest", cmap="gray" if img.ndim == 2 else None)
         # No-break spaces keep each "name value" pair on one line when the caption wraps.
         caption = ", ".join(f"{_SHORT_NAMES.get(c, c)}\u00a0{row[c]:.2f}" for c in columns)
@@ -900,12 +891,12 @@ def _isoflop_footer(ax, iso: Mapping, a3: Mapping, pct: str, dashed: bool, marke
                                 f"approach 3 (fit of L(N, D)): {_unidentified(a3, 'a')}"))
 
 
-def _draw_isoflop(fig: Figure | None, table: pd.DataFrame, grid: Mapping) -> Figure:
+def _draw_isoflop(table: pd.DataFrame, grid: Mapping) -> Figure:
     """:func:`plot_isoflop`'s figure (its first axes the profiles, the second the colourbar)."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LogNorm
 
-    fig = fig if fig is not None else Figure(figsize=(8.0, 7.6), layout="constrained")
+    fig = Figure(figsize=(8.0, 7.6), layout="constrained")
     ax = fig.subplots()
     iso = _grid_part(grid, "isoflop")
     a3 = _grid_part(grid, "approach3")
@@ -958,7 +949,7 @@ def plot_isoflop(table: pd.DataFrame, grid: Mapping, out: str | os.PathLike) -> 
             then written in the panel) and ``grid["approach3"]`` the fit.
         out: PNG path.
     """
-    _save(_draw_isoflop(None, table, grid), out)
+    _save(_draw_isoflop(table, grid), out)
 
 
 def _flops_axis(ax) -> None:
@@ -1044,10 +1035,10 @@ def _frontier_approach2(ax, key: str, exp_name: str, opt: str, iso: Mapping, lev
             + (f": {iso['reason']}" if iso.get("reason") else "")]
 
 
-def _draw_frontier(fig: Figure | None, table: pd.DataFrame, grid: Mapping) -> Figure:
+def _draw_frontier(table: pd.DataFrame, grid: Mapping) -> Figure:
     """:func:`plot_frontier`'s figure: axes 0 ``N_opt(C)``, axes 1 ``D_opt(C)``."""
     _require(table, ["params", "tokens_seen"], "grid table")
-    fig = fig if fig is not None else Figure(figsize=(13.0, 6.8), layout="constrained")
+    fig = Figure(figsize=(13.0, 6.8), layout="constrained")
     axes = fig.subplots(1, 2)
     a3 = _grid_part(grid, "approach3")
     iso = _grid_part(grid, "isoflop")
@@ -1097,7 +1088,7 @@ def plot_frontier(table: pd.DataFrame, grid: Mapping, out: str | os.PathLike) ->
         grid: The grid rule's dict (``approach3``, ``isoflop``).
         out: PNG path.
     """
-    _save(_draw_frontier(None, table, grid), out)
+    _save(_draw_frontier(table, grid), out)
 
 
 def _holdout_mask(table: pd.DataFrame, holdout: Mapping) -> np.ndarray:
@@ -1160,12 +1151,12 @@ def _draw_holdout(ax, table: pd.DataFrame, held: np.ndarray, h: Mapping, colours
     return values, notes
 
 
-def _draw_loss_tokens(fig: Figure | None, table: pd.DataFrame, grid: Mapping) -> Figure:
+def _draw_loss_tokens(table: pd.DataFrame, grid: Mapping) -> Figure:
     """:func:`plot_loss_tokens`'s figure."""
     from astropt.chinchilla import predict
 
     _require(table, ["size", "params", "tokens_seen", "val_loss"], "grid table")
-    fig = fig if fig is not None else Figure(figsize=(8.0, 7.6), layout="constrained")
+    fig = Figure(figsize=(8.0, 7.6), layout="constrained")
     ax = fig.subplots()
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -1237,7 +1228,7 @@ def plot_loss_tokens(table: pd.DataFrame, grid: Mapping, out: str | os.PathLike)
         grid: The grid rule's dict (``approach3``, ``holdout``).
         out: PNG path.
     """
-    _save(_draw_loss_tokens(None, table, grid), out)
+    _save(_draw_loss_tokens(table, grid), out)
 
 
 # The figure stages: what the workflow's figure_* rules call (paths in, PNG out).

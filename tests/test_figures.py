@@ -500,8 +500,13 @@ def test_plot_examples_draws_the_stamps_with_their_truths(tmp_path, saved_figure
     from astropt.synthetic import SyntheticConfig, generate
 
     meta = generate(tmp_path / "syn", SyntheticConfig(n_train=5, n_val=1, n_test=0), log=lambda _: None)
+
+    def png(pos):  # 8-bit RGB stamps, shown as they are
+        with Image.open(tmp_path / "syn" / meta["image_path"].iloc[pos]) as im:
+            return np.asarray(im.convert("RGB"))
+
     out = tmp_path / "sub" / "examples.png"
-    plot_examples(tmp_path / "syn", meta, out, n=16, seed=1)  # n above the table: all 6 shown
+    plot_examples(png, meta, out, n=16, seed=1)  # n above the table: all 6 shown
     fig = saved_figures[out]
     assert len(fig.axes) == 6 and not any(ax.axison for ax in fig.axes)  # 3 x 2, no axes drawn
     for ax, row in zip(fig.axes, meta.itertuples()):
@@ -514,7 +519,7 @@ def test_plot_examples_draws_the_stamps_with_their_truths(tmp_path, saved_figure
         assert f"r {row.mag_r_desi:.2f}" in caption and f"zred {row.redshift:.2f}" in caption
         assert f"r50 {row.est_petro_th50:.2f}" in caption
     # fewer than the table: drawn without replacement, shown in table order
-    plot_examples(tmp_path / "syn", meta, tmp_path / "four.png", n=4, seed=1, columns=("mass_med_photoz",))
+    plot_examples(png, meta, tmp_path / "four.png", n=4, seed=1, columns=("mass_med_photoz",))
     axes = saved_figures[tmp_path / "four.png"].axes
     assert len(axes) == 4
     ids = [ax.get_title().split("\n")[0] for ax in axes]
@@ -535,7 +540,7 @@ def test_plot_examples_draws_the_stamps_with_their_truths(tmp_path, saved_figure
         order = np.argsort(stamps[pos, ..., 0], axis=None)
         assert (np.diff(shown.ravel()[order]) >= -1e-7).all()  # its own stamp: brighter stays brighter
     with pytest.raises(ValueError, match="no_such_column"):
-        plot_examples(tmp_path / "syn", meta, tmp_path / "x.png", columns=("no_such_column",))
+        plot_examples(png, meta, tmp_path / "x.png", columns=("no_such_column",))
 
 
 @pytest.mark.slow

@@ -107,7 +107,7 @@ def _texts(ax):
 
 
 def test_isoflop_parabolas_minima_and_both_exponents(table, grid):
-    fig = _draw_isoflop(None, table, grid)
+    fig = _draw_isoflop(table, grid)
     ax = fig.axes[0]
     assert len(fig.axes) == 2 and "FLOPs" in fig.axes[1].get_ylabel()  # the colourbar of C
     (bar,) = colorbars(fig)
@@ -143,7 +143,7 @@ def test_isoflop_parabolas_minima_and_both_exponents(table, grid):
 
 
 def test_frontier_lines_minima_and_runs(table, grid):
-    fig = _draw_frontier(None, table, grid)
+    fig = _draw_frontier(table, grid)
     ax_n, ax_d = fig.axes
     a3 = grid["approach3"]
     assert (ax_n.get_title(), ax_d.get_title()) == ("Compute-optimal parameters vs compute",
@@ -173,22 +173,22 @@ def test_frontier_lines_minima_and_runs(table, grid):
 
     # without the frontier in the dict the line comes from a, b, G, still optimal_allocation's
     no_front = {**grid, "approach3": {**a3, "frontier": None}}
-    ax_n = _draw_frontier(None, table, no_front).axes[0]
+    ax_n = _draw_frontier(table, no_front).axes[0]
     (line,) = _gid(ax_n, "approach3:N")
     assert np.allclose(line.get_ydata(), optimal_allocation(a3, line.get_xdata())[0], rtol=1e-12)
     assert not _gid(ax_n, "approach3_band:N")
     # fit_grid's frontier without resamples (no band) and with ends the replicates could not give
     front = a3["frontier"]
     bare = {**front, "N_lo": None, "N_hi": None, "D_lo": None, "D_hi": None}
-    ax_n = _draw_frontier(None, table, {**grid, "approach3": {**a3, "frontier": bare}}).axes[0]
+    ax_n = _draw_frontier(table, {**grid, "approach3": {**a3, "frontier": bare}}).axes[0]
     assert len(_gid(ax_n, "approach3:N")) == 1 and not _gid(ax_n, "approach3_band:N")
     holes = {**front, "N_lo": [None, *front["N_lo"][1:]], "D_hi": [None, *front["D_hi"][1:]]}
-    ax_n, ax_d = _draw_frontier(None, table, {**grid, "approach3": {**a3, "frontier": holes}}).axes
+    ax_n, ax_d = _draw_frontier(table, {**grid, "approach3": {**a3, "frontier": holes}}).axes
     assert len(_gid(ax_n, "approach3_band:N")) == 1 and len(_gid(ax_d, "approach3_band:D")) == 1
 
 
 def test_loss_tokens_curves_cells_and_the_held_out_corner(table, grid):
-    fig = _draw_loss_tokens(None, table, grid)
+    fig = _draw_loss_tokens(table, grid)
     ax = fig.axes[0]
     a3 = grid["approach3"]
     curves = [a for a in ax.get_lines() if str(a.get_gid()).startswith("approach3:")]
@@ -248,15 +248,15 @@ def test_one_budget_says_what_it_cannot_tell(tmp_path, saved_figures):
             "isoflop": {"reason": "every run saw 6.4M tokens: no two runs share a compute level"},
             "holdout": {"reason": "grid.holdout is null: no corner held out"}}
     why = a3["unidentified"]["a"]
-    for ax in _draw_frontier(None, table, grid).axes:
+    for ax in _draw_frontier(table, grid).axes:
         assert not [a for a in ax.get_children() if str(a.get_gid()).startswith(("approach3", "approach2"))]
         text = _texts(ax)
         assert "approach 3 (fit of L(N, D)), no frontier: " in text and " ".join(why.split()) in text
         assert "every run saw 6.4M tokens" in text
         assert len(_gid(ax, "runs:N") + _gid(ax, "runs:D")) == 1  # the runs are still drawn
-    ax = _draw_isoflop(None, table, grid).axes[0]
+    ax = _draw_isoflop(table, grid).axes[0]
     assert "approach 2 (IsoFLOP profiles): every run saw 6.4M tokens" in _texts(ax)
-    ax = _draw_loss_tokens(None, table, grid).axes[0]
+    ax = _draw_loss_tokens(table, grid).axes[0]
     assert not [a for a in ax.get_lines() if str(a.get_gid()).startswith("approach3:")]
     text = _texts(ax)
     assert "approach 3 (fit of L(N, D)) not drawn: E, B, beta not identified (the grid has one token budget" in text
@@ -269,12 +269,12 @@ def test_one_budget_says_what_it_cannot_tell(tmp_path, saved_figures):
                    for ax in panels(fig))
     # no grid at all (figure_grid's stand-in): the runs are drawn, and the reason in each panel
     bare = {"reason": "train.budgets lists one budget: there is no N x D grid"}
-    text = _texts(_draw_isoflop(None, table, bare).axes[0])
+    text = _texts(_draw_isoflop(table, bare).axes[0])
     assert "approach 2 (IsoFLOP profiles): train.budgets lists one budget" in text
-    for ax in _draw_frontier(None, table, bare).axes:
+    for ax in _draw_frontier(table, bare).axes:
         assert "approach 3 (fit of L(N, D)), no frontier: no fit (train.budgets lists one budget" in _texts(ax)
         assert len(ax.collections) == 1  # the runs alone
-    ax = _draw_loss_tokens(None, table, bare).axes[0]
+    ax = _draw_loss_tokens(table, bare).axes[0]
     text = _texts(ax)
     assert "not drawn: no fit (train.budgets" in text and "held-out corner: train.budgets lists one budget" in text
     assert len(_gid(ax, "runs")[0].get_offsets()) == len(table)
