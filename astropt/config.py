@@ -185,10 +185,6 @@ class Budget:
     tokens: int
 
     @property
-    def default(self) -> bool:
-        return self.label == ""
-
-    @property
     def path(self) -> str:
         """The ``{budget}`` part of a run's path: ``""`` or ``"D403K/"``."""
         return f"{self.label}/" if self.label else ""

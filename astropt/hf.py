@@ -55,8 +55,7 @@ from astropt.hub import VERIFIED_SIDECAR, Hub, RemoteFile, VerifiedCache
 from astropt.io import atomic_write
 
 __all__ = [
-    "HuggingFaceSourceError", "RemoteFile", "download_huggingface", "read_parquet_images",
-    "SOURCE_JSON", "VERIFIED_SIDECAR",
+    "HuggingFaceSourceError", "download_huggingface", "read_parquet_images", "SOURCE_JSON",
 ]
 
 REPO_TYPE = "dataset"

@@ -24,8 +24,8 @@ class BatchGatherer:
     k+1 while batch k is still in flight.
 
     Args:
-        tokens: (N, T, D) token shards (:class:`astropt.shards.ShardedTokens`) or one array
-            (a read-only memmap, say).
+        tokens: (N, T, D) token shards (:class:`astropt.shards.ShardedTokens`, a split's
+            ``tokens`` from :func:`astropt.shards.load_tokens`).
         batch_size: largest batch that will be requested.
         device: where batches go.
     """
@@ -50,6 +50,7 @@ class BatchGatherer:
         n = len(indices)
         if n > self.buffers[0].shape[0]:
             raise ValueError(f"batch of {n} galaxies exceeds the gatherer's buffers ({self.buffers[0].shape[0]})")
+        # Checked here, not left to ShardedTokens.take: it would count negative indices from the end.
         if n and (indices.min() < 0 or indices.max() >= len(self.tokens)):
             bad = int(((indices < 0) | (indices >= len(self.tokens))).sum())
             raise IndexError(f"{bad} galaxy indices outside 0..{len(self.tokens) - 1}")
@@ -58,13 +59,8 @@ class BatchGatherer:
         if self.events[i] is not None:
             self.events[i].synchronize()  # the previous copy out of this buffer is done
         buf = self.buffers[i][:n]
-        # Sorted rows read the file in order; mode="clip" lets numpy write into `out`
-        # directly (the default mode gathers into a temporary first).
-        rows = np.sort(indices)
-        if isinstance(self.tokens, np.ndarray):
-            np.take(self.tokens, rows, axis=0, out=buf.numpy(), mode="clip")
-        else:
-            self.tokens.take(rows, out=buf.numpy())
+        # Sorted rows read the shards in file order, straight into the buffer.
+        self.tokens.take(np.sort(indices), out=buf.numpy())
         if not self.cuda:
             return buf
         out = buf.to(self.device, non_blocking=True)

@@ -39,7 +39,8 @@ cannot run code.
 
 Example::
 
-    from astropt.released import released_model, repo_file
+    from astropt.config import repo_file
+    from astropt.released import released_model
     repo_file("89M")   # 'models/fully_trained/0089M_params/030000_ckpt.pt'
     released_model("89M", cfg["models"]["released"], "results/models/89M/ckpt.pt",
                    "results/models/89M/ckpt.json", "results/models/89M/metrics.csv")
@@ -56,14 +57,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from astropt.config import RELEASED_PATH as DEFAULT_PATH, repo_file, size_digits  # noqa: F401 (re-exported)
+from astropt.config import repo_file
 from astropt.io import atomic_write
 from astropt.record import RunRecord
 from astropt.model import PRESET_LR, PRESETS, GPT, GPTConfig
 
 __all__ = [
-    "ReleasedWeightsError", "DEFAULT_PATH", "size_digits", "repo_file",
-    "paper_schedule", "fetch_checkpoint", "read_checkpoint", "convert_checkpoint", "released_model",
+    "ReleasedWeightsError", "paper_schedule", "fetch_checkpoint", "read_checkpoint", "convert_checkpoint",
+    "released_model",
 ]
 
 REPO_TYPE = "model"

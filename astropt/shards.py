@@ -63,57 +63,40 @@ class ShardedTokens:
     ``tokens[a:b, :64]``) returns a numpy array; a slice inside one shard is a view of its
     memory map. :meth:`take` gathers rows straight into a caller's buffer.
 
-    Shards given as files (:meth:`open`, what :func:`load_tokens` uses) are memory-mapped on
-    first use. Each open map holds a file descriptor, so at most ``max_open`` stay open (least
+    Each shard is a ``.npy`` file, memory-mapped on first use (its shape and dtype checked
+    then). Each open map holds a file descriptor, so at most ``max_open`` stay open (least
     recently used closed first): the paper's training split has over 4,000 shards.
 
     Args:
-        shards: One ``(n_k, T, D)`` array per shard, all of the same T, D and dtype.
+        paths: The shard files, in order.
+        lengths: Rows of each shard.
+        row_shape: ``(T, D)`` of one galaxy's tokens.
+        dtype: Storage dtype of every shard.
+        max_open: Most memory maps kept open at once.
     """
 
     ndim = 3
 
-    def __init__(self, shards: list[np.ndarray]) -> None:
-        if not shards:
-            raise ValueError("ShardedTokens needs at least one shard")
-        first = shards[0]
-        for k, a in enumerate(shards):
-            if a.ndim != 3 or a.shape[1:] != first.shape[1:] or a.dtype != first.dtype:
-                raise ValueError(
-                    f"shard {k} is {a.shape} {a.dtype}, shard 0 is {first.shape} {first.dtype}"
-                )
-        self._setup([len(a) for a in shards], first.shape[1:], first.dtype)
-        self._arrays: list[np.ndarray | None] = list(shards)
-        self._paths: list[Path] | None = None
-
-    @classmethod
-    def open(cls, paths: list[Path], lengths: list[int], row_shape: tuple[int, int], dtype,
-             max_open: int = 1024) -> "ShardedTokens":
-        """Shards in ``.npy`` files of ``lengths`` rows of ``row_shape`` (checked when opened)."""
+    def __init__(self, paths: list[Path], lengths: list[int], row_shape: tuple[int, int], dtype,
+                 max_open: int = 1024) -> None:
         if not paths or len(paths) != len(lengths):
-            raise ValueError(f"ShardedTokens.open needs one length per shard file ({len(paths)} files, {len(lengths)} lengths)")
-        self = cls.__new__(cls)
-        self._setup(lengths, tuple(row_shape), np.dtype(dtype))
+            raise ValueError(f"ShardedTokens needs one length per shard file ({len(paths)} files, "
+                             f"{len(lengths)} lengths)")
+        self.offsets = np.cumsum([0, *lengths]).astype(np.int64)
+        self.shape = (int(self.offsets[-1]), *tuple(row_shape))
+        self.dtype = np.dtype(dtype)
         self._paths = [Path(p) for p in paths]
-        self._arrays = [None] * len(paths)
+        self._arrays: list[np.ndarray | None] = [None] * len(paths)
         self._max_open = max(1, int(max_open))
         self._lru: "OrderedDict[int, None]" = OrderedDict()
-        return self
-
-    def _setup(self, lengths: list[int], row_shape: tuple, dtype) -> None:
-        self.offsets = np.cumsum([0, *lengths]).astype(np.int64)
-        self.shape = (int(self.offsets[-1]), *row_shape)
-        self.dtype = np.dtype(dtype)
 
     @property
     def n_shards(self) -> int:
         return len(self._arrays)
 
     def shard(self, k: int) -> np.ndarray:
-        """Shard ``k``'s array (memory-mapped now if it is a file not open yet)."""
+        """Shard ``k``'s array (memory-mapped now if it is not open yet)."""
         a = self._arrays[k]
-        if self._paths is None:
-            return a
         if a is None:
             path = self._paths[k]
             a = np.load(path, mmap_mode="r")
@@ -142,10 +125,8 @@ class ShardedTokens:
     def _rows(self, rows) -> np.ndarray:
         """Row indices as int64, negative ones counted from the end, checked."""
         rows = np.asarray(rows)
-        if rows.dtype == bool:
-            if rows.shape != (len(self),):
-                raise IndexError(f"boolean index of shape {rows.shape} does not match {len(self)} galaxies")
-            return np.flatnonzero(rows)
+        if rows.size and rows.dtype.kind not in "iu":  # a boolean mask would be read as rows 0 and 1
+            raise IndexError(f"galaxy indices must be integers, not {rows.dtype}")
         rows = rows.astype(np.int64, copy=False).reshape(-1)
         rows = np.where(rows < 0, rows + len(self), rows)
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
@@ -446,7 +427,7 @@ def load_tokens(split_dir: str | os.PathLike) -> TokenSplit:
             raise ValueError(f"token shard {path} is {shape} {got}, {needed[1]} lists {(s['n'], *row_shape)} {dtype}")
         paths.append(path)
         lengths.append(s["n"])
-    tokens = ShardedTokens.open(paths, lengths, row_shape, dtype, max_open=_open_file_budget(len(paths)))
+    tokens = ShardedTokens(paths, lengths, row_shape, dtype, max_open=_open_file_budget(len(paths)))
     expect = np.concatenate([np.arange(n) for n in lengths]) if lengths else np.zeros(0)
     if len(index) != len(tokens):
         raise ValueError(f"{split_dir}: index.parquet lists {len(index)} galaxies but the shards hold {len(tokens)}")

@@ -11,7 +11,8 @@ For each model size, in one run and from the same initial weights and the same d
 2. **ours**: ``astropt.model.GPT`` with ``GPT.configure_optimizer`` (fused AdamW on CUDA), bf16
    autocast on CUDA, ``torch.compile`` when ``--compile``, the largest micro-batch that fits
    (``--micro-batch``) with accumulation to the same global batch, and the data path of
-   ``astropt/train.py``: raw uint8 patches gathered into pinned staging buffers by
+   ``astropt/train.py``: raw uint8 patches, stored as a token shard (in a temporary folder) and
+   memory-mapped as training reads its split, gathered into pinned staging buffers by
    ``astropt.loader.BatchGatherer``, copied with ``non_blocking=True`` and normalised per patch
    on the device; the loss is accumulated on the device, so nothing in the step waits for
    the GPU. The step mirrors the training loop of ``astropt/train.py``.
@@ -58,6 +59,7 @@ import os
 import platform
 import resource
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +84,7 @@ from astropt import hardware  # noqa: E402
 from astropt.model import GPT, PRESET_LR, PRESETS, GPTConfig  # noqa: E402
 from astropt.compute import memory_estimate  # noqa: E402
 from astropt.patches import normalise  # noqa: E402
+from astropt.shards import ShardedTokens, ShardWriter, shard_stem  # noqa: E402
 from astropt.train import step_loss  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,6 +222,18 @@ def synthetic_tokens(n: int, seq: int, patch_size: int, n_chan: int, seed: int =
     return out
 
 
+def token_shard(tokens: np.ndarray, folder: Path) -> ShardedTokens:
+    """``tokens`` written as one token shard in ``folder`` by the tokenise jobs' writer
+    (:class:`astropt.shards.ShardWriter`) and opened as ``astropt/train.py`` reads its split
+    (:class:`astropt.shards.ShardedTokens`, memory-mapped)."""
+    with ShardWriter(folder, tokens.shape[1:], tokens.dtype) as writer:
+        writer.start(0, len(tokens), "synthetic", ())
+        writer.add(tokens)
+        writer.record["ids"] += [str(i) for i in range(len(tokens))]
+        writer.finish()
+    return ShardedTokens([folder / f"{shard_stem(0)}.npy"], [len(tokens)], tokens.shape[1:], tokens.dtype)
+
+
 def peak_flops(device: torch.device, override: float | None) -> float | None:
     """Dense bf16 peak FLOP/s of ``device``: ``override`` (FLOP/s), astropt.hardware's table, or None."""
     return hardware.peak_flops(device, override / 1e12 if override else None)
@@ -296,7 +311,7 @@ class ReferencePath:
 class OursPath:
     """This project's step, as the training loop of ``astropt/train.py`` runs it."""
 
-    def __init__(self, cfg: GPTConfig, init_state: dict, tokens: np.ndarray, lr: float, setup: Setup,
+    def __init__(self, cfg: GPTConfig, init_state: dict, tokens: ShardedTokens, lr: float, setup: Setup,
                  micro_batch: int, variant: Variant = Variant()):
         self.setup, self.lr, self.init_state, self.variant = setup, lr, init_state, variant
         self.name = variant.name
@@ -517,8 +532,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def benchmark_size(size: str, args: argparse.Namespace, setup: Setup, tokens: np.ndarray,
-                   peak: float | None) -> dict:
-    """Every path of one size, from the same initial weights and data (see :func:`main`)."""
+                   shards: ShardedTokens, peak: float | None) -> dict:
+    """Every path of one size, from the same initial weights and data (see :func:`main`):
+    ``tokens`` in memory for the reference, the same rows as ``shards`` on disk for ours."""
     device = setup.device
     cfg, lr = size_config(size, setup, args.config)
     torch.manual_seed(args.seed)
@@ -533,7 +549,7 @@ def benchmark_size(size: str, args: argparse.Namespace, setup: Setup, tokens: np
         refs.append(measure(ReferencePath(cfg, init_state, tokens, lr, setup, mb), setup, flops_per_token, peak))
     for variant in args.variants:
         _free(device)
-        ours.append(measure(OursPath(cfg, init_state, tokens, lr, setup, micro, variant), setup, flops_per_token, peak))
+        ours.append(measure(OursPath(cfg, init_state, shards, lr, setup, micro, variant), setup, flops_per_token, peak))
     _free(device)
     best_ref = max(refs, key=lambda r: r.tokens_per_s)
     diff = (lambda r: loss_difference(refs[0].check_losses, r.check_losses)) if setup.check_loss else (lambda r: None)
@@ -604,9 +620,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"{'size':>6} {'params':>8} {'path':>{width}} {'micro x accum':>13} {'tokens/s':>9} "
               f"{'images/s':>9} {'MFU':>6} {'peak mem':>10} {'est mem':>10} {'x ref':>6}")
         rows = []
-        for size in args.sizes:
-            rows.append(benchmark_size(size, args, setup, tokens, peak))
-            print_size(rows[-1], setup, width)
+        with tempfile.TemporaryDirectory(prefix="astropt-train-bench-") as tmp:
+            shards = token_shard(tokens, Path(tmp))
+            for size in args.sizes:
+                rows.append(benchmark_size(size, args, setup, tokens, shards, peak))
+                print_size(rows[-1], setup, width)
     finally:
         torch.set_num_threads(threads_before)
     if device.type != "cuda":

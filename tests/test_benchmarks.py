@@ -17,6 +17,7 @@ import torch
 
 from astropt.loader import BatchGatherer
 from astropt.patches import normalise, spiral_order
+from astropt.shards import load_tokens
 from tokens_helper import tokenise_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def test_reference_and_loader_give_the_same_xy(stamps, position):
 
 def test_loader_host_path_matches_normalise_of_the_token_rows(stamps):
     _, tok_dir, _ = stamps
-    tokens = np.load(tok_dir / "shards/00000.npy", mmap_mode="r")
+    tokens = load_tokens(tok_dir).tokens  # as train.py opens its split
     idx = np.array([5, 1, 6])
     gather = BatchGatherer(tokens, 4, "cpu")
     raw = loader.ours_raw(gather, idx)

@@ -203,7 +203,7 @@ def test_budgets_as_multiples_and_tokens(default):
     assert cfg.grid
     got = [(b.label, b.steps, b.tokens) for b in cfg.budgets("85K")]
     assert got == [("D202K", 200, 201600), ("D403K", 400, 403200), ("", 800, 806400), ("D1.61M", 1600, 1612800)]
-    assert cfg.budget("85K", "D403K/").steps == 400 and cfg.budget("85K", "").default
+    assert cfg.budget("85K", "D403K/").steps == 400 and cfg.budget("85K", "").label == ""
     with pytest.raises(ConfigError, match="no token budget 'D999K'.*D202K"):
         cfg.budget("85K", "D999K")
     # each run's cosine ends at its own last step; the warm-up stays

@@ -17,14 +17,12 @@ import pytest
 import torch
 
 from astropt.checkpoint import load_model, save_checkpoint
-from astropt.config import ConfigError, load_config
+from astropt.config import RELEASED_PATH, ConfigError, load_config, repo_file, size_digits
 from astropt.embed import (
     embed_split, extract_embeddings, read_embeddings, resolve_transpose, transpose_index, transpose_tokens,
 )
 from astropt.model import GPT, PRESETS, GPTConfig
-from astropt.released import (
-    DEFAULT_PATH, ReleasedWeightsError, read_checkpoint, released_model, repo_file, size_digits,
-)
+from astropt.released import ReleasedWeightsError, read_checkpoint, released_model
 from astropt.patches import image_to_tokens
 from astropt.shards import load_tokens
 from conftest import ROOT
@@ -57,7 +55,7 @@ def write_v1_checkpoint(path, size: str, seed: int = 0, best_val_loss: float | N
 
 
 def settings(hub, **over) -> dict:
-    return {"repo": REPO, "revision": FAKE_COMMIT, "path": DEFAULT_PATH, "endpoint": hub.endpoint,
+    return {"repo": REPO, "revision": FAKE_COMMIT, "path": RELEASED_PATH, "endpoint": hub.endpoint,
             "cache_dir": None, **over}
 
 
@@ -96,7 +94,7 @@ def _paper(**over):
 
 def test_config_released_accepts_the_paper_and_refuses_what_it_cannot_serve():
     cfg = load_config(_paper())
-    assert cfg.raw["models"]["released"] == {"repo": REPO, "revision": None, "path": DEFAULT_PATH,
+    assert cfg.raw["models"]["released"] == {"repo": REPO, "revision": None, "path": RELEASED_PATH,
                                              "endpoint": None, "cache_dir": None}
     tiny = {"42K": {"n_layer": 2, "n_head": 2, "n_embd": 32, "lr": 1e-3}}
     trained = load_config({"sizes": ["42K"], "custom_sizes": tiny, "data": {"source": "synthetic"}})
@@ -241,7 +239,7 @@ def test_wrong_file_wrong_model_and_bad_settings_are_explained(v1_repo, tmp_path
     with fake_hub(root, repo=REPO, repo_type="model", lfs_suffixes=(".pt",)) as hub:
         with pytest.raises(ReleasedWeightsError, match=r"0001M_params/020000_ckpt.pt \(size 1M\) is not in .* holds: "
                                                        r"models/fully_trained/0001M_params/030000_ckpt.pt"):
-            released_model("1M", settings(hub, path=DEFAULT_PATH.replace("030000", "020000")), *out, **quiet)
+            released_model("1M", settings(hub, path=RELEASED_PATH.replace("030000", "020000")), *out, **quiet)
         with pytest.raises(ReleasedWeightsError, match=r"no such file or folder .*config key 'models.released.path'"):
             released_model("5M", settings(hub), *out, **quiet)  # no 0005M_params folder
         with pytest.raises(ReleasedWeightsError, match=r"config key 'models.released.revision'"):

@@ -18,7 +18,7 @@ from PIL import Image
 from astropt.patches import image_to_tokens, normalise, patchify, spiral_order, tokens_to_image, unpatchify
 from astropt.shards import ShardedTokens, load_tokens, parse_part_name, part_name
 from astropt.tokenise import TokeniseSettings, collect_rejected, merge_token_groups, tokenise_group, tokenise_part
-from tokens_helper import tokenise_split
+from tokens_helper import token_split, tokenise_split, write_shards
 
 
 def _quiet(_: str) -> None:
@@ -528,11 +528,11 @@ def test_killed_tokenise_process_resumes(tmp_path):
     assert not list(out.rglob("*.tmp-*"))  # the killed run's temporary file was swept
 
 
-def test_sharded_tokens_indexing():
+def test_sharded_tokens_indexing(tmp_path):
     rng = np.random.default_rng(0)
     parts = [rng.integers(0, 255, (n, 4, 3), dtype=np.uint8) for n in (3, 0, 5, 2)]
     whole = np.concatenate(parts)
-    st = ShardedTokens(parts)
+    st = token_split(tmp_path / "t", parts).tokens
     assert st.shape == (10, 4, 3) and len(st) == 10 and st.dtype == np.uint8
     np.testing.assert_array_equal(np.asarray(st), whole)
     for key in (0, 3, 9, -1, slice(2, 7), slice(3, 8), slice(None, None, 3), slice(5, 5)):
@@ -541,17 +541,19 @@ def test_sharded_tokens_indexing():
     np.testing.assert_array_equal(st[4, 1:], whole[4, 1:])
     rows = np.array([9, 0, 4, 4, 3, 2])
     np.testing.assert_array_equal(st[rows], whole[rows])  # unsorted, repeated
-    np.testing.assert_array_equal(st[whole[:, 0, 0] > 100], whole[whole[:, 0, 0] > 100])
     out = np.empty((4, 4, 3), np.uint8)
     assert st.take(np.array([1, 2, 3, 8]), out=out) is out
     np.testing.assert_array_equal(out, whole[[1, 2, 3, 8]])
     np.testing.assert_array_equal(st[np.array([-1, -10, 2])], whole[[-1, -10, 2]])  # as numpy
     with pytest.raises(IndexError, match="outside 0..9"):
         st.take(np.array([10]))
-    with pytest.raises(IndexError, match="boolean index"):
-        st[np.array([True, False])]
-    with pytest.raises(ValueError, match="shard 1"):
-        ShardedTokens([parts[0], parts[2].astype(np.float32)])
+    with pytest.raises(IndexError, match="must be integers"):
+        st[np.ones(10, bool)]  # a mask is no list of rows (as ints it would be rows 0 and 1)
+    paths = write_shards(tmp_path / "mixed", [parts[0], parts[2].astype(np.float32)])
+    mixed = ShardedTokens(paths, [3, 5], (4, 3), np.uint8)
+    np.testing.assert_array_equal(mixed[:3], parts[0])
+    with pytest.raises(ValueError, match=r"00001.npy is \(5, 4, 3\) float32"):
+        mixed[3]
 
 
 def test_images_inside_parquet_shards(tmp_path):
@@ -589,13 +591,13 @@ def test_sharded_tokens_from_files_keep_few_maps_open(tmp_path):
         np.save(tmp_path / f"{k}.npy", a)
         paths.append(tmp_path / f"{k}.npy")
     whole = np.concatenate(parts)
-    st = ShardedTokens.open(paths, [len(a) for a in parts], (4, 3), np.uint8, max_open=2)
+    st = ShardedTokens(paths, [len(a) for a in parts], (4, 3), np.uint8, max_open=2)
     for _ in range(3):  # cycling through every shard, more than max_open of them
         for rows in (np.array([0, 4, 9, 12]), np.array([13, 1]), np.arange(14)):
             np.testing.assert_array_equal(st[rows], whole[rows])
             assert sum(a is not None for a in st._arrays) <= 2
     np.testing.assert_array_equal(st[2:11, 1:], whole[2:11, 1:])
-    bad = ShardedTokens.open(paths, [3, 5, 3, 4], (4, 3), np.uint8)  # shard 2 does not hold 3 rows
+    bad = ShardedTokens(paths, [3, 5, 3, 4], (4, 3), np.uint8)  # shard 2 does not hold 3 rows
     with pytest.raises(ValueError, match=r"2.npy is \(2, 4, 3\)"):
         bad[9]
 
