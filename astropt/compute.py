@@ -1,6 +1,8 @@
-"""Model shapes and what a training run costs, before it runs: parameters, FLOPs, hours.
+"""Model shapes and what a training run costs, before it runs: parameters, FLOPs, hours and
+peak GPU memory (:func:`memory_estimate`, :func:`memory_refusal`).
 
-:class:`GPTConfig` (an AstroPT model's shape) and the paper's :data:`PRESETS` live here,
+:class:`GPTConfig` (an AstroPT model's shape), the paper's :data:`PRESETS` and the larger
+:data:`LARGE_PRESETS` (6.5B, for FSDP) live here,
 beside the formulas, so that the workflow's parse and config validation never import torch;
 :mod:`astropt.model` re-exports them.
 
@@ -360,22 +362,24 @@ def memory_refusal(size: str, model: Mapping[str, Any], micro_batch: int, grad_a
         return None
     key = f"train.sizes.{size}"
     fixes = []
-    fitting = next((mb for mb in range(micro_batch - 1, 0, -1) if need(mb).total_gb <= limit), None)
+    batch = micro_batch * grad_accum  # the global batch, kept: a micro-batch must split it evenly over the ranks
+    fitting = next((mb for mb in range(micro_batch - 1, 0, -1)
+                    if batch % (mb * ranks) == 0 and need(mb).total_gb <= limit), None)
     if fitting:
-        fixes.append(f"{key}.micro_batch: {fitting} (and grad_accum raised to keep the global batch of "
-                     f"{micro_batch * grad_accum} galaxies; {need(fitting).total_gb:.1f} GB)")
+        fixes.append(f"{key}.micro_batch: {fitting} with grad_accum: {batch // fitting} (the same global batch of "
+                     f"{batch} galaxies; {need(fitting).total_gb:.1f} GB)")
     if parallel == "ddp" and ranks > 1 and need(parallel="fsdp").total_gb <= limit:
         fixes.append(f"{key}.parallel: fsdp ({need(parallel='fsdp').total_gb:.1f} GB)")
     if not checkpointing and need(checkpointing=True).total_gb <= limit:
         fixes.append(f"{key}.activation_checkpointing: true ({need(checkpointing=True).total_gb:.1f} GB)")
-    if not fixes:  # more GPUs under FSDP, at this micro-batch or at 1
+    if not fixes:  # more GPUs under FSDP (as many as split the accumulation), at this micro-batch or at 1
         more = next(((r, mb) for mb in dict.fromkeys((micro_batch, 1)) for r in (2 ** k for k in range(11))
-                     if r > ranks and need(mb, parallel="fsdp", checkpointing=True, ranks=r).total_gb <= limit),
-                    None)
+                     if r > ranks and (batch // mb) % r == 0
+                     and need(mb, parallel="fsdp", checkpointing=True, ranks=r).total_gb <= limit), None)
         fixes.append(
             f"{key}.parallel: fsdp with activation_checkpointing: true on {more[0]} GPUs (resources.train.sizes."
-            f"{size}){f' and {key}.micro_batch: 1' if more[1] != micro_batch else ''}"
-            if more else "a GPU with more memory: not even 1,024 GPUs under FSDP hold it")
+            f"{size}){f' and {key}.micro_batch: 1 with grad_accum: {batch}' if more[1] != micro_batch else ''}"
+            if more else "a GPU with more memory: no number of GPUs under FSDP that splits the batch holds it")
     return (
         f"size {size} needs about {est.describe()} per GPU to train (micro_batch {micro_batch}, parallel "
         f"{parallel}, {dtype}, {ranks} GPU(s){', activation checkpointing' if checkpointing else ''}), more than "

@@ -153,7 +153,16 @@ def test_memory_refusal_names_the_size_and_what_fits():
                           checkpointing=True, pad_positions=False, gpu_mem_gb=80) is None
     small = memory_refusal("309M", SIZE_PRESETS["309M"].to_dict(), 64, 5, parallel="ddp", dtype="bfloat16",
                            ranks=1, checkpointing=False, pad_positions=False, gpu_mem_gb=24)
-    assert "train.sizes.309M.micro_batch: " in small and "activation_checkpointing: true" in small
+    assert "train.sizes.309M.micro_batch: 16 with grad_accum: 20 (the same global batch of 320" in small
+    assert "activation_checkpointing: true" in small
+    # a suggested micro-batch splits the global batch evenly over the ranks (320 / 8 ranks: 40, not 18)
+    eight = memory_refusal("309M", SIZE_PRESETS["309M"].to_dict(), 64, 5, parallel="ddp", dtype="bfloat16",
+                           ranks=8, checkpointing=True, pad_positions=False, gpu_mem_gb=12)
+    assert "train.sizes.309M.micro_batch: 40 with grad_accum: 8 " in eight
+    # and suggested GPUs divide the accumulation (grad_accum 10: not 4 GPUs at micro-batch 32)
+    ten = memory_refusal("6.5B", args, 32, 10, parallel="ddp", dtype="bfloat16", ranks=1,
+                         checkpointing=False, pad_positions=False, gpu_mem_gb=80)
+    assert "on 2 GPUs (resources.train.sizes.6.5B) and train.sizes.6.5B.micro_batch: 1 with grad_accum: 320" in ten
     one = memory_refusal("6.5B", args, 10, 32, parallel="ddp", dtype="bfloat16", ranks=1,
                          checkpointing=False, pad_positions=False, gpu_mem_gb=24)
     assert "fsdp with activation_checkpointing: true on 16 GPUs (resources.train.sizes.6.5B)" in one
