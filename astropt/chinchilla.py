@@ -64,8 +64,10 @@ from scipy import optimize
 from scipy.special import logsumexp
 
 from astropt.config import CI_LEVEL, N_BOOT
-from astropt.io import to_jsonable
+from astropt.io import runs_text, to_jsonable
 
+#: Huber's delta on log-loss residuals (Besiroglu et al. 2024, arXiv 2404.10102), for the grid's
+#: fit and astropt.scaling's Huber estimator.
 HUBER_DELTA = 1e-3
 # Starts of L-BFGS: Hoffmann et al.'s grid, over log A, log B, log E, alpha, beta.
 _STARTS = {
@@ -212,13 +214,14 @@ def fit_grid(
     return out
 
 
-def _fit_grid(N, D, L, cells, *, n_boot: int, seed: int, ci_level: float, delta: float = HUBER_DELTA) -> tuple[dict[str, Any], dict[str, Any]]:
+def _fit_grid(N, D, L, cells, *, n_boot: int, seed: int, ci_level: float) -> tuple[dict[str, Any], dict[str, Any]]:
     """:func:`fit_grid`'s result and its bootstrap: ``{"boot": (n_boot, 8) replicates of
     :data:`_NAMED` or None, "means", "var", "counts"}`` (resampled cell means of log L, the
     cells' variances of log L and run counts)."""
     from astropt.resample import group_codes, group_variances, resample_within_groups
 
     N, D, L = _check_runs(N, D, L, min_runs=5)
+    delta = HUBER_DELTA
     codes, labels = group_codes(list(_default_cells(N, D) if cells is None else cells))
     x, y = np.log(np.stack([N, D])), np.log(L)
     n_N, n_D = len(np.unique(N)), len(np.unique(D))
@@ -245,7 +248,7 @@ def _fit_grid(N, D, L, cells, *, n_boot: int, seed: int, ci_level: float, delta:
         Y, means = resample_within_groups(y, codes, n_boot, rng)
         # each resample refitted from the point estimate and its own best grid starts (a
         # warm start alone stays where the near-L1 Huber loss has a kink)
-        boot = np.array([list(_named(_minimise(x, Yb, [p, *_grid_starts(x, Yb, delta, keep=2)], delta)).values()) for Yb in Y])
+        boot = np.array([_named_vector(_minimise(x, Yb, [p, *_grid_starts(x, Yb, delta, keep=2)], delta)) for Yb in Y])
         var, counts = group_variances(y, codes)
         state = {"boot": boot, "means": means, "var": var, "counts": counts}
     boot = state["boot"]
@@ -299,6 +302,12 @@ _NAMED = ("A", "B", "E", "alpha", "beta", "a", "b", "G")
 # where the intervals are clipped: the t-calibrated ends of a skewed bootstrap can pass them
 _CI_BOUNDS = {"A": (0.0, math.inf), "B": (0.0, math.inf), "E": (0.0, math.inf), "G": (0.0, math.inf),
               "alpha": _BOUNDS[3], "beta": _BOUNDS[4], "a": (0.0, 1.0), "b": (0.0, 1.0)}
+
+
+def _named_vector(p: np.ndarray) -> list[float]:
+    """:func:`_named`'s values in the order of :data:`_NAMED` (the bootstrap's columns)."""
+    named = _named(p)
+    return [named[k] for k in _NAMED]
 
 
 def _named(p: np.ndarray) -> dict[str, float]:
@@ -692,16 +701,12 @@ def holdout_corner(
     return out
 
 
-def _runs_text(n: int) -> str:
-    return f"{n} run{'s' if n != 1 else ''}"
-
-
 def interval_verdict(head: str, obs: float, pi: Sequence[float], predicted: float, ci_level: float, n_runs: int,
                      above: str, below: str) -> str:
     """``head`` and where the observed mean ``obs`` falls against the prediction interval ``pi``
     in one sentence, a miss stated plainly (``above`` / ``below``: what a miss on that side means)."""
     lo, hi = pi
-    where = f"the {100 * ci_level:g} % prediction interval [{lo:.4g}, {hi:.4g}] for the mean of {_runs_text(n_runs)}"
+    where = f"the {100 * ci_level:g} % prediction interval [{lo:.4g}, {hi:.4g}] for the mean of {runs_text(n_runs)}"
     if lo <= obs <= hi:
         half = 100 * (hi - lo) / 2 / predicted
         weak = f" (a weak test: the interval spans ±{half:.0f} % of the prediction)" if half > 10 else ""
@@ -715,7 +720,7 @@ def _corner_verdict(h: dict, n_cells: int, labelled: bool) -> str:
     """The held-out corner's comparison in one sentence, a miss stated plainly."""
     cell = f"cell {h['cell']} " if labelled else "cell "
     head = (f"the law fitted on the other {n_cells} cells predicts {h['predicted']:.4g} for the largest-compute {cell}"
-            f"(N = {h['N']:.3g}, D = {h['D']:.3g}, C = {h['C']:.3g} FLOPs); its {_runs_text(h['n_runs'])} averaged "
+            f"(N = {h['N']:.3g}, D = {h['D']:.3g}, C = {h['C']:.3g} FLOPs); its {runs_text(h['n_runs'])} averaged "
             f"{h['observed']:.4g}")
     return interval_verdict(
         head, h["observed"], h["pi"], h["predicted"], h["ci_level"], h["n_runs"],

@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import yaml
 
-from astropt.compute import PRESET_LR, PRESETS, SIZE_PRESETS, GPTConfig
+from astropt.compute import PRESET_LR, PRESETS, SIZE_PRESETS, GPTConfig, memory_refusal
 
 #: The workflow's config schema (the snakemake-workflows place: the Snakefile applies it with
 #: ``snakemake.utils.validate`` too). The library is installed from its checkout (``pip install -e .``).
@@ -136,7 +136,8 @@ class TrainConfig:
 #: spec (its params) only when set otherwise, so that upgrading reruns no finished training
 #: job. They change how a step is computed, not what is learned, so the run's fingerprint
 #: leaves them out (FSDP's checkpoint layout enters it: astropt.train.run_fingerprint).
-LATER_TRAIN_KEYS = {"parallel": "ddp", "activation_checkpointing": False, "pad_positions": False}
+LATER_TRAIN_KEYS = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                    if f.name in ("parallel", "activation_checkpointing", "pad_positions")}
 
 
 def spec_to_json(spec: SizeSpec, cfg: TrainConfig) -> dict:
@@ -614,7 +615,8 @@ def _check_outputs(cfg: Config, problems: list[str]) -> None:
 
 
 def _check_resources(cfg: Config, problems: list[str]) -> None:
-    """Per-size settings name known sizes; ranks divide gradient accumulation; one-node embedding."""
+    """Per-size settings name known sizes; ranks divide gradient accumulation; one-node embedding;
+    each GPU training run fits the GPU memory its resources declare (:func:`gpu_memory_refusal`)."""
     raw, custom = cfg.raw, cfg.raw["custom_sizes"]
     for s in raw["train"]["sizes"]:
         if s not in raw["sizes"] and s not in custom and s not in SIZE_PRESETS:
@@ -647,8 +649,6 @@ def gpu_memory_refusal(cfg: Config, size: str) -> str | None:
     """Why a size's training run cannot fit the GPU memory ``resources.train`` declares for it
     (:func:`astropt.compute.memory_refusal`); None when it fits, runs on the CPU or no
     ``gpu_mem_gb`` is set. Also for a size a target asks for outside ``sizes``."""
-    from astropt.compute import memory_refusal
-
     res = cfg.resources("train", size)
     if res.gpus < 1 or res.gpu_mem_gb is None:
         return None

@@ -20,7 +20,6 @@ normalisation, so it equals tokenising the transposed stamps.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -70,16 +69,11 @@ def transpose_index(grid: int, patch_size: int, n_chan: int) -> tuple[np.ndarray
     return tokens, inner.transpose(1, 0, 2).reshape(-1)
 
 
-def _grid_side(t: int) -> int:
-    side = math.isqrt(t)
-    if side * side != t:
-        raise ValueError(f"{t} tokens per galaxy do not form a square spiral grid: cannot transpose")
-    return side
-
-
 def transpose_tokens(tokens, patch_size: int, n_chan: int = 3):
     """Spiral tokens ``(..., T, D)`` (numpy or torch) of stamps -> the tokens of the transposed stamps."""
-    idx, inner = transpose_index(_grid_side(tokens.shape[-2]), patch_size, n_chan)
+    from astropt.patches import grid_side
+
+    idx, inner = transpose_index(grid_side(tokens.shape[-2]), patch_size, n_chan)
     if not isinstance(tokens, np.ndarray):  # a torch tensor
         import torch
 
@@ -115,11 +109,18 @@ def resolve_transpose(setting: str | bool, ckpt_config: dict) -> tuple[bool, str
     return transpose, why
 
 
-#: Token outputs ``(B, T, C)`` -> one vector per galaxy ``(B, C)``: ``mean`` (the paper) and ``max``
-#: over the T tokens; ``last`` the output at the last token, the only one that (under causal
-#: attention) has seen all of them.
-POOL = {"mean": lambda h: h.mean(dim=1), "max": lambda h: h.amax(dim=1), "last": lambda h: h[:, -1]}
-POOLINGS = tuple(POOL)
+POOLINGS = ("mean", "max", "last")
+
+
+def pool(h: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Token outputs ``(B, T, C)`` -> one vector per galaxy ``(B, C)`` (``pooling`` checked by the caller).
+
+    ``mean`` (the paper) and ``max`` are over the T tokens; ``last`` is the output at the last
+    token, which under causal attention is the only one that has seen all of them.
+    """
+    if pooling == "mean":
+        return h.mean(dim=1)
+    return h.amax(dim=1) if pooling == "max" else h[:, -1]
 
 
 def _check_request(model: GPT, t: int, d: int, n_tokens: int, pooling: str, layer: int) -> None:
@@ -166,14 +167,14 @@ def extract_embeddings(
         transpose: feed the transposed stamps (:func:`transpose_index`, on the device): the first
             ``n_tokens`` spiral tokens of each stamp's transpose.
         layer: block whose output is taken (0 the first, -1 the last; later blocks are skipped).
-        pooling: ``mean``, ``max`` or ``last`` (:data:`POOL`).
+        pooling: ``mean``, ``max`` or ``last`` (:func:`pool`).
 
     Returns:
         (N, n_embd) float32 embeddings.
     """
     import torch
 
-    from astropt.patches import normalise
+    from astropt.patches import grid_side, normalise
 
     n, t, d = tokens.shape
     _check_request(model, t, d, n_tokens, pooling, layer)
@@ -183,7 +184,7 @@ def extract_embeddings(
     # Leading tokens read per galaxy: all of them when the normalisation needs the whole stamp.
     read = t if norm == "image" else n_tokens
     if transpose:
-        idx, inner = transpose_index(_grid_side(t), model.config.patch_size, model.config.n_chan)
+        idx, inner = transpose_index(grid_side(t), model.config.patch_size, model.config.n_chan)
         idx = idx[:n_tokens]
         if norm != "image":
             read = int(idx.max()) + 1  # a full ring of the spiral maps onto itself: usually n_tokens
@@ -199,7 +200,7 @@ def extract_embeddings(
         x = x[:, :n_tokens]
         with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
             h = model.forward_features(x, layer=layer)  # (B, n_tokens, n_embd)
-        out[start:stop] = POOL[pooling](h.float()).cpu().numpy()
+        out[start:stop] = pool(h.float(), pooling).cpu().numpy()
         if log and stop / n >= next_report:
             rate = stop / (time.perf_counter() - t0)
             log(f"embedded {stop:,}/{n:,} galaxies ({rate:,.0f}/s)")

@@ -36,6 +36,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from astropt.io import runs_text
 from astropt.runs import run_name
 
 
@@ -368,7 +369,7 @@ def plot_scaling(
     fits = _scaling_fits(table, fit)
     holdout = (fit or {}).get("holdout") if isinstance(fit, Mapping) else None
     show_holdout = bool(holdout and holdout.get("predicted") is not None and holdout.get("fit"))
-    sizes = list(dict.fromkeys(table.sort_values("params", kind="stable")["size"]))
+    sizes = _sizes_by_params(table)
     colours = _size_colours(sizes)
     compute = "flops" in table.columns
     n_panels = 1 + show_holdout + compute
@@ -379,7 +380,7 @@ def plot_scaling(
     axes[0].set_xlabel("parameters N (excluding position embedding)")
     axes[0].set_ylabel("validation loss")
     runs = len(table)
-    axes[0].set_title(f"Final validation loss vs model size ({runs} run{'s' if runs != 1 else ''})", fontsize=11)
+    axes[0].set_title(f"Final validation loss vs model size ({runs_text(runs)})", fontsize=11)
     if show_holdout:
         _holdout_panel(axes[1], table, holdout, colours)
     if compute:
@@ -767,6 +768,11 @@ def _flops_text(C: float) -> str:
     return f"${m}{{\\times}}10^{{{e}}}$"
 
 
+def _sizes_by_params(table: pd.DataFrame) -> list[str]:
+    """The table's sizes, smallest first."""
+    return list(dict.fromkeys(table.sort_values("params", kind="stable")["size"]))
+
+
 def _size_colours(sizes: Sequence[str]) -> dict:
     """Each size's colour: viridis over ``sizes`` in order (smallest first)."""
     return {s: colormaps["viridis"](i / max(len(sizes) - 1, 1) * 0.9) for i, s in enumerate(sizes)}
@@ -1128,7 +1134,7 @@ def _draw_holdout(ax, table: pd.DataFrame, held: np.ndarray, h: Mapping, colours
         cell = h.get("cell") or (f"{size}" if size else "")
         n_runs = h.get("n_runs") or int(held.sum())
         label = (f"held-out corner {cell} (N = {_human(float(h.get('N') or 0))}, D = {_human(Dh)}): "
-                 f"mean of its {n_runs} run{'s' if n_runs != 1 else ''}, not fitted")
+                 f"mean of its {runs_text(n_runs)}, not fitted")
         verdict = h.get("verdict") or (f"no verdict: {h['reason']}" if h.get("reason") else None)
         label = textwrap.fill(label, 80, subsequent_indent="    ")
         if verdict:
@@ -1162,7 +1168,7 @@ def _draw_loss_tokens(table: pd.DataFrame, grid: Mapping) -> Figure:
     ax.set_yscale("log")
     a3 = _grid_part(grid, "approach3")
     h = _grid_part(grid, "holdout")
-    colours = _size_colours(list(dict.fromkeys(table.sort_values("params", kind="stable")["size"])))
+    colours = _size_colours(_sizes_by_params(table))
     held = _holdout_mask(table, h)
     rest = table[~held]
     notes, values = [], list(table["val_loss"].astype(float))

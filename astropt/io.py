@@ -23,7 +23,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Progress", "atomic_write", "duration", "in_order", "script_log", "tmp_suffix", "to_jsonable"]
+__all__ = ["Progress", "atomic_write", "duration", "in_order", "runs_text", "script_log", "tmp_suffix", "to_jsonable"]
+
+
+def runs_text(n: int) -> str:
+    """``"1 run"``, ``"3 runs"``: a count of runs as summaries and figures write it."""
+    return f"{n} run{'s' if n != 1 else ''}"
 
 
 def duration(seconds: float) -> str:

@@ -35,6 +35,7 @@ import torch
 ArrayLike = np.ndarray | torch.Tensor
 
 __all__ = [
+    "grid_side",
     "spiral_order",
     "patchify",
     "unpatchify",
@@ -48,7 +49,14 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 # Spiral order
 # ---------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=64)
+def grid_side(T: int) -> int:
+    """The side of the square patch grid of ``T`` spiral tokens (a ValueError if there is none)."""
+    side = math.isqrt(T)
+    if side * side != T:
+        raise ValueError(f"{T} tokens do not form a square spiral grid")
+    return side
+
+
 def spiral_order(n: int) -> np.ndarray:
     """Raster indices of an ``n x n`` patch grid in AstroPT v1's centre-out spiral order.
 
@@ -67,7 +75,11 @@ def spiral_order(n: int) -> np.ndarray:
     """
     if int(n) != n or n < 1:
         raise ValueError(f"spiral_order needs a positive integer grid side, got {n!r}")
-    n = int(n)
+    return _spiral_order(int(n))
+
+
+@functools.lru_cache(maxsize=64)  # keyed by the int side, so 8, 8.0 and np.int64(8) share one entry
+def _spiral_order(n: int) -> np.ndarray:
     grid = np.arange(n * n, dtype=np.int64).reshape(n, n)
     walk = []  # outside-in clockwise walk over the rings, starting top-left
     while grid.size:
@@ -209,10 +221,7 @@ def tokens_to_image(tokens: ArrayLike, patch_size: int, n_chan: int = 3) -> Arra
     Raises:
         ValueError: If ``T`` is not a square number.
     """
-    T = tokens.shape[-2]
-    side = math.isqrt(T)
-    if side * side != T:
-        raise ValueError(f"{T} tokens do not form a square spiral grid")
+    side = grid_side(tokens.shape[-2])
     raster = _reorder(tokens, np.argsort(spiral_order(side)))
     return unpatchify(raster, patch_size, (side, side), n_chan)
 

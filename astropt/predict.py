@@ -32,7 +32,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 import os
 import textwrap
 from collections.abc import Sequence
@@ -49,7 +48,7 @@ from matplotlib.patches import Rectangle
 from astropt.embed import transpose_tokens
 from astropt.figures import _displayable, _save
 from astropt.model import GPT
-from astropt.patches import normalise, spiral_order, token_stats, tokens_to_image
+from astropt.patches import grid_side, normalise, spiral_order, token_stats, tokens_to_image
 
 __all__ = ["figure_predictions", "next_patch_predictions", "plot_predictions"]
 
@@ -136,7 +135,7 @@ def _first_patch_box(pred_tokens: np.ndarray, patch_size: int) -> tuple[float, f
     missing = np.flatnonzero(np.isnan(pred_tokens).all(axis=-1))
     if len(missing) == 0:
         return None
-    side = math.isqrt(pred_tokens.shape[0])
+    side = grid_side(pred_tokens.shape[0])
     row, col = divmod(int(spiral_order(side)[missing[0]]), side)
     return col * patch_size - 0.5, row * patch_size - 0.5
 
@@ -206,8 +205,9 @@ def plot_predictions(
         cbar = fig.colorbar(im, ax=a_diff, shrink=0.85, pad=0.02)
         cbar.ax.tick_params(labelsize=6)
         box = _first_patch_box(predicted[i], patch_size)
-        for ax in (a_pred, a_diff) if box is not None else ():
-            ax.add_patch(Rectangle(box, patch_size, patch_size, fill=False, ec="gold", lw=1.0, ls="--"))
+        if box is not None:
+            for ax in (a_pred, a_diff):
+                ax.add_patch(Rectangle(box, patch_size, patch_size, fill=False, ec="gold", lw=1.0, ls="--"))
         for ax in axes[i]:
             ax.set(xticks=[], yticks=[])
         a_obs.set_title(f"{ids[i]}: observed", fontsize=7)

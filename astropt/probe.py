@@ -899,21 +899,21 @@ def aggregate_runs(
     rows = []
     for i, base in first.iterrows():
         ok = np.isfinite(values[i])
-        v, k, nan = values[i][ok], int(ok.sum()), float("nan")
+        v, runs, nan = values[i][ok], int(ok.sum()), float("nan")
         D = _run_draws(draws, names, base, keys)[ok]
-        mean, lo, hi = (float(v.mean()), float(v.min()), float(v.max())) if k else (nan, nan, nan)
-        sd = float(v.std(ddof=1)) if k > 1 else nan
+        mean, lo, hi = (float(v.mean()), float(v.min()), float(v.max())) if runs else (nan, nan, nan)
+        sd = float(v.std(ddof=1)) if runs > 1 else nan
         ci, nu = None, nan
         if D.size and np.isfinite(D).any():
             gal = float(np.nanvar(np.nanmean(D, axis=0)))
-            nu = satterthwaite([(gal, math.inf), (sd * sd / k, k - 1)])  # one run: sd NaN, ignored
+            nu = satterthwaite([(gal, math.inf), (sd * sd / runs, runs - 1)])  # one run: sd NaN, ignored
             ci, _ = calibrated_interval(mean, resample_runs(D, n_boot, rng), ci_level, calibration_factor(nu, ci_level))
         ci = ci or [nan, nan]
         reasons = list(dict.fromkeys(r for r in (tables[n]["reason"].iloc[i] for n in names)
                                      if isinstance(r, str) and r))
         rows.append({
-            **{k_: base[k_] for k_ in keys}, "value": mean, "ci_low": ci[0], "ci_high": ci[1],
-            "run_sd": sd, "run_min": lo, "run_max": hi, "n_runs": k,
+            **{k: base[k] for k in keys}, "value": mean, "ci_low": ci[0], "ci_high": ci[1],
+            "run_sd": sd, "run_min": lo, "run_max": hi, "n_runs": runs,
             "ci_dof": nu, **{c: base[c] for c in ("n", "n_total", "n_missing", "n_clipped")},
             "reason": " | ".join(reasons),
         })

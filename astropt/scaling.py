@@ -91,10 +91,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from astropt.chinchilla import HUBER_DELTA, grid_study, interval_verdict  # HUBER_DELTA: Besiroglu et al.'s
+from astropt.chinchilla import HUBER_DELTA, grid_study, interval_verdict
 from astropt.compute import compute_table
 from astropt.config import CI_LEVEL, N_BOOT
-from astropt.io import atomic_write, to_jsonable
+from astropt.io import atomic_write, runs_text, to_jsonable
 from astropt.runs import load_sidecars
 from astropt.tables import VARIABLES, compute_markdown, fit_table, grid_latex, grid_markdown, table_cells, table_latex, table_markdown
 
@@ -625,9 +625,14 @@ def _covariance_errors(prob: _Saturating, p: np.ndarray, rss: float, dof: int) -
 
 def _bound_reasons(L_inf: float, alpha: float, L_min: float) -> list[str]:
     """Why a saturating fit sits on a bound of its search (degenerate), if it does."""
-    return [why for hit, why in ((L_inf <= 1e-6 * L_min, "L_inf is at its lower bound 0 (no saturation detected)"),
-                                 (alpha >= ALPHA_MAX * (1 - 1e-6), f"alpha is at its upper bound {ALPHA_MAX}"),
-                                 (alpha <= 1e-5, "alpha is at its lower bound 0")) if hit]
+    reasons = []
+    if L_inf <= 1e-6 * L_min:
+        reasons.append("L_inf is at its lower bound 0 (no saturation detected)")
+    if alpha >= ALPHA_MAX * (1 - 1e-6):
+        reasons.append(f"alpha is at its upper bound {ALPHA_MAX}")
+    if alpha <= 1e-5:
+        reasons.append("alpha is at its lower bound 0")
+    return reasons
 
 
 def _fit_saturating(X: np.ndarray, L: np.ndarray, variable: str, ci_level: float) -> dict:
@@ -1291,7 +1296,7 @@ def _holdout_verdict(h: Mapping, fit: Mapping) -> str:
         return f"no prediction interval for {h['size']} (the fit on {sizes} has no uncertainty estimate)"
     law = "power law" if h["law"] == "power_law" else "saturating law"
     head = (f"the {law} fitted on {sizes} predicts {h['predicted']:.4g} for {h['size']}; "
-            f"its {h['n_runs']} run{'s' if h['n_runs'] != 1 else ''} averaged {h['observed_mean']:.4g}")
+            f"its {runs_text(h['n_runs'])} averaged {h['observed_mean']:.4g}")
     return interval_verdict(head, h["observed_mean"], h["pi_mean"], h["predicted"], h["ci_level"], h["n_runs"],
                             "a higher loss than the law predicts: the gain from size falls off",
                             "a lower loss than the law predicts: the gain from size is larger than extrapolated")

@@ -6,7 +6,7 @@ section ends with the files (and the rules that made them) its numbers come from
 - the models: ``results/models/{size}/ckpt.json`` (rule ``train``, or ``released_model``);
 - the scaling fits: ``results/scaling/fit.json`` (rule ``scaling``, :mod:`astropt.scaling`);
 - the probes: ``results/probes/{size}.csv`` (rules ``probe`` and ``probe_size``, :mod:`astropt.probe`) and
-  ``results/probes/summary.csv`` (rule ``figure_downstream``).
+  ``results/probes/summary.csv`` (rule ``downstream``).
 
 The document is a list of blocks (heading, paragraph, bullet list, table) rendered twice by
 the same code: as Markdown (:func:`to_markdown`) and as a standalone HTML page
@@ -28,12 +28,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from astropt.io import runs_text
+
 #: Where each kind of number comes from: (file, rules that write it).
 SOURCES = {
     "models": ("results/models/{size}/ckpt.json", "train` or `released_model"),
     "fit": ("results/scaling/fit.json", "scaling"),
     "probes": ("results/probes/{size}.csv", "probe` and `probe_size"),
-    "downstream": ("results/probes/summary.csv", "figure_downstream"),
+    "downstream": ("results/probes/summary.csv", "downstream"),
 }
 
 
@@ -393,8 +395,7 @@ def _compute_line(losses: pd.DataFrame) -> str:
         cost = f"{fmt(wall.sum() / 3600, 3)} wall-clock hours (no GPU)"
     else:
         cost = "its cost not recorded (released weights)"
-    runs = f"{len(losses)} run{'s' if len(losses) != 1 else ''}"
-    return f"Training compute: {fmt_count(losses['flops'].sum())} FLOPs in all ({runs}), {cost}."
+    return f"Training compute: {fmt_count(losses['flops'].sum())} FLOPs in all ({runs_text(len(losses))}), {cost}."
 
 
 def build_summary(

@@ -90,7 +90,7 @@ class SyntheticConfig:
     pixel_scale: float = 0.262  # arcsec per pixel (Legacy Survey)
     psf_fwhm: float = 1.2  # Gaussian PSF FWHM in arcsec (typical DECaLS seeing)
     sky_noise: float = 0.001  # Gaussian sky noise per pixel, nanomaggies, every band (low: clear scaling)
-    seed: int = 0  # master seed; galaxy i draws from SeedSequence([seed, i, 0|1])
+    seed: int = 0  # master seed; galaxy i draws from SeedSequence([seed, i, stream]), streams 0-2
     workers: int = 1  # processes rendering and writing PNGs; the output does not depend on it
     z_min: float = 0.07  # redshift range (uniform); the low end sets the largest angular sizes
     z_max: float = 0.30
@@ -148,28 +148,34 @@ def _half_light_radius(bt: np.ndarray, re_b: np.ndarray, re_d: np.ndarray) -> np
     return 0.5 * (lo + hi)
 
 
-_DRAWS = {  # stream k -> each galaxy's draws from SeedSequence([seed, i, k]): (Generator method, shape)
-    0: (("random", (_N_UNIFORM,)), ("standard_normal", (_N_NORMAL,))),
-    2: (("random", (_N_SCENE_U,)), ("random", (_MAX_STARS, 4)), ("standard_normal", (_N_SCENE_G,))),
-}
+def _galaxy_rng(seed: int, i: int, stream: int) -> np.random.Generator:
+    """Galaxy ``i``'s generator for one stream: 0 properties, 1 sky noise, 2 scene."""
+    return np.random.default_rng(np.random.SeedSequence([seed, int(i), stream]))
 
 
-def _draws(seed: int, idx, stream: int) -> list[np.ndarray]:
-    """The random numbers of galaxies ``idx`` from stream 0 or 2, always the same count per galaxy.
-
-    Stream 0 (properties): uniforms ``(N, 6)`` and normals ``(N, 8)``. Stream 2 (scene): uniforms
-    ``(N, _N_SCENE_U)`` (columns: 0-8 neighbour, 9-14 artefact, 15 star count), star uniforms
-    ``(N, _MAX_STARS, 4)`` (x, y, magnitude, colour) and normals ``(N, _N_SCENE_G)`` (vote
-    scatter: featured, edge-on, artefact, spiral winding). Draws are sequential, so a column
-    appended at the end leaves the earlier ones unchanged.
-    """
-    layout = _DRAWS[stream]
-    out = [np.empty((len(idx), *shape)) for _, shape in layout]
+def _draws(seed: int, idx) -> tuple[np.ndarray, np.ndarray]:
+    """Per-galaxy uniforms (N, 6) and normals (N, 8) of the properties (stream 0)."""
+    u, g = np.empty((len(idx), _N_UNIFORM)), np.empty((len(idx), _N_NORMAL))
     for k, i in enumerate(idx):
-        rng = np.random.default_rng(np.random.SeedSequence([seed, int(i), stream]))
-        for arr, (method, shape) in zip(out, layout):
-            arr[k] = getattr(rng, method)(shape)
-    return out
+        rng = _galaxy_rng(seed, i, 0)
+        u[k], g[k] = rng.random(_N_UNIFORM), rng.standard_normal(_N_NORMAL)
+    return u, g
+
+
+def _scene_draws(seed: int, idx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-galaxy scene draws (stream 2), always the same count.
+
+    Returns:
+        Uniforms ``(N, _N_SCENE_U)`` (columns: 0-8 neighbour, 9-14 artefact, 15 star count),
+        star uniforms ``(N, _MAX_STARS, 4)`` (x, y, magnitude, colour) and normals
+        ``(N, _N_SCENE_G)`` (vote scatter: featured, edge-on, artefact, spiral winding). Draws
+        are sequential, so a column appended at the end leaves the earlier ones unchanged.
+    """
+    u, s, g = np.empty((len(idx), _N_SCENE_U)), np.empty((len(idx), _MAX_STARS, 4)), np.empty((len(idx), _N_SCENE_G))
+    for k, i in enumerate(idx):
+        rng = _galaxy_rng(seed, i, 2)
+        u[k], s[k], g[k] = rng.random(_N_SCENE_U), rng.random((_MAX_STARS, 4)), rng.standard_normal(_N_SCENE_G)
+    return u, s, g
 
 
 def _star_count(cfg: SyntheticConfig, u: np.ndarray) -> np.ndarray:
@@ -292,7 +298,7 @@ def _scene(cfg: SyntheticConfig, idx: np.ndarray, r50_px: np.ndarray, re_cap: fl
     """The scene around the target, from its own stream (k = 2): a neighbour, an artefact and
     stars. Returns the flags ``has_nb``, ``has_art``, ``n_stars``, ``has_saturated``, the vote
     scatter ``gs`` and the private rendering columns ``private`` (``_nb_*``, ``_art_*``)."""
-    us, ustar, gs = _draws(cfg.seed, idx, 2)
+    us, ustar, gs = _scene_draws(cfg.seed, idx)
     has_nb = us[:, 0] < cfg.neighbour_fraction
     nb_r = (0.22 + 0.20 * us[:, 1]) * cfg.image_size  # 14-27 px from the centre at 64 px
     nb_angle = 2 * np.pi * us[:, 2]
@@ -357,7 +363,7 @@ def sample_properties(cfg: SyntheticConfig, start: int = 0, stop: int | None = N
         rendering columns starting with ``_`` (fluxes in nanomaggies, radii in pixels, ...).
     """
     stop = cfg.n_train + cfg.n_val + cfg.n_test if stop is None else stop
-    u, g = _draws(cfg.seed, range(start, stop), 0)
+    u, g = _draws(cfg.seed, range(start, stop))
     z = cfg.z_min + (cfg.z_max - cfg.z_min) * u[:, 0]
     logm = np.clip(cfg.logm_mean + cfg.logm_sigma * g[:, 0], 9.0, 11.8)
     ssfr, bt = _star_formation(logm, u, g)
@@ -562,8 +568,7 @@ def render_batch(props: pd.DataFrame, cfg: SyntheticConfig) -> np.ndarray:
     idx = np.array([int(gid[3:]) for gid in props["id"]])
     noise = np.empty((B, 3, size, size), np.float32)
     for k, i in enumerate(idx):
-        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, int(i), 1]))
-        noise[k] = rng.standard_normal((3, size, size), dtype=np.float32)
+        noise[k] = _galaxy_rng(cfg.seed, i, 1).standard_normal((3, size, size), dtype=np.float32)
 
     # Flux images in nanomaggies per pixel, bands (g, r, z); (B, H, W) each.
     planes = []
@@ -592,7 +597,7 @@ def render_batch(props: pd.DataFrame, cfg: SyntheticConfig) -> np.ndarray:
     n_stars = props["n_stars"].to_numpy()
     stars = None
     if n_stars.any():
-        _, ustar, _ = _draws(cfg.seed, idx, 2)
+        _, ustar, _ = _scene_draws(cfg.seed, idx)
         stars = _star_planes(_stars(cfg, ustar, n_stars), cfg, psf_sigma_px)
 
     for j in range(3):

@@ -71,7 +71,8 @@ __all__ = [
     "collect_rejected",
 ]
 
-FIX_NOTES = ("cropped", "resized", "NaN zeroed")
+_FIX_COUNTS = {"cropped": "n_cropped", "resized": "n_resized", "NaN zeroed": "n_nan_zeroed"}  # note -> count key
+FIX_NOTES = tuple(_FIX_COUNTS)
 """What reading may do to a stamp that is kept (counted per shard)."""
 
 
@@ -402,8 +403,7 @@ def _write_part(job: _Job, out_dir: Path, records: dict[int, dict], n_todo_shard
     rejected = [tuple(x) for k in mine for x in records[k]["rejected"]]
     counts = {"n_total": n_mine, "n_galaxies": len(index), "n_rejected": len(rejected),
               **_count_reasons([r for _, _, r in rejected])}
-    for note in FIX_NOTES:  # n_cropped, n_resized, n_nan_zeroed
-        counts[f"n_{note.lower().replace(' ', '_')}"] = sum(records[k]["fixed"][note] for k in mine)
+    counts.update({key: sum(records[k]["fixed"][note] for k in mine) for note, key in _FIX_COUNTS.items()})
     if counts["n_rejected"] > max_reject_fraction * max(n_mine, 1):
         first = "; ".join(f"{g} ({r})" for g, _, r in rejected[:5])
         raise RuntimeError(
@@ -548,8 +548,10 @@ def tokenise_part(
     rows = meta[meta["split"] == split].reset_index(drop=True)
     if rows.empty:
         raise ValueError(f"{metadata}: no galaxies in split {split!r} (splits present: {sorted(meta['split'].unique())})")
-    settings = TokeniseSettings(**{k: tokens[k] for k in ("patch_size", "fit", "nan", "dtype", "shard_size")},
-                                image_size=image_size, n_chan=n_chan, image_column=image_column)
+    settings = TokeniseSettings(
+        patch_size=tokens["patch_size"], image_size=image_size, n_chan=n_chan, fit=tokens["fit"], nan=tokens["nan"],
+        dtype=tokens["dtype"], shard_size=tokens["shard_size"], image_column=image_column,
+    )
     return tokenise_group(
         rows, Path(metadata).parent, Path(out_dir), settings, group=group, groups=groups, workers=workers,
         max_reject_fraction=max_reject_fraction, split=split, log=log,

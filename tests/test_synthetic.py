@@ -15,7 +15,7 @@ from scipy.stats import spearmanr
 
 from astropt.synthetic import (
     SyntheticConfig,
-    _draws,
+    _scene_draws,
     _stars,
     generate,
     render_batch,
@@ -233,7 +233,7 @@ def test_neighbours_stars_and_artefacts_are_in_the_pixels(sample):
         cy, cx = (nb[b] * YY).sum() / nb[b].sum(), (nb[b] * XX).sum() / nb[b].sum()
         assert np.hypot(cx, cy) > 8, m["id"].iloc[b]
     # Stars: every star brightens its own pixel (stamps without artefacts, whose strips blank).
-    _, ustar, _ = _draws(cfg.seed, np.arange(len(m)), 2)
+    _, ustar, _ = _scene_draws(cfg.seed, np.arange(len(m)))
     stars = _stars(cfg, ustar, m["n_stars"].to_numpy())
     b, j = np.nonzero(np.isfinite(stars["mag_r"]))
     keep = (m["has_artifact"].to_numpy()[b] == 0)

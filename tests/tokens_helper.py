@@ -13,10 +13,9 @@ tests want a split's tokens from one keyword call with the tokeniser's defaults
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable
-
-import json
 
 import numpy as np
 import pandas as pd
